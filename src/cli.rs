@@ -1,0 +1,98 @@
+//! Command-line definitions only; behaviour lives in `lib.rs` and below.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::resources::Name;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sapari-agent",
+    version,
+    about = "Bootstraps and keeps converged the production server: hostname, swap, NTP, and (in later versions) SSH, firewall, Docker, Tailscale and compose.",
+    after_help = "Exit codes: 0 success, 1 a resource failed, 2 changes applied/pending (with --detailed-exitcodes), \
+64 usage error, 75 another run holds the lock, 77 not root, 78 configuration error (nothing changed)."
+)]
+pub struct Cli {
+    /// Also log informational messages to stderr (journald always gets them).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the desired state: observe, change only what differs, verify.
+    Converge(ConvergeArgs),
+    /// Show what converge would change, per resource, without changing anything.
+    Plan(PlanArgs),
+    /// The runbook's pre-flight checks as a PASS/WARN/FAIL table with a fix hint each.
+    Status(StatusArgs),
+    /// Print the agent version.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct Selectors {
+    /// Configuration file.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Only these resources (comma-separated or repeated).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', value_parser = parse_name)]
+    pub only: Vec<Name>,
+
+    /// Leave these resources out (comma-separated or repeated).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', value_parser = parse_name)]
+    pub skip: Vec<Name>,
+
+    /// Print one JSON document instead of the human report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Overrides {
+    /// Operator IP allowed to reach SSH (repeatable; added to access.operator_ips).
+    #[arg(long = "my-ip", value_name = "IP")]
+    pub my_ip: Vec<String>,
+
+    /// Hostname to set (overrides hostname.name).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvergeArgs {
+    #[command(flatten)]
+    pub sel: Selectors,
+    #[command(flatten)]
+    pub ov: Overrides,
+    /// Exit 2 when changes were applied (Puppet's convention); 0 stays "nothing to do".
+    #[arg(long)]
+    pub detailed_exitcodes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub sel: Selectors,
+    #[command(flatten)]
+    pub ov: Overrides,
+    /// Exit 2 when changes are pending.
+    #[arg(long)]
+    pub detailed_exitcodes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub sel: Selectors,
+}
+
+fn parse_name(s: &str) -> Result<Name, String> {
+    s.parse()
+}

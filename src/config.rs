@@ -1,0 +1,588 @@
+//! `agent.toml`: schema, defaults that mirror the launch runbook, and validation.
+//!
+//! Validation lives in the `Deserialize` impls of small newtypes so that every error
+//! comes back from the TOML parser with its span, which is how we can name the line,
+//! column and field path of a bad value instead of just "invalid config".
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub const DEFAULT_PATH: &str = "/etc/sapari-agent/agent.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentSettings,
+    pub access: Access,
+    pub hostname: HostnameSettings,
+    pub swap: SwapSettings,
+    pub ntp: NtpSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// How long a converge waits for another run's lock before giving up.
+    pub lock_timeout: Interval,
+    /// Where the last run's report is kept.
+    pub state_dir: PathBuf,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Interval(Duration::from_secs(120)),
+            state_dir: PathBuf::from("/var/lib/sapari-agent"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    /// Operator addresses allowed to reach SSH (`setup-server.sh --my-ip`).
+    pub operator_ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostnameSettings {
+    pub name: Hostname,
+    /// Tell cloud-init not to put the image's hostname back on the next boot.
+    pub preserve_in_cloud_init: bool,
+}
+
+impl Default for HostnameSettings {
+    fn default() -> Self {
+        Self {
+            name: Hostname("sapari-prod".into()),
+            preserve_in_cloud_init: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwapSettings {
+    pub enabled: bool,
+    pub path: AbsPath,
+    pub size: Size,
+    /// Active swap elsewhere (a `/swap.img`, a partition) of at least `size` in total
+    /// counts as done: the runbook only needs enough swap, not this particular file.
+    pub accept_existing: bool,
+}
+
+impl Default for SwapSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: AbsPath(PathBuf::from("/swapfile")),
+            size: Size(4 << 30),
+            accept_existing: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NtpSettings {
+    /// An unsynchronized clock fails the run (JWT media tokens and ACME break with skew).
+    pub require_sync: bool,
+    /// How long a converge waits for the clock to synchronize.
+    pub sync_timeout: Interval,
+}
+
+impl Default for NtpSettings {
+    fn default() -> Self {
+        Self {
+            require_sync: true,
+            sync_timeout: Interval(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A configuration problem: names the file, where in it, the field and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line_col: Option<(usize, usize)>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration error")?;
+        if let Some(file) = &self.file {
+            write!(f, " in {}", file.display())?;
+            if let Some((l, c)) = self.line_col {
+                write!(f, ":{l}:{c}")?;
+            }
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    fn plain(file: Option<&Path>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.map(Path::to_path_buf),
+            line_col: None,
+            field: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parse a TOML document. `file` is only used to name the source in errors.
+pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| from_toml(e, text, file, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        from_toml(e.into_inner(), text, file, field)
+    })
+}
+
+fn from_toml(
+    e: toml::de::Error,
+    text: &str,
+    file: Option<&Path>,
+    field: Option<String>,
+) -> ConfigError {
+    let line_col = e.span().map(|s| line_col(text, s.start));
+    ConfigError {
+        file: file.map(Path::to_path_buf),
+        line_col,
+        field,
+        message: e.message().trim().to_string(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// How a config file on disk may be owned: only root (or the user running a read-only
+/// command) may be able to write it, since its contents decide what root does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ownership {
+    pub uid: u32,
+    pub mode: u32,
+}
+
+pub fn check_ownership(path: &Path, own: Ownership, euid: u32) -> Result<(), ConfigError> {
+    if own.uid != 0 && own.uid != euid {
+        return Err(ConfigError::plain(
+            Some(path),
+            format!(
+                "owned by uid {}; it decides what root does, so only root may own it (fix: chown root:root {})",
+                own.uid,
+                path.display()
+            ),
+        ));
+    }
+    if own.mode & 0o022 != 0 {
+        return Err(ConfigError::plain(
+            Some(path),
+            format!(
+                "mode {:04o} lets users other than its owner write it (fix: chmod go-w {})",
+                own.mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Load the config. A missing file at the default location means "all defaults"; a
+/// missing file that was asked for by name is an error.
+pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let (path, explicit) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok((Config::default(), None));
+        }
+        Err(e) => {
+            return Err(ConfigError::plain(Some(&path), format!("cannot read: {e}")));
+        }
+    };
+    if !meta.is_file() {
+        return Err(ConfigError::plain(Some(&path), "not a regular file"));
+    }
+    let own = |m: &std::fs::Metadata| Ownership {
+        uid: m.uid(),
+        mode: m.mode(),
+    };
+    check_ownership(&path, own(&meta), euid)?;
+    // Whoever can write the directory can replace the file, unless the sticky bit
+    // (as on /tmp) stops them from touching files they do not own.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dm) = std::fs::metadata(dir)
+        && dm.mode() & 0o1000 == 0
+    {
+        check_ownership(dir, own(&dm), euid)?;
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ConfigError::plain(Some(&path), format!("cannot read: {e}")))?;
+    let cfg = parse(&text, Some(&path))?;
+    Ok((cfg, Some(path)))
+}
+
+/// Apply command-line overrides (`--my-ip`, `--hostname`), validated like file values.
+pub fn apply_overrides(
+    cfg: &mut Config,
+    my_ips: &[String],
+    hostname: Option<&str>,
+) -> Result<(), ConfigError> {
+    for ip in my_ips {
+        let ip: IpAddr = ip.parse().map_err(|_| ConfigError {
+            file: None,
+            line_col: None,
+            field: Some("--my-ip".into()),
+            message: format!("`{ip}` is not an IPv4 or IPv6 address"),
+        })?;
+        if !cfg.access.operator_ips.contains(&ip) {
+            cfg.access.operator_ips.push(ip);
+        }
+    }
+    if let Some(name) = hostname {
+        cfg.hostname.name = name.parse().map_err(|message| ConfigError {
+            file: None,
+            line_col: None,
+            field: Some("--hostname".into()),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+macro_rules! string_newtype {
+    ($name:ident) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+/// A hostname valid under RFC 1123: dot-separated labels of 1-63 letters, digits or
+/// hyphens, not starting or ending with a hyphen, 253 characters at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hostname(pub String);
+string_newtype!(Hostname);
+
+impl FromStr for Hostname {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            Err(format!(
+                "invalid hostname `{s}`: {why} (RFC 1123: labels of letters, digits and hyphens, e.g. sapari-prod)"
+            ))
+        };
+        if s.is_empty() || s.len() > 253 {
+            return bad("must be 1 to 253 characters");
+        }
+        for label in s.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return bad("each dot-separated label must be 1 to 63 characters");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return bad("only letters, digits and hyphens are allowed");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return bad("a label cannot start or end with a hyphen");
+            }
+        }
+        Ok(Hostname(s.to_string()))
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A byte size written like `4G`, `512M`, `1048576` (binary units, as fallocate reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+string_newtype!(Size);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || {
+            format!(
+                "invalid size `{s}`: expected a whole number with an optional K, M, G or T suffix (e.g. 4G)"
+            )
+        };
+        let t = s.trim();
+        let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+        let t = t.strip_suffix('i').unwrap_or(t);
+        let (digits, shift) = match t.chars().last() {
+            Some('K' | 'k') => (&t[..t.len() - 1], 10),
+            Some('M' | 'm') => (&t[..t.len() - 1], 20),
+            Some('G' | 'g') => (&t[..t.len() - 1], 30),
+            Some('T' | 't') => (&t[..t.len() - 1], 40),
+            _ => (t, 0),
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| err())?;
+        n.checked_mul(1u64 << shift).map(Size).ok_or_else(err)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+            if self.0 != 0 && self.0.is_multiple_of(1u64 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A duration written like `60s`, `2m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+string_newtype!(Interval);
+
+impl FromStr for Interval {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(Interval)
+            .map_err(|e| format!("invalid duration `{s}`: {e} (e.g. 30s, 2m)"))
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// An absolute, normalised path (no `..`), so it can be compared with fstab and /proc/swaps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsPath(pub PathBuf);
+string_newtype!(AbsPath);
+
+impl FromStr for AbsPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let p = Path::new(s);
+        if !p.is_absolute() {
+            return Err(format!("`{s}` must be an absolute path"));
+        }
+        if p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!("`{s}` must not contain `..`"));
+        }
+        if s.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "`{s}` must not contain whitespace (fstab cannot hold it)"
+            ));
+        }
+        Ok(AbsPath(p.components().collect()))
+    }
+}
+
+impl fmt::Display for AbsPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_runbook_defaults() {
+        let c = parse("", None).unwrap();
+        assert_eq!(c.hostname.name.0, "sapari-prod");
+        assert_eq!(c.swap.path.0, PathBuf::from("/swapfile"));
+        assert_eq!(c.swap.size, Size(4 << 30));
+        assert!(c.ntp.require_sync);
+    }
+
+    #[test]
+    fn example_config_parses_and_equals_defaults_plus_ip() {
+        let text = include_str!("../examples/agent.toml");
+        let c = parse(text, None).unwrap();
+        let mut d = Config::default();
+        d.access.operator_ips = c.access.operator_ips.clone();
+        assert_eq!(c, d, "the example must document the defaults");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_field() {
+        let text = "[swap]\nsize = \"2G\"\nsizee = \"4G\"\n";
+        let e = parse(text, Some(Path::new("/etc/a.toml"))).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/etc/a.toml:3:1"), "{msg}");
+        assert!(msg.contains("sizee"), "{msg}");
+        assert!(msg.contains("size"), "lists allowed keys: {msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field_path() {
+        for (text, field, needle) in [
+            ("[swap]\nsize = \"4X\"\n", "swap.size", "4X"),
+            ("[hostname]\nname = \"-bad\"\n", "hostname.name", "hyphen"),
+            ("[hostname]\nname = \"a_b\"\n", "hostname.name", "letters"),
+            (
+                "[access]\noperator_ips = [\"1.2.3\"]\n",
+                "access.operator_ips",
+                "",
+            ),
+            (
+                "[ntp]\nsync_timeout = \"soon\"\n",
+                "ntp.sync_timeout",
+                "soon",
+            ),
+            ("[swap]\npath = \"swapfile\"\n", "swap.path", "absolute"),
+        ] {
+            let e = parse(text, Some(Path::new("x.toml"))).unwrap_err();
+            assert!(
+                e.field.as_deref().unwrap_or("").starts_with(field),
+                "{text}: {e}"
+            );
+            assert!(e.line_col.is_some(), "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn toml_syntax_error_has_position() {
+        let e = parse("[swap\n", Some(Path::new("x.toml"))).unwrap_err();
+        assert_eq!(e.line_col.map(|l| l.0), Some(1));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("4G".parse::<Size>().unwrap(), Size(4 << 30));
+        assert_eq!("512M".parse::<Size>().unwrap(), Size(512 << 20));
+        assert_eq!("4GiB".parse::<Size>().unwrap(), Size(4 << 30));
+        assert_eq!("1024".parse::<Size>().unwrap(), Size(1024));
+        assert!("G".parse::<Size>().is_err());
+        assert!("-1G".parse::<Size>().is_err());
+        assert!("99999999999T".parse::<Size>().is_err());
+        assert_eq!(Size(4 << 30).to_string(), "4G");
+        assert_eq!(Size(1500).to_string(), "1500");
+    }
+
+    #[test]
+    fn hostnames() {
+        for ok in ["sapari-prod", "a", "web-01.example.com", "0abc"] {
+            assert!(ok.parse::<Hostname>().is_ok(), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "-a", "a-", "a..b", "a b", "über", long.as_str()] {
+            assert!(bad.parse::<Hostname>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overrides_validate_and_deduplicate() {
+        let mut c = Config::default();
+        apply_overrides(
+            &mut c,
+            &["192.0.2.50".into(), "192.0.2.50".into()],
+            Some("web-1"),
+        )
+        .unwrap();
+        assert_eq!(c.access.operator_ips.len(), 1);
+        assert_eq!(c.hostname.name.0, "web-1");
+        let e = apply_overrides(&mut c, &["nope".into()], None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("--my-ip"));
+        let e = apply_overrides(&mut c, &[], Some("bad_name")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("--hostname"));
+    }
+
+    #[test]
+    fn ownership_rules() {
+        let p = Path::new("/etc/sapari-agent/agent.toml");
+        assert!(
+            check_ownership(
+                p,
+                Ownership {
+                    uid: 0,
+                    mode: 0o100600
+                },
+                0
+            )
+            .is_ok()
+        );
+        assert!(
+            check_ownership(
+                p,
+                Ownership {
+                    uid: 0,
+                    mode: 0o100644
+                },
+                0
+            )
+            .is_ok()
+        );
+        let e = check_ownership(
+            p,
+            Ownership {
+                uid: 1000,
+                mode: 0o100600,
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("chown root:root"));
+        let e = check_ownership(
+            p,
+            Ownership {
+                uid: 0,
+                mode: 0o100666,
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("chmod go-w"));
+        assert!(
+            check_ownership(
+                p,
+                Ownership {
+                    uid: 1000,
+                    mode: 0o100644
+                },
+                1000
+            )
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Files: reads that treat "absent" as a value, and atomic writes (temp file in the same
+//! directory, fsync, mode and owner set before the rename, rename, fsync of the directory),
+//! so a crash leaves either the old or the new content, never a torn file.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Prefix of our temp files, so leftovers from a killed run can be recognised and removed.
+pub const TEMP_PREFIX: &str = ".sapari-agent-tmp.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSpec {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FileSpec {
+    pub const fn root(mode: u32) -> Self {
+        Self {
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+/// What is on disk at a path, as far as the planners care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    pub content: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FileState {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.content).into_owned()
+    }
+}
+
+pub fn read_opt(path: &Path) -> Result<Option<FileState>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    let mut content = Vec::with_capacity(meta.len() as usize);
+    io::Read::read_to_end(&mut f, &mut content)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(FileState {
+        content,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    }))
+}
+
+pub fn read_text_opt(path: &Path) -> Result<Option<String>> {
+    Ok(read_opt(path)?.map(|f| f.text()))
+}
+
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sapari-agent.bak");
+    PathBuf::from(s)
+}
+
+/// Replace `path` atomically. With `backup`, the previous content is first copied to
+/// `<path>.sapari-agent.bak` (itself written atomically).
+pub fn write_atomic(path: &Path, content: &[u8], spec: FileSpec, backup: bool) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if backup && let Some(old) = read_opt(path)? {
+        write_atomic(
+            &backup_path(path),
+            &old.content,
+            FileSpec {
+                mode: old.mode,
+                uid: old.uid,
+                gid: old.gid,
+            },
+            false,
+        )?;
+    }
+    let ctx = || format!("cannot write {}", path.display());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .with_context(ctx)?;
+    tmp.write_all(content).with_context(ctx)?;
+    let f = tmp.as_file();
+    f.set_permissions(fs::Permissions::from_mode(spec.mode))
+        .with_context(ctx)?;
+    std::os::unix::fs::fchown(f, Some(spec.uid), Some(spec.gid)).with_context(ctx)?;
+    f.sync_all().with_context(ctx)?;
+    tmp.persist(path).map_err(|e| e.error).with_context(ctx)?;
+    sync_dir(dir)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+/// Remove temp files a killed run may have left next to `path`.
+pub fn remove_stale_temps(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> FileSpec {
+        FileSpec {
+            mode: 0o640,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    #[test]
+    fn writes_content_mode_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_atomic(&p, b"one\n", me(), false).unwrap();
+        let s = read_opt(&p).unwrap().unwrap();
+        assert_eq!(s.content, b"one\n");
+        assert_eq!(s.mode, 0o640);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn backup_keeps_previous_content() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_atomic(&p, b"old", me(), false).unwrap();
+        write_atomic(&p, b"new", me(), true).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(fs::read(backup_path(&p)).unwrap(), b"old");
+    }
+
+    #[test]
+    fn absent_is_none_and_stale_temps_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(read_opt(&d.path().join("nope")).unwrap().is_none());
+        fs::write(d.path().join(format!("{TEMP_PREFIX}abc")), b"x").unwrap();
+        fs::write(d.path().join("keep"), b"x").unwrap();
+        remove_stale_temps(d.path());
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("keep")]);
+    }
+
+    #[test]
+    fn failed_write_leaves_old_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("missing-dir").join("f");
+        assert!(write_atomic(&p, b"x", me(), false).is_err());
+        assert!(!p.exists());
+    }
+}

@@ -1,0 +1,183 @@
+//! The only code that touches the machine. Resources observe and change the system through
+//! a `Host`; a read-only `Host` (used by `plan` and `status`) refuses every change, so a
+//! bug in a resource cannot turn a plan into a converge.
+
+pub mod command;
+pub mod files;
+pub mod sys;
+pub mod systemd;
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+pub use command::{Cmd, CmdOutput};
+pub use files::{FileSpec, FileState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+#[derive(Debug)]
+pub struct Host {
+    access: Access,
+}
+
+impl Host {
+    pub fn new(access: Access) -> Self {
+        Self { access }
+    }
+
+    fn guard(&self, what: &dyn std::fmt::Display) -> Result<()> {
+        if self.access == Access::ReadOnly {
+            bail!("internal error: attempted to change the system ({what}) in a read-only run");
+        }
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    pub fn read(&self, path: &Path) -> Result<Option<FileState>> {
+        files::read_opt(path)
+    }
+
+    pub fn read_text(&self, path: &Path) -> Result<Option<String>> {
+        files::read_text_opt(path)
+    }
+
+    /// Run a command that only observes.
+    pub async fn query(&self, cmd: &Cmd) -> Result<CmdOutput> {
+        Ok(cmd.output().await?)
+    }
+
+    pub fn hostname(&self) -> Result<String> {
+        sys::hostname()
+    }
+
+    pub fn clock(&self) -> Result<sys::ClockState> {
+        sys::clock_state()
+    }
+
+    pub fn memory(&self) -> Result<sys::Memory> {
+        sys::memory()
+    }
+
+    pub fn fs_type(&self, path: &Path) -> Result<sys::FsKind> {
+        sys::fs_type(path)
+    }
+
+    pub fn systemd_booted(&self) -> bool {
+        systemd::booted()
+    }
+
+    pub fn unit_installed(&self, unit: &str) -> bool {
+        systemd::unit_installed(unit)
+    }
+
+    pub fn program_exists(&self, name: &str) -> bool {
+        [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ]
+        .iter()
+        .any(|d| Path::new(d).join(name).exists())
+    }
+
+    // ---- changes ----
+
+    pub async fn run(&self, cmd: &Cmd) -> Result<CmdOutput> {
+        self.guard(cmd)?;
+        log::info!("running {cmd}");
+        Ok(cmd.run().await?)
+    }
+
+    pub fn write(&self, path: &Path, content: &[u8], spec: FileSpec, backup: bool) -> Result<()> {
+        self.guard(&path.display())?;
+        log::info!("writing {}", path.display());
+        files::write_atomic(path, content, spec, backup)
+    }
+
+    pub fn remove_file(&self, path: &Path) -> Result<()> {
+        self.guard(&path.display())?;
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn set_hostname(&self, name: &str) -> Result<()> {
+        self.guard(&"sethostname")?;
+        sys::set_hostname(name)
+    }
+
+    pub fn swapon(&self, path: &Path) -> Result<()> {
+        self.guard(&"swapon")?;
+        sys::swapon(path)
+    }
+
+    pub fn swapoff(&self, path: &Path) -> Result<()> {
+        self.guard(&"swapoff")?;
+        sys::swapoff(path)
+    }
+
+    /// Create (or truncate) `path` as an empty root-owned 0600 file.
+    pub fn create_private_file(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.guard(&path.display())?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(0))
+            .map_err(|e| anyhow::anyhow!("cannot chown {}: {e}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn allocate(&self, path: &Path, size: u64) -> Result<()> {
+        self.guard(&path.display())?;
+        sys::allocate(path, size)
+    }
+
+    pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.guard(&path.display())?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| anyhow::anyhow!("cannot chmod {}: {e}", path.display()))
+    }
+
+    pub fn chown(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
+        self.guard(&path.display())?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| anyhow::anyhow!("cannot chown {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn read_only_host_refuses_every_change() {
+        let h = Host::new(Access::ReadOnly);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        assert!(h.write(&p, b"x", FileSpec::root(0o600), false).is_err());
+        assert!(h.run(&Cmd::new("true")).await.is_err());
+        assert!(h.set_hostname("x").is_err());
+        assert!(h.swapon(&p).is_err());
+        assert!(h.create_private_file(&p).is_err());
+        assert!(!p.exists());
+        assert!(h.query(&Cmd::new("true")).await.is_ok());
+    }
+}

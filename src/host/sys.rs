@@ -1,0 +1,199 @@
+//! Kernel interfaces the agent uses directly (no external command needed):
+//! hostname, swap, filesystem type, memory figures and the NTP synchronisation state.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+pub fn hostname() -> Result<String> {
+    Ok(nix::unistd::gethostname()
+        .context("gethostname")?
+        .to_string_lossy()
+        .into_owned())
+}
+
+pub fn set_hostname(name: &str) -> Result<()> {
+    nix::unistd::sethostname(name).with_context(|| format!("sethostname({name})"))
+}
+
+fn cpath(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("path {} contains a NUL byte", path.display()))
+}
+
+pub fn swapon(path: &Path) -> Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: c is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EINVAL) => {
+                ": the filesystem cannot hold swap (overlay, tmpfs, a file with holes, or btrfs copy-on-write)"
+            }
+            Some(libc::EPERM) => ": not permitted (not root, or a container that filters swapon)",
+            _ => "",
+        };
+        bail!("swapon {} failed: {e}{hint}", path.display());
+    }
+    Ok(())
+}
+
+pub fn swapoff(path: &Path) -> Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: as above.
+    if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("swapoff {} failed: {e}", path.display());
+    }
+    Ok(())
+}
+
+/// Allocate real blocks (swap refuses files with holes). Falls back to writing zeros
+/// where the filesystem has no fallocate.
+pub fn allocate(path: &Path, size: u64) -> Result<()> {
+    use std::io::Write;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::fallocate(
+        &f,
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        size as libc::off_t,
+    ) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EOPNOTSUPP) => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut w = std::io::BufWriter::new(&f);
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                w.write_all(&zeros[..n])
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                left -= n as u64;
+            }
+            w.flush()?;
+        }
+        Err(e) => {
+            let hint = if e == nix::errno::Errno::ENOSPC {
+                " (not enough free space)"
+            } else {
+                ""
+            };
+            bail!(
+                "cannot allocate {size} bytes for {}: {e}{hint}",
+                path.display()
+            );
+        }
+    }
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", path.display()))
+}
+
+/// The filesystem holding `path` (or its nearest existing ancestor), by statfs magic.
+pub fn fs_type(path: &Path) -> Result<FsKind> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent().unwrap_or(Path::new("/"));
+    }
+    let st = nix::sys::statfs::statfs(p).with_context(|| format!("statfs {}", p.display()))?;
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    let magic = st.filesystem_type().0 as u64;
+    Ok(FsKind::from_magic(magic))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    Ext4,
+    Xfs,
+    Btrfs,
+    /// Filesystems the kernel cannot swap to (overlay, tmpfs, network filesystems...).
+    NoSwap(&'static str),
+    Other(u64),
+}
+
+impl FsKind {
+    pub fn from_magic(m: u64) -> Self {
+        match m {
+            0xEF53 => FsKind::Ext4,
+            0x5846_5342 => FsKind::Xfs,
+            0x9123_683E => FsKind::Btrfs,
+            0x794C_7630 => FsKind::NoSwap("overlayfs"),
+            0x0102_1994 => FsKind::NoSwap("tmpfs"),
+            0x6969 => FsKind::NoSwap("nfs"),
+            0xFF53_4D42 | 0xFE53_4D42 => FsKind::NoSwap("cifs/smb"),
+            0x6573_5546 => FsKind::NoSwap("fuse"),
+            0x2FC1_2FC1 => FsKind::NoSwap("zfs"),
+            0x858458F6 => FsKind::NoSwap("ramfs"),
+            0x9FA0 => FsKind::NoSwap("proc"),
+            m => FsKind::Other(m),
+        }
+    }
+}
+
+/// Kernel clock discipline state, read with adjtimex(2) in read-only mode: what
+/// `timedatectl`'s NTPSynchronized is derived from, available even without systemd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockState {
+    pub synchronized: bool,
+    pub max_error_us: i64,
+}
+
+pub fn clock_state() -> Result<ClockState> {
+    // SAFETY: timex is plain data; modes = 0 makes adjtimex read-only.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    tx.modes = 0;
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return Err(std::io::Error::last_os_error()).context("adjtimex");
+    }
+    Ok(ClockState {
+        synchronized: state != libc::TIME_ERROR && (tx.status & libc::STA_UNSYNC) == 0,
+        #[allow(clippy::useless_conversion)]
+        max_error_us: i64::from(tx.maxerror),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Memory {
+    pub total: u64,
+    pub available: u64,
+    pub swap_total: u64,
+    pub swap_free: u64,
+}
+
+pub fn memory() -> Result<Memory> {
+    let mut s = sysinfo::System::new().context("cannot read memory figures")?;
+    s.refresh_memory();
+    Ok(Memory {
+        total: s.total_memory(),
+        available: s.available_memory(),
+        swap_total: s.total_swap(),
+        swap_free: s.free_swap(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_numbers() {
+        assert_eq!(FsKind::from_magic(0xEF53), FsKind::Ext4);
+        assert_eq!(FsKind::from_magic(0x9123683E), FsKind::Btrfs);
+        assert_eq!(FsKind::from_magic(0x794C7630), FsKind::NoSwap("overlayfs"));
+        assert_eq!(FsKind::from_magic(0x01021994), FsKind::NoSwap("tmpfs"));
+    }
+
+    #[test]
+    fn reads_are_harmless() {
+        // Read-only calls: safe to make on the development machine itself.
+        assert!(!hostname().unwrap().is_empty());
+        clock_state().unwrap();
+        assert!(memory().unwrap().total > 0);
+        fs_type(Path::new("/definitely/not/here")).unwrap();
+    }
+}

@@ -1,0 +1,311 @@
+//! sapari-agent: converges a single production server to the state the launch runbook
+//! describes. All logic lives in this library; `main.rs` only maps the outcome to an
+//! exit code.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod host;
+pub mod logging;
+pub mod resources;
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use cli::{Cli, Command, Overrides, Selectors};
+use config::{Config, ConfigError};
+use engine::{Check, Engine, Level, Mode, Report, ResourceReport, Status};
+use host::{Access, FileSpec, Host};
+use resources::Name;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Documented exit codes (README, `--help`).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const CHANGES: i32 = 2;
+    pub const USAGE: i32 = 64;
+    pub const LOCKED: i32 = 75;
+    pub const NOT_ROOT: i32 = 77;
+    pub const CONFIG: i32 = 78;
+}
+
+/// A progress line for a long step: plain text on stderr (no spinners: the agent often
+/// runs without a TTY), and the journal.
+pub fn progress(resource: Name, msg: &str) {
+    eprintln!("{resource}: {msg}");
+    log::info!(resource = resource.as_str(); "{msg}");
+}
+
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+fn load_config(sel: &Selectors, ov: Option<&Overrides>) -> Result<Config, i32> {
+    let (mut cfg, _) = config::load(sel.config.as_deref(), euid()).map_err(|e| {
+        eprintln!("sapari-agent: {e}");
+        eprintln!("sapari-agent: nothing was changed");
+        exit::CONFIG
+    })?;
+    if let Some(ov) = ov {
+        config::apply_overrides(&mut cfg, &ov.my_ip, ov.hostname.as_deref()).map_err(
+            |e: ConfigError| {
+                eprintln!("sapari-agent: {e}");
+                exit::USAGE
+            },
+        )?;
+    }
+    Ok(cfg)
+}
+
+pub async fn run(cli: Cli) -> i32 {
+    logging::init(cli.verbose);
+    match cli.command {
+        Command::Version => {
+            println!("sapari-agent {VERSION}");
+            exit::OK
+        }
+        Command::Converge(a) => {
+            converge_or_plan(Mode::Converge, &a.sel, &a.ov, a.detailed_exitcodes).await
+        }
+        Command::Plan(a) => converge_or_plan(Mode::Plan, &a.sel, &a.ov, a.detailed_exitcodes).await,
+        Command::Status(a) => status(&a.sel).await,
+    }
+}
+
+async fn converge_or_plan(mode: Mode, sel: &Selectors, ov: &Overrides, detailed: bool) -> i32 {
+    let cfg = match load_config(sel, Some(ov)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let _lock = if mode == Mode::Converge {
+        if euid() != 0 {
+            eprintln!(
+                "sapari-agent: converge changes the system and must run as root (try: sudo sapari-agent converge); `sapari-agent plan` works without root"
+            );
+            return exit::NOT_ROOT;
+        }
+        let lock = engine::lock::acquire(
+            Path::new(engine::lock::DEFAULT_PATH),
+            cfg.agent.lock_timeout.0,
+            |holder| {
+                eprintln!(
+                    "sapari-agent: waiting up to {} for another run{holder} to finish",
+                    cfg.agent.lock_timeout
+                )
+            },
+        );
+        match lock {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("sapari-agent: {e}");
+                return match e {
+                    engine::lock::LockError::Busy { .. } => exit::LOCKED,
+                    engine::lock::LockError::Open { .. } => exit::NOT_ROOT,
+                };
+            }
+        }
+    } else {
+        None
+    };
+
+    let host = Host::new(if mode == Mode::Converge {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    });
+    let mode_name = if mode == Mode::Converge {
+        "converge"
+    } else {
+        "plan"
+    };
+    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let t0 = Instant::now();
+    let engine = Engine {
+        registry: resources::registry(&cfg),
+    };
+    let selection = resources::select(&sel.only, &sel.skip);
+    let json = sel.json;
+    let mut stdout = std::io::stdout();
+    if !json {
+        let _ = writeln!(stdout, "sapari-agent {VERSION} {mode_name}");
+    }
+    let results = engine
+        .run(&host, mode, &selection, |r| {
+            log_resource(r);
+            if !json && !quiet_skip(r) {
+                let _ = writeln!(stdout, "{}", engine::report::render_resource(r));
+                let _ = stdout.flush();
+            }
+        })
+        .await;
+    let report = Report {
+        agent_version: VERSION,
+        mode: mode_name,
+        started_at,
+        duration_ms: t0.elapsed().as_millis() as u64,
+        summary: Report::summarize(&results),
+        resources: results,
+    };
+    if mode == Mode::Converge {
+        save_last_run(&host, &cfg.agent.state_dir, &report);
+    }
+    if json {
+        let _ = writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print_quiet_skips(&report.resources);
+        println!("{}", report.summary_line());
+    }
+    let pending = report.summary.changed + report.summary.would_change;
+    if report.summary.failed > 0 {
+        exit::FAILED
+    } else if detailed && pending > 0 {
+        exit::CHANGES
+    } else {
+        exit::OK
+    }
+}
+
+/// Resources left out on purpose or not yet implemented are summed up on one line
+/// instead of one line each.
+fn quiet_skip(r: &ResourceReport) -> bool {
+    r.status == Status::Skipped && r.error.is_none()
+}
+
+fn print_quiet_skips(results: &[ResourceReport]) {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for r in results.iter().filter(|r| quiet_skip(r)) {
+        let why = r.notes.join("; ");
+        match groups.iter_mut().find(|(w, _)| *w == why) {
+            Some((_, names)) => names.push(r.name.as_str()),
+            None => groups.push((why, vec![r.name.as_str()])),
+        }
+    }
+    for (why, names) in groups {
+        println!("skipped: {} ({why})", names.join(", "));
+    }
+}
+
+fn log_resource(r: &ResourceReport) {
+    let status = r.status.as_str();
+    match &r.error {
+        Some(e) => log::error!(resource = r.name.as_str(), status = status; "{}: {e}", r.name),
+        None if r.status == Status::Changed => log::info!(
+            resource = r.name.as_str(), status = status;
+            "{}: {} change(s): {}",
+            r.name,
+            r.changes.len(),
+            r.changes.iter().map(|c| c.what.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        None => log::info!(resource = r.name.as_str(), status = status; "{}: {status}", r.name),
+    }
+}
+
+fn save_last_run(host: &Host, dir: &Path, report: &Report) {
+    let path = dir.join("last-run.json");
+    let result = std::fs::create_dir_all(dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| {
+            let mut body = serde_json::to_vec_pretty(report)?;
+            body.push(b'\n');
+            host.write(&path, &body, FileSpec::root(0o644), false)
+        });
+    if let Err(e) = result {
+        log::warn!("cannot save the run report to {}: {e:#}", path.display());
+    }
+}
+
+async fn status(sel: &Selectors) -> i32 {
+    let cfg = match load_config(sel, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let host = Host::new(Access::ReadOnly);
+    let engine = Engine {
+        registry: resources::registry(&cfg),
+    };
+    let selected: Vec<Name> = resources::select(&sel.only, &sel.skip)
+        .into_iter()
+        .filter(|(_, why)| why.is_none())
+        .map(|(n, _)| n)
+        .collect();
+    let mut checks = engine.checks(&host, &selected).await;
+    checks.push(last_run_check(&cfg.agent.state_dir.join("last-run.json")));
+    let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Pass);
+    if sel.json {
+        let doc = serde_json::json!({
+            "agent_version": VERSION,
+            "checks": checks,
+            "result": worst,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print!(
+            "{}",
+            render_checks(&checks, std::io::stdout().is_terminal())
+        );
+    }
+    if worst == Level::Fail {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
+}
+
+fn last_run_check(path: &Path) -> Check {
+    let hint = "run `sapari-agent converge` (see the journal: journalctl -t sapari-agent)";
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Check::new(
+            "last converge",
+            Level::Warn,
+            "never run on this machine",
+            hint,
+        );
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let at = v["started_at"].as_str().unwrap_or("?");
+    let failed = v["summary"]["failed"].as_u64().unwrap_or(0);
+    if failed > 0 {
+        Check::new(
+            "last converge",
+            Level::Fail,
+            format!("{at}: {failed} resource(s) failed"),
+            hint,
+        )
+    } else {
+        Check::new("last converge", Level::Pass, format!("{at}: ok"), hint)
+    }
+}
+
+pub fn render_checks(checks: &[Check], color: bool) -> String {
+    let width = checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = format!("{:<width$}  RESULT  DETAIL\n", "CHECK");
+    for c in checks {
+        let (word, code) = match c.level {
+            Level::Pass => ("PASS", "32"),
+            Level::Warn => ("WARN", "33"),
+            Level::Fail => ("FAIL", "31"),
+        };
+        let shown = if color {
+            format!("\x1b[{code}m{word}\x1b[0m")
+        } else {
+            word.to_string()
+        };
+        out.push_str(&format!("{:<width$}  {shown}    {}\n", c.name, c.detail));
+        if !c.hint.is_empty() {
+            out.push_str(&format!("{:<width$}          fix: {}\n", "", c.hint));
+        }
+    }
+    out
+}

@@ -1,0 +1,51 @@
+//! Logs go to journald (with RESOURCE/STATUS fields) when its socket exists, else to
+//! stderr. The human report is not a log: it goes to stdout.
+
+use std::path::Path;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+struct Stderr {
+    level: LevelFilter,
+}
+
+impl Log for Stderr {
+    fn enabled(&self, m: &Metadata) -> bool {
+        m.level() <= self.level
+    }
+
+    fn log(&self, r: &Record) {
+        if self.enabled(r.metadata()) {
+            let tag = match r.level() {
+                Level::Error => "error",
+                Level::Warn => "warning",
+                _ => "info",
+            };
+            eprintln!("sapari-agent: {tag}: {}", r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+pub fn init(verbose: bool) {
+    if Path::new(JOURNAL_SOCKET).exists()
+        && let Ok(j) = systemd_journal_logger::JournalLog::new()
+    {
+        let j = j.with_syslog_identifier("sapari-agent".to_string());
+        if j.install().is_ok() {
+            log::set_max_level(LevelFilter::Info);
+            return;
+        }
+    }
+    let level = if verbose {
+        LevelFilter::Info
+    } else {
+        LevelFilter::Warn
+    };
+    if log::set_boxed_logger(Box::new(Stderr { level })).is_ok() {
+        log::set_max_level(level);
+    }
+}
