@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, unit tests, then the root-only system tests that boot a
+# Debian container (systemd-nspawn in its own network namespace) and run the static
+# agent inside it. Installs what it needs first; safe on a machine reached over the
+# network because nothing system-level runs outside the namespaces the tests create.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: the system tests boot containers and need root (try: sudo ./scripts/test.sh)" >&2
+  exit 1
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "installing test dependencies"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  musl-tools debootstrap systemd-container iproute2 util-linux e2fsprogs \
+  python3 ca-certificates file >/dev/null
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl
+fi
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "static release build"
+cargo build --release --target x86_64-unknown-linux-musl --quiet
+export SAPARI_AGENT_BIN="$PWD/target/x86_64-unknown-linux-musl/release/sapari-agent"
+file "$SAPARI_AGENT_BIN" | grep -Eq 'static(-pie)? linked' || { echo "agent binary is not static" >&2; exit 1; }
+
+step "test rootfs (cached under /var/cache/sapari-agent-tests)"
+tests/harness/build-rootfs.sh
+
+step "unit and system tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --run-ignored all --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast -- --include-ignored --test-threads=2 "$@"
+fi
