@@ -20,8 +20,88 @@ pub struct Config {
     pub agent: AgentSettings,
     pub access: Access,
     pub hostname: HostnameSettings,
+    pub users: UsersSettings,
+    pub sshd: SshdSettings,
+    pub deploy_key: DeployKeySettings,
     pub swap: SwapSettings,
     pub ntp: NtpSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersSettings {
+    /// The non-root account operators and CI log in as.
+    pub name: Username,
+    /// Public keys (authorized_keys lines) that may log in as that user.
+    pub authorized_keys: Vec<AuthorizedKey>,
+    /// Also install the keys cloud-init put in /root/.ssh/authorized_keys (Hetzner project keys).
+    pub import_root_keys: bool,
+    /// Remove keys from the user's authorized_keys that are not listed above. Off by default
+    /// so keys added by hand (the CI key from `ssh-copy-id`) survive timer runs.
+    pub exclusive_keys: bool,
+    /// NOPASSWD sudo for the user (intentional for CD: SSH is key-only and tailnet-gated).
+    pub passwordless_sudo: bool,
+}
+
+impl Default for UsersSettings {
+    fn default() -> Self {
+        Self {
+            name: Username("deploy".into()),
+            authorized_keys: Vec::new(),
+            import_root_keys: true,
+            exclusive_keys: false,
+            passwordless_sudo: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshdSettings {
+    /// Drop-in file name in /etc/ssh/sshd_config.d/; must sort before 50-cloud-init.conf,
+    /// because sshd keeps the first value it reads.
+    pub drop_in: DropInName,
+    /// Only these users may log in (empty: no AllowUsers line).
+    pub allow_users: Vec<Username>,
+    /// Only members of these groups may log in (empty: no AllowGroups line).
+    pub allow_groups: Vec<Username>,
+    /// Add curve25519-sha256 to the key exchanges, for clients without sntrup761
+    /// (Go's x/crypto/ssh as used by Terraform and some CI actions, paramiko).
+    pub compat_kex: bool,
+    /// Comment out managed settings in drop-ins that sort before ours instead of failing.
+    pub neutralize_overrides: bool,
+}
+
+impl Default for SshdSettings {
+    fn default() -> Self {
+        Self {
+            drop_in: DropInName("10-sapari-agent.conf".into()),
+            allow_users: Vec::new(),
+            allow_groups: Vec::new(),
+            compat_kex: false,
+            neutralize_overrides: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployKeySettings {
+    pub enabled: bool,
+    /// Private key path; default `<home of users.name>/.ssh/github_deploy_key`.
+    pub path: Option<AbsPath>,
+    /// Comment stored in the public key (shows up in GitHub's Deploy keys list).
+    pub comment: String,
+}
+
+impl Default for DeployKeySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            comment: "sapari-prod deploy key".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -330,6 +410,97 @@ impl fmt::Display for Hostname {
     }
 }
 
+/// A user or group name as useradd accepts it: lowercase letter or underscore first, then
+/// lowercase letters, digits, `_` or `-`, at most 32 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(pub String);
+string_newtype!(Username);
+
+impl FromStr for Username {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(format!(
+                "invalid user or group name `{s}`: use lowercase letters, digits, `_` and `-`, starting with a letter (e.g. deploy)"
+            ));
+        }
+        if s == "root" {
+            return Err(
+                "`root` cannot be the managed user: the point is a non-root sudo user".into(),
+            );
+        }
+        Ok(Username(s.to_string()))
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One `authorized_keys` line (options allowed), checked for a known key type and valid
+/// base64 key data before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedKey(pub String);
+string_newtype!(AuthorizedKey);
+
+impl FromStr for AuthorizedKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let line = s.trim();
+        let short: String = line.chars().take(40).collect();
+        if line.contains('\n') {
+            return Err(format!(
+                "authorized key `{short}...` spans several lines; give one key per list entry"
+            ));
+        }
+        crate::authorized_keys::parse(line)
+            .map_err(|e| format!("invalid authorized key `{short}...`: {e} (expected e.g. `ssh-ed25519 AAAAC3... you@laptop`)"))?;
+        Ok(AuthorizedKey(line.to_string()))
+    }
+}
+
+impl fmt::Display for AuthorizedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A drop-in file name for /etc/ssh/sshd_config.d: `*.conf` (sshd's Include glob) and
+/// sorting before `50-cloud-init.conf`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropInName(pub String);
+string_newtype!(DropInName);
+
+impl FromStr for DropInName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains('/') || !s.ends_with(".conf") || s.len() <= 5 {
+            return Err(format!(
+                "`{s}` must be a plain file name ending in .conf (e.g. 10-sapari-agent.conf)"
+            ));
+        }
+        if s >= "50-cloud-init.conf" {
+            return Err(format!(
+                "`{s}` sorts after 50-cloud-init.conf, whose values would win (sshd keeps the first value it reads); use a name like 10-sapari-agent.conf"
+            ));
+        }
+        Ok(DropInName(s.to_string()))
+    }
+}
+
+impl fmt::Display for DropInName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A byte size written like `4G`, `512M`, `1048576` (binary units, as fallocate reads them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
@@ -470,6 +641,22 @@ mod tests {
                 "soon",
             ),
             ("[swap]\npath = \"swapfile\"\n", "swap.path", "absolute"),
+            ("[users]\nname = \"Deploy\"\n", "users.name", "lowercase"),
+            (
+                "[users]\nauthorized_keys = [\"ssh-ed25519 AAAA!!\"]\n",
+                "users.authorized_keys",
+                "ssh-ed25519 AAAA!!",
+            ),
+            (
+                "[users]\nauthorized_keys = [\"ssh-foo AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"]\n",
+                "users.authorized_keys",
+                "invalid authorized key",
+            ),
+            (
+                "[sshd]\ndrop_in = \"99-late.conf\"\n",
+                "sshd.drop_in",
+                "50-cloud-init.conf",
+            ),
         ] {
             let e = parse(text, Some(Path::new("x.toml"))).unwrap_err();
             assert!(
@@ -485,6 +672,18 @@ mod tests {
     fn toml_syntax_error_has_position() {
         let e = parse("[swap\n", Some(Path::new("x.toml"))).unwrap_err();
         assert_eq!(e.line_col.map(|l| l.0), Some(1));
+    }
+
+    #[test]
+    fn authorized_keys_accept_options_and_types() {
+        for k in [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop",
+            "from=\"192.0.2.0/24\",no-agent-forwarding ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+        ] {
+            assert!(k.parse::<AuthorizedKey>().is_ok(), "{k}");
+        }
+        assert!("".parse::<AuthorizedKey>().is_err());
+        assert!("root".parse::<Username>().is_err());
     }
 
     #[test]

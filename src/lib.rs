@@ -2,6 +2,7 @@
 //! describes. All logic lives in this library; `main.rs` only maps the outcome to an
 //! exit code.
 
+pub mod authorized_keys;
 pub mod cli;
 pub mod config;
 pub mod engine;

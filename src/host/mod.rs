@@ -2,6 +2,7 @@
 //! a `Host`; a read-only `Host` (used by `plan` and `status`) refuses every change, so a
 //! bug in a resource cannot turn a plan into a converge.
 
+pub mod accounts;
 pub mod command;
 pub mod files;
 pub mod sys;
@@ -50,6 +51,18 @@ impl Host {
     /// Run a command that only observes.
     pub async fn query(&self, cmd: &Cmd) -> Result<CmdOutput> {
         Ok(cmd.output().await?)
+    }
+
+    /// /etc/passwd and /etc/group as they are now.
+    pub fn accounts(&self) -> Result<accounts::Accounts> {
+        let passwd = self
+            .read_text(Path::new("/etc/passwd"))?
+            .unwrap_or_default();
+        let group = self.read_text(Path::new("/etc/group"))?.unwrap_or_default();
+        Ok(accounts::Accounts {
+            users: accounts::parse_passwd(&passwd),
+            groups: accounts::parse_group(&group),
+        })
     }
 
     pub fn hostname(&self) -> Result<String> {
@@ -142,6 +155,26 @@ impl Host {
         std::os::unix::fs::fchown(&f, Some(0), Some(0))
             .map_err(|e| anyhow::anyhow!("cannot chown {}: {e}", path.display()))?;
         Ok(())
+    }
+
+    /// Create `path` (not its parents) if missing, then set mode and owner.
+    pub fn ensure_dir(&self, path: &Path, spec: FileSpec) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.guard(&path.display())?;
+        match std::fs::create_dir(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(anyhow::anyhow!(
+                    "cannot create directory {}: {e}",
+                    path.display()
+                ));
+            }
+            _ => {}
+        }
+        std::os::unix::fs::chown(path, Some(spec.uid), Some(spec.gid))
+            .and_then(|_| {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(spec.mode))
+            })
+            .map_err(|e| anyhow::anyhow!("cannot set owner/mode of {}: {e}", path.display()))
     }
 
     pub fn allocate(&self, path: &Path, size: u64) -> Result<()> {
