@@ -18,10 +18,21 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   musl-tools debootstrap systemd-container iproute2 util-linux e2fsprogs \
-  python3 ca-certificates file >/dev/null
+  python3 ca-certificates file openssh-client sshpass >/dev/null
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
+
+# ssh-audit judges the hardened sshd from the client side (from the Python package index).
+SSH_AUDIT_VERSION=3.9.0
+SSH_AUDIT_VENV=/var/cache/sapari-agent-tests/venv-ssh-audit
+if ! "$SSH_AUDIT_VENV/bin/ssh-audit" --help 2>/dev/null | grep -q -- --skip-rate-test ||
+   ! "$SSH_AUDIT_VENV/bin/pip" show ssh-audit 2>/dev/null | grep -qx "Version: $SSH_AUDIT_VERSION"; then
+  rm -rf "$SSH_AUDIT_VENV"
+  python3 -m venv "$SSH_AUDIT_VENV"
+  "$SSH_AUDIT_VENV/bin/pip" install -q "ssh-audit==$SSH_AUDIT_VERSION"
+fi
+export SSH_AUDIT="$SSH_AUDIT_VENV/bin/ssh-audit"
 
 step "format and lint"
 cargo fmt --all -- --check

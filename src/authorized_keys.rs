@@ -66,6 +66,8 @@ mod tests {
         assert!(k.starts_with("ssh-ed25519 "));
         assert!(parse(&l).is_ok());
         assert!(parse(&format!("no-agent-forwarding {ED}")).is_ok());
+        let ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEmKSENjQEezOmxkZMy7opKgwFB9nkt5YRrYMjNuG5N87uRgg6CLrbo5wAdT/y6v0mKV0U2w0WZ2YB/++Tpockg= op";
+        assert!(parse(ecdsa).is_ok(), "ECDSA keys are common on laptops");
         assert_eq!(split_options(ED), (None, ED));
     }
 

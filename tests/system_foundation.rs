@@ -10,10 +10,13 @@ use common::TestBox;
 use serde_json::Value;
 
 const SWAP: &str = "/mnt/swap/swapfile";
+/// Any valid key: the full converge hardens sshd, which needs a user who can log in.
+const OPERATOR_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5XCtKcP+JC48vXbIoe+UVO/zcUdqfXFZ2HI0vvRsPW operator";
 
 fn config(extra: &str) -> String {
     format!(
-        "[hostname]\nname = \"sapari-prod\"\n\n[swap]\npath = \"{SWAP}\"\nsize = \"64M\"\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}"
+        "[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{SWAP}\"\nsize = \"64M\"\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}"
     )
 }
 
@@ -149,7 +152,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     let r2 = json(&o2);
     assert_eq!(r2["summary"]["changed"], 0, "{r2:#}");
     assert_eq!(r2["summary"]["failed"], 0, "{r2:#}");
-    for name in ["hostname", "swap", "ntp"] {
+    for name in ["hostname", "users", "sshd", "deploy-key", "swap", "ntp"] {
         assert_eq!(resource(&r2, name)["status"], "unchanged", "{name}: {r2:#}");
     }
     assert_eq!(

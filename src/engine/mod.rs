@@ -243,7 +243,26 @@ impl Engine {
             } else {
                 obs
             };
-            self.finish(host, mode, res, obs, &mut rep).await;
+            // A plan is computed against today's machine. When a dependency would change it
+            // first (sshd's lockout guard needs the keys `users` is about to install), the
+            // dependent cannot be judged yet: say so rather than report a failure that a
+            // converge would not have.
+            let pending: Vec<&str> = deps
+                .iter()
+                .filter(|r| r.status == Status::WouldChange)
+                .map(|r| r.name.as_str())
+                .collect();
+            match obs {
+                Err(e) if mode == Mode::Plan && !pending.is_empty() => {
+                    rep.status = Status::WouldChange;
+                    rep.notes.push(format!(
+                        "cannot be planned exactly before {} is applied; today it would fail with: {}",
+                        pending.join(", "),
+                        error_chain(&e)
+                    ));
+                }
+                obs => self.finish(host, mode, res, obs, &mut rep).await,
+            }
             rep.duration_ms = obs_ms + t.elapsed().as_millis() as u64;
             progress(&rep);
             out.push(rep);
@@ -332,5 +351,203 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Access;
+    use std::sync::{Arc, Mutex};
+
+    /// A resource whose "machine" is an integer.
+    struct Fake {
+        name: Name,
+        deps: &'static [Name],
+        value: Arc<Mutex<i32>>,
+        want: i32,
+        /// Apply succeeds but changes nothing (a lying apply).
+        inert: bool,
+        fail_observe: bool,
+        barrier: Option<Arc<tokio::sync::Barrier>>,
+    }
+
+    struct Set(i32);
+    impl Describe for Set {
+        fn change(&self) -> Change {
+            Change::value("value", None, Some(self.0.to_string()))
+        }
+    }
+
+    fn fake(name: Name, want: i32) -> Fake {
+        Fake {
+            name,
+            deps: &[],
+            value: Arc::new(Mutex::new(0)),
+            want,
+            inert: false,
+            fail_observe: false,
+            barrier: None,
+        }
+    }
+
+    #[async_trait]
+    impl Resource for Fake {
+        type State = i32;
+        type Step = Set;
+        fn name(&self) -> Name {
+            self.name
+        }
+        fn depends_on(&self) -> &'static [Name] {
+            self.deps
+        }
+        async fn observe(&self, _h: &Host) -> Result<i32> {
+            if let Some(b) = &self.barrier {
+                tokio::time::timeout(std::time::Duration::from_secs(5), b.wait())
+                    .await
+                    .map_err(|_| anyhow!("observations did not run concurrently"))?;
+            }
+            if self.fail_observe {
+                anyhow::bail!("cannot observe");
+            }
+            Ok(*self.value.lock().unwrap())
+        }
+        fn plan(&self, s: &i32) -> Result<Plan<Set>> {
+            let mut p = Plan::default();
+            if *s != self.want {
+                p.steps.push(Set(self.want));
+            }
+            Ok(p)
+        }
+        async fn apply(&self, _h: &Host, _s: &i32, steps: &[Set]) -> Result<()> {
+            if !self.inert {
+                for s in steps {
+                    *self.value.lock().unwrap() = s.0;
+                }
+            }
+            Ok(())
+        }
+        fn checks(&self, _s: &i32) -> Vec<Check> {
+            vec![]
+        }
+    }
+
+    fn run(engine: &Engine, mode: Mode, sel: &[(Name, Option<String>)]) -> Vec<ResourceReport> {
+        let host = Host::new(Access::ReadWrite);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(engine.run(&host, mode, sel, |_| {}))
+    }
+
+    fn all(names: &[Name]) -> Vec<(Name, Option<String>)> {
+        names.iter().map(|n| (*n, None)).collect()
+    }
+
+    #[test]
+    fn converge_applies_and_second_run_is_unchanged() {
+        let e = Engine {
+            registry: vec![Box::new(fake(Name::Hostname, 5))],
+        };
+        let r = run(&e, Mode::Converge, &all(&[Name::Hostname]));
+        assert_eq!(r[0].status, Status::Changed);
+        let r = run(&e, Mode::Converge, &all(&[Name::Hostname]));
+        assert_eq!(r[0].status, Status::Unchanged);
+    }
+
+    #[test]
+    fn plan_changes_nothing() {
+        let f = fake(Name::Hostname, 5);
+        let v = f.value.clone();
+        let e = Engine {
+            registry: vec![Box::new(f)],
+        };
+        let r = run(&e, Mode::Plan, &all(&[Name::Hostname]));
+        assert_eq!(r[0].status, Status::WouldChange);
+        assert_eq!(*v.lock().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_apply_that_changes_nothing_fails_verification() {
+        let mut f = fake(Name::Hostname, 5);
+        f.inert = true;
+        let e = Engine {
+            registry: vec![Box::new(f)],
+        };
+        let r = run(&e, Mode::Converge, &all(&[Name::Hostname]));
+        assert_eq!(r[0].status, Status::Failed);
+        assert!(
+            r[0].error
+                .as_ref()
+                .unwrap()
+                .contains("still different after apply")
+        );
+    }
+
+    #[test]
+    fn failure_skips_dependents_but_not_independents() {
+        let mut users = fake(Name::Users, 1);
+        users.fail_observe = true;
+        let mut sshd = fake(Name::Sshd, 1);
+        sshd.deps = &[Name::Users];
+        let e = Engine {
+            registry: vec![
+                Box::new(users),
+                Box::new(sshd),
+                Box::new(fake(Name::Swap, 1)),
+            ],
+        };
+        let r = run(
+            &e,
+            Mode::Converge,
+            &all(&[Name::Users, Name::Sshd, Name::Swap]),
+        );
+        assert_eq!(r[0].status, Status::Failed);
+        assert_eq!(r[1].status, Status::Skipped);
+        assert!(r[1].error.as_ref().unwrap().contains("depends on users"));
+        assert_eq!(r[2].status, Status::Changed);
+    }
+
+    #[test]
+    fn plan_of_a_dependent_waits_for_its_dependency() {
+        let users = fake(Name::Users, 1);
+        let mut sshd = fake(Name::Sshd, 1);
+        sshd.deps = &[Name::Users];
+        sshd.fail_observe = true;
+        let e = Engine {
+            registry: vec![Box::new(users), Box::new(sshd)],
+        };
+        let r = run(&e, Mode::Plan, &all(&[Name::Users, Name::Sshd]));
+        assert_eq!(r[1].status, Status::WouldChange);
+        assert!(r[1].notes[0].contains("before users is applied"));
+        // In a converge the same failure is a failure.
+        let r = run(&e, Mode::Converge, &all(&[Name::Users, Name::Sshd]));
+        assert_eq!(r[1].status, Status::Failed);
+    }
+
+    #[test]
+    fn observations_run_concurrently_and_deselected_are_reported() {
+        let b = Arc::new(tokio::sync::Barrier::new(2));
+        let mut a = fake(Name::Hostname, 0);
+        a.barrier = Some(b.clone());
+        let mut c = fake(Name::Swap, 0);
+        c.barrier = Some(b);
+        let e = Engine {
+            registry: vec![Box::new(a), Box::new(c), Box::new(fake(Name::Ntp, 1))],
+        };
+        let sel = vec![
+            (Name::Hostname, None),
+            (Name::Swap, None),
+            (Name::Ntp, Some("skipped by --skip".to_string())),
+            (Name::Compose, None),
+        ];
+        let r = run(&e, Mode::Converge, &sel);
+        assert_eq!(r[0].status, Status::Unchanged, "{:?}", r[0].error);
+        assert_eq!(r[1].status, Status::Unchanged, "{:?}", r[1].error);
+        assert_eq!(r[2].status, Status::Skipped);
+        assert_eq!(r[2].notes, vec!["skipped by --skip"]);
+        assert_eq!(r[3].status, Status::Skipped);
+        assert!(r[3].notes[0].contains("not implemented"));
     }
 }

@@ -116,6 +116,37 @@ impl Host {
         files::write_atomic(path, content, spec, backup)
     }
 
+    /// Install `content` at `path` only if `validate(candidate)` accepts it. The candidate is
+    /// written with the final mode and owner in a private directory first, so a file the
+    /// validator rejects never reaches `path`.
+    pub async fn write_validated(
+        &self,
+        path: &Path,
+        content: &[u8],
+        spec: FileSpec,
+        backup: bool,
+        validate: impl Fn(&Path) -> Cmd,
+    ) -> Result<()> {
+        self.guard(&path.display())?;
+        let dir = tempfile::Builder::new()
+            .prefix("sapari-agent-candidate.")
+            .tempdir()
+            .map_err(|e| anyhow::anyhow!("cannot create a temporary directory: {e}"))?;
+        let name = path
+            .file_name()
+            .unwrap_or(std::ffi::OsStr::new("candidate"));
+        let candidate = dir.path().join(name);
+        files::write_atomic(&candidate, content, spec, false)?;
+        let cmd = validate(&candidate);
+        if let Err(e) = cmd.run().await {
+            anyhow::bail!(
+                "refusing to install {}: the candidate was rejected: {e}",
+                path.display()
+            );
+        }
+        self.write(path, content, spec, backup)
+    }
+
     pub fn remove_file(&self, path: &Path) -> Result<()> {
         self.guard(&path.display())?;
         match std::fs::remove_file(path) {

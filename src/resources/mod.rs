@@ -1,8 +1,11 @@
 //! The managed resources. Names are stable CLI identifiers (`--only`, `--skip`, JSON).
 
+pub mod deploy_key;
 pub mod hostname;
 pub mod ntp;
+pub mod sshd;
 pub mod swap;
+pub mod users;
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,6 +91,9 @@ impl FromStr for Name {
 pub fn registry(cfg: &Config) -> Vec<Box<dyn Managed>> {
     vec![
         Box::new(hostname::Hostname::new(&cfg.hostname)),
+        Box::new(users::Users::new(&cfg.users)),
+        Box::new(sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0)),
+        Box::new(deploy_key::DeployKey::new(&cfg.deploy_key, &cfg.users)),
         Box::new(swap::Swap::new(&cfg.swap)),
         Box::new(ntp::Ntp::new(&cfg.ntp)),
     ]

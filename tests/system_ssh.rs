@@ -1,0 +1,421 @@
+//! SSH access, checked the way an operator would: a real `ssh` client in an "operator"
+//! network namespace logs in (or fails to) against the container's real sshd.
+//! Root only; run through scripts/test.sh.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Peer, TestBox, sh_quote};
+use serde_json::Value;
+
+const SERVER: &str = "203.0.113.10";
+const ROOT_PW: &str = "Root-pw-4711";
+const ALICE_PW: &str = "Alice-pw-4711";
+
+fn out_str(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
+}
+
+fn resource<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap()
+}
+
+struct Keys {
+    _dir: tempfile::TempDir,
+    op: PathBuf,
+}
+
+fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let op = dir.path().join("op");
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "operator@laptop",
+            "-f",
+        ])
+        .arg(&op)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    Keys { _dir: dir, op }
+}
+
+const SSH_OPTS: &str = "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR";
+
+fn ssh_key(peer: &Peer, key: &Path, user: &str, cmd: &str) -> Output {
+    peer.exec(&format!(
+        "ssh {SSH_OPTS} -o BatchMode=yes -o IdentitiesOnly=yes -i {} {user}@{SERVER} {}",
+        key.display(),
+        sh_quote(cmd)
+    ))
+}
+
+fn ssh_password(peer: &Peer, user: &str, pw: &str) -> Output {
+    peer.exec(&format!(
+        "sshpass -p {} ssh {SSH_OPTS} -o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive -o NumberOfPasswordPrompts=1 {user}@{SERVER} echo LOGIN-OK",
+        sh_quote(pw)
+    ))
+}
+
+fn logged_in(o: &Output) -> bool {
+    String::from_utf8_lossy(&o.stdout).contains("LOGIN-OK")
+}
+
+/// A fresh cloud image as Hetzner hands it over: root with the project's key and a
+/// password, cloud-init's drop-in allowing passwords, and a second user with a password.
+fn cloud_image(b: &TestBox, op_pub: &str, root_key: bool) {
+    b.nsenter_ok(&format!(
+        "echo root:{ROOT_PW} | chpasswd
+         useradd -m -s /bin/bash alice && echo alice:{ALICE_PW} | chpasswd
+         install -d -m 700 /root/.ssh
+         {}
+         printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n' > /etc/ssh/sshd_config.d/50-cloud-init.conf
+         systemctl reload ssh.service",
+        if root_key {
+            format!("echo {} > /root/.ssh/authorized_keys", sh_quote(op_pub))
+        } else {
+            String::new()
+        }
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn boot_with_operator() -> (TestBox, Peer) {
+    let b = TestBox::boot();
+    let op = b.add_peer("op", &format!("{SERVER}/24"), "192.0.2.50/24");
+    b.nsenter_ok("mkdir -p /etc/sapari-agent");
+    b.write(
+        "/etc/sapari-agent/agent.toml",
+        b"[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n",
+        0o600,
+    );
+    (b, op)
+}
+
+fn host_key_fingerprints(b: &TestBox) -> String {
+    b.nsenter_ok("for k in /etc/ssh/ssh_host_*_key.pub; do ssh-keygen -lf $k; done")
+}
+
+fn ssh_audit() -> String {
+    std::env::var("SSH_AUDIT")
+        .unwrap_or_else(|_| "/var/cache/sapari-agent-tests/venv-ssh-audit/bin/ssh-audit".into())
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn hardened_sshd_admits_the_deploy_key_only() {
+    let k = keys();
+    let op_pub = std::fs::read_to_string(k.op.with_extension("pub")).unwrap();
+    let (b, op) = boot_with_operator();
+    cloud_image(&b, op_pub.trim(), true);
+
+    // Controls: before the agent runs, passwords and root work, so refusals later are its doing.
+    assert!(
+        logged_in(&ssh_password(&op, "alice", ALICE_PW)),
+        "control: password login"
+    );
+    assert!(
+        logged_in(&ssh_key(&op, &k.op, "root", "echo LOGIN-OK")),
+        "control: root key login"
+    );
+    let fingerprints = host_key_fingerprints(&b);
+
+    // An open session across the converge: reload, not restart, must keep it.
+    let session = Command::new("ip")
+        .args(["netns", "exec", &op.netns, "ssh"])
+        .args(SSH_OPTS.split(' '))
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&k.op)
+        .arg(format!("root@{SERVER}"))
+        .arg("echo SESSION-UP; sleep 6; echo SESSION-SURVIVED")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let o = b.agent(&["converge", "--json", "--only", "users,sshd,deploy-key"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    let r = json(&o);
+    assert_eq!(resource(&r, "users")["status"], "changed", "{r:#}");
+    assert_eq!(resource(&r, "sshd")["status"], "changed", "{r:#}");
+
+    let s = session.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&s.stdout).contains("SESSION-SURVIVED"),
+        "open session died in the reload: {}",
+        out_str(&s)
+    );
+
+    let deploy = ssh_key(
+        &op,
+        &k.op,
+        "deploy",
+        "id -nG; sudo -n true && echo SUDO-OK; echo LOGIN-OK",
+    );
+    let out = String::from_utf8_lossy(&deploy.stdout);
+    assert!(
+        out.contains("LOGIN-OK"),
+        "deploy key login: {}",
+        out_str(&deploy)
+    );
+    assert!(
+        out.contains("SUDO-OK"),
+        "passwordless sudo: {}",
+        out_str(&deploy)
+    );
+    assert!(
+        out.contains("sudo") && out.contains("docker"),
+        "groups: {out}"
+    );
+
+    assert!(
+        !logged_in(&ssh_password(&op, "alice", ALICE_PW)),
+        "password login must be refused"
+    );
+    assert!(
+        !logged_in(&ssh_password(&op, "root", ROOT_PW)),
+        "root password login must be refused"
+    );
+    assert!(
+        !logged_in(&ssh_key(&op, &k.op, "root", "echo LOGIN-OK")),
+        "root key login must be refused"
+    );
+
+    // Effective values, despite 50-cloud-init.conf saying yes.
+    let t = b.nsenter_ok("sshd -T -C user=deploy,host=x,addr=192.0.2.50");
+    for want in [
+        "passwordauthentication no",
+        "permitrootlogin no",
+        "kbdinteractiveauthentication no",
+        "authenticationmethods publickey",
+        "maxauthtries 3",
+        "allowtcpforwarding no",
+        "x11forwarding no",
+        "maxstartups 10:30:60",
+        "loglevel VERBOSE",
+        "kexalgorithms sntrup761x25519-sha512@openssh.com",
+    ] {
+        assert!(t.lines().any(|l| l == want), "sshd -T lacks `{want}`:\n{t}");
+    }
+    assert!(
+        b.read_string("/etc/ssh/sshd_config.d/50-cloud-init.conf")
+            .unwrap()
+            .contains("PasswordAuthentication yes"),
+        "cloud-init's file is left alone; ours wins by sorting first"
+    );
+
+    // ssh-audit from the operator's side: no failures, no warnings.
+    let audit = op.exec(&format!(
+        "{} --no-colors --skip-rate-test {SERVER}",
+        ssh_audit()
+    ));
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        text.contains("sntrup761"),
+        "ssh-audit did not run: {}",
+        out_str(&audit)
+    );
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("[fail]") || l.contains("[warn]"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "ssh-audit findings:\n{}\n\nfull report:\n{text}",
+        bad.join("\n")
+    );
+
+    // The GitHub deploy key: made once, printed for pasting, used by git over ssh.
+    assert_eq!(resource(&r, "deploy-key")["status"], "changed", "{r:#}");
+    let key = "/home/deploy/.ssh/github_deploy_key";
+    assert_eq!(
+        b.exec_ok(&format!("stat -c '%a %U' {key} {key}.pub")),
+        "600 deploy\n644 deploy\n"
+    );
+    let public = b.read_string(&format!("{key}.pub")).unwrap();
+    let pub_body: String = public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        resource(&r, "deploy-key")["notes"]
+            .to_string()
+            .contains(&pub_body),
+        "public key not in the report: {r:#}"
+    );
+    let deploy_fp = b.exec_ok(&format!("ssh-keygen -lf {key}.pub"));
+    let derived = b.exec_ok(&format!("ssh-keygen -y -f {key}"));
+    assert_eq!(
+        derived.split_whitespace().nth(1),
+        public.split_whitespace().nth(1),
+        "pub matches private"
+    );
+    let known = b.read_string("/home/deploy/.ssh/known_hosts").unwrap();
+    assert!(known.contains("github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"), "{known}");
+    let g = b.exec_ok("runuser -u deploy -- ssh -G github.com");
+    assert!(g.lines().any(|l| l == format!("identityfile {key}")), "{g}");
+    assert!(g.lines().any(|l| l == "identitiesonly yes"), "{g}");
+    assert!(g.lines().any(|l| l == "user git"), "{g}");
+
+    // Idempotence: nothing to do, host keys and the deploy key untouched.
+    let o2 = b.agent(&["converge", "--json", "--only", "users,sshd,deploy-key"]);
+    assert_eq!(o2.status.code(), Some(0), "{}", out_str(&o2));
+    let r2 = json(&o2);
+    assert_eq!(r2["summary"]["changed"], 0, "{r2:#}");
+    assert_eq!(host_key_fingerprints(&b), fingerprints, "host keys changed");
+    assert_eq!(
+        b.exec_ok(&format!("ssh-keygen -lf {key}.pub")),
+        deploy_fp,
+        "deploy key rotated"
+    );
+
+    let st = json(&b.agent(&["status", "--json", "--only", "users,sshd,deploy-key"]));
+    for c in st["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] != "last converge")
+    {
+        assert_eq!(c["level"], "PASS", "{c}");
+    }
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn lockout_guard_leaves_sshd_untouched_without_a_usable_key() {
+    let k = keys();
+    let op_pub = std::fs::read_to_string(k.op.with_extension("pub")).unwrap();
+    let (b, op) = boot_with_operator();
+    cloud_image(&b, op_pub.trim(), false);
+    let before = b.snapshot(&["/etc/ssh"]);
+
+    let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    let r = json(&o);
+    let sshd = resource(&r, "sshd");
+    assert_eq!(sshd["status"], "failed", "{r:#}");
+    let e = sshd["error"].as_str().unwrap();
+    assert!(
+        e.contains("refusing") && e.contains("authorized_keys"),
+        "{e}"
+    );
+    assert!(
+        resource(&r, "users")["notes"]
+            .to_string()
+            .contains("no authorized key"),
+        "users warns too: {r:#}"
+    );
+
+    assert_eq!(b.snapshot(&["/etc/ssh"]), before, "sshd files changed");
+    assert!(
+        logged_in(&ssh_password(&op, "alice", ALICE_PW)),
+        "password login must still work"
+    );
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
+    let k = keys();
+    let op_pub = std::fs::read_to_string(k.op.with_extension("pub")).unwrap();
+    let (b, op) = boot_with_operator();
+    cloud_image(&b, op_pub.trim(), true);
+
+    // Someone else's broken file: no reload into a daemon that would not start.
+    b.write(
+        "/etc/ssh/sshd_config.d/05-broken.conf",
+        b"PermitRootLogn no\n",
+        0o644,
+    );
+    let pid_before = b.exec_ok("systemctl show -p MainPID --value ssh.service");
+    let before = b.snapshot(&["/etc/ssh"]);
+    let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    let r = json(&o);
+    let e = resource(&r, "sshd")["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("05-broken.conf"),
+        "error must name the file: {e}"
+    );
+    assert_eq!(
+        b.snapshot(&["/etc/ssh"]),
+        before,
+        "files changed despite the broken config"
+    );
+    assert_eq!(
+        b.exec_ok("systemctl show -p MainPID --value ssh.service"),
+        pid_before
+    );
+    assert!(
+        logged_in(&ssh_password(&op, "alice", ALICE_PW)),
+        "old daemon still serving"
+    );
+
+    // An earlier-sorting file that re-enables passwords: named, then neutralized on request.
+    b.nsenter_ok("rm /etc/ssh/sshd_config.d/05-broken.conf");
+    b.write(
+        "/etc/ssh/sshd_config.d/01-legacy.conf",
+        b"PasswordAuthentication yes\nBanner none\n",
+        0o644,
+    );
+    let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    let e = resource(&json(&o), "sshd")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("01-legacy.conf") && e.contains("neutralize_overrides"),
+        "{e}"
+    );
+    assert!(
+        logged_in(&ssh_password(&op, "alice", ALICE_PW)),
+        "nothing applied"
+    );
+
+    b.write(
+        "/etc/sapari-agent/agent.toml",
+        b"[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n[sshd]\nneutralize_overrides = true\n",
+        0o600,
+    );
+    let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    let legacy = b
+        .read_string("/etc/ssh/sshd_config.d/01-legacy.conf")
+        .unwrap();
+    assert!(legacy.starts_with("# disabled by sapari-agent"), "{legacy}");
+    assert!(
+        legacy.contains("Banner none"),
+        "other settings kept: {legacy}"
+    );
+    assert!(
+        !logged_in(&ssh_password(&op, "alice", ALICE_PW)),
+        "password login refused now"
+    );
+    assert!(logged_in(&ssh_key(&op, &k.op, "deploy", "echo LOGIN-OK")));
+}
