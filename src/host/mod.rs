@@ -190,7 +190,6 @@ impl Host {
 
     /// Create `path` (not its parents) if missing, then set mode and owner.
     pub fn ensure_dir(&self, path: &Path, spec: FileSpec) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         self.guard(&path.display())?;
         match std::fs::create_dir(path) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
@@ -201,11 +200,7 @@ impl Host {
             }
             _ => {}
         }
-        std::os::unix::fs::chown(path, Some(spec.uid), Some(spec.gid))
-            .and_then(|_| {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(spec.mode))
-            })
-            .map_err(|e| anyhow::anyhow!("cannot set owner/mode of {}: {e}", path.display()))
+        self.set_owner_mode(path, Some((spec.uid, spec.gid)), Some(spec.mode))
     }
 
     pub fn allocate(&self, path: &Path, size: u64) -> Result<()> {
@@ -214,16 +209,40 @@ impl Host {
     }
 
     pub fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        self.guard(&path.display())?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| anyhow::anyhow!("cannot chmod {}: {e}", path.display()))
+        self.set_owner_mode(path, None, Some(mode))
     }
 
     pub fn chown(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
+        self.set_owner_mode(path, Some((uid, gid)), None)
+    }
+
+    /// Owner and mode are set through a descriptor opened with O_NOFOLLOW: in a directory a
+    /// user controls (their ~/.ssh), a file swapped for a symlink must not redirect root's
+    /// chown to /etc/shadow.
+    fn set_owner_mode(
+        &self,
+        path: &Path,
+        owner: Option<(u32, u32)>,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         self.guard(&path.display())?;
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(|e| anyhow::anyhow!("cannot chown {}: {e}", path.display()))
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot open {} (symlinks are refused): {e}", path.display())
+            })?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| anyhow::anyhow!("cannot chown {}: {e}", path.display()))?;
+        }
+        if let Some(mode) = mode {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| anyhow::anyhow!("cannot chmod {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 }
 
@@ -243,5 +262,38 @@ mod tests {
         assert!(h.create_private_file(&p).is_err());
         assert!(!p.exists());
         assert!(h.query(&Cmd::new("true")).await.is_ok());
+    }
+
+    #[test]
+    fn owner_and_mode_changes_refuse_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let h = Host::new(Access::ReadWrite);
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(h.chmod(&link, 0o666).is_err());
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the symlink's target must not change");
+        h.chmod(&target, 0o640).unwrap();
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let me = FileSpec {
+            mode: 0o700,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        let dir = d.path().join("sub");
+        h.ensure_dir(&dir, me).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::os::unix::fs::symlink(&dir, d.path().join("dirlink")).unwrap();
+        assert!(h.ensure_dir(&d.path().join("dirlink"), me).is_err());
     }
 }

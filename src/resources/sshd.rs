@@ -378,6 +378,24 @@ pub fn effective_mismatches(
     out
 }
 
+/// The files with a line setting `key` to `value` (a Match block's line included): where an
+/// unexpected effective value most likely comes from.
+fn files_setting(s: &State, key: &str, value: &str) -> Vec<String> {
+    let main = s.main.iter().map(|m| (SSHD_CONFIG.to_string(), m.as_str()));
+    let drops = s
+        .drop_ins
+        .iter()
+        .map(|(n, t)| (format!("{DROP_DIR}/{n}"), t.as_str()));
+    main.chain(drops)
+        .filter(|(_, text)| {
+            text.lines()
+                .filter_map(split_line)
+                .any(|(k, v)| k.eq_ignore_ascii_case(key) && v.eq_ignore_ascii_case(value))
+        })
+        .map(|(f, _)| f)
+        .collect()
+}
+
 /// Pick the sshd unit from `systemctl show -p Id -p LoadState -p ActiveState ssh.service
 /// sshd.service ssh.socket` (blocks separated by blank lines).
 pub fn parse_units(text: &str) -> (Option<Unit>, bool) {
@@ -626,7 +644,15 @@ impl Resource for Sshd {
             let mismatches = self.effective_mismatches(s);
             let list: Vec<String> = mismatches
                 .iter()
-                .map(|(k, got, want)| format!("{k} is {got:?}, wanted {want:?}"))
+                .map(|(k, got, want)| {
+                    let files = files_setting(s, k, got);
+                    let set_in = if files.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (set in {})", files.join(", "))
+                    };
+                    format!("{k} is {got:?}, wanted {want:?}{set_in}")
+                })
                 .collect();
             bail!(
                 "sshd -T reports values other than {ours} sets: {}; look for Match blocks or Include lines elsewhere in {ETC_SSH}",
@@ -1083,8 +1109,12 @@ mod tests {
             t.push_str(&format!("{} {v}\n", k.to_ascii_lowercase()));
         }
         s.effective = Effective::Values(parse_effective(&t));
+        s.main = Some(format!(
+            "{DEBIAN_MAIN}Match Address 192.0.2.0/24\n  MaxAuthTries 6\n"
+        ));
         let e = r.plan(&s).unwrap_err().to_string();
         assert!(e.contains("MaxAuthTries is \"6\""), "{e}");
+        assert!(e.contains("(set in /etc/ssh/sshd_config)"), "{e}");
     }
 
     #[test]
