@@ -74,6 +74,9 @@ pub struct ConvergeArgs {
     /// Exit 2 when changes were applied (Puppet's convention); 0 stays "nothing to do".
     #[arg(long)]
     pub detailed_exitcodes: bool,
+    /// Apply even a firewall rule set that would not admit the SSH client this run came from.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ pub struct Config {
     pub users: UsersSettings,
     pub sshd: SshdSettings,
     pub deploy_key: DeployKeySettings,
+    pub ufw: UfwSettings,
+    pub firewall: FirewallSettings,
     pub swap: SwapSettings,
     pub ntp: NtpSettings,
 }
@@ -142,6 +144,83 @@ impl Default for HostnameSettings {
         Self {
             name: Hostname("sapari-prod".into()),
             preserve_in_cloud_init: true,
+        }
+    }
+}
+
+/// How SSH from the tailnet is admitted.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TailscaleSsh {
+    /// `allow in on tailscale0 to any port 22`: whatever arrives through the tunnel.
+    Interface,
+    /// From the tailnet address ranges (`tailscale_cidrs`), on any interface.
+    Cidr,
+    /// No Tailscale rule.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UfwSettings {
+    pub enabled: bool,
+    pub ssh_port: u16,
+    pub tailscale: TailscaleSsh,
+    pub tailscale_interface: String,
+    pub tailscale_cidrs: Vec<ipnet::IpNet>,
+    /// Delete rules the agent did not declare (otherwise they are reported as drift).
+    pub prune: bool,
+    /// Accept a rule set in which SSH is reachable only over Tailscale (no operator IP).
+    pub ssh_only_via_tailscale: bool,
+}
+
+impl Default for UfwSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ssh_port: 22,
+            tailscale: TailscaleSsh::Interface,
+            tailscale_interface: "tailscale0".into(),
+            tailscale_cidrs: vec![
+                "100.64.0.0/10".parse().expect("literal"),
+                "fd7a:115c:a1e0::/48".parse().expect("literal"),
+            ],
+            prune: false,
+            ssh_only_via_tailscale: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallSettings {
+    /// Manage the DOCKER-USER chain (Cloudflare-only :443).
+    pub enabled: bool,
+    /// WAN interface; empty means the interface of the default route.
+    pub wan_interface: String,
+    /// Cloudflare's published lists (HTTPS).
+    pub list_url_v4: String,
+    pub list_url_v6: String,
+    /// Extra CA certificate (PEM) to trust for the list URLs, e.g. a local mirror.
+    pub ca_file: Option<AbsPath>,
+    pub fetch_timeout: Interval,
+    /// Largest list body accepted, in bytes.
+    pub max_list_bytes: u64,
+    /// Most CIDRs accepted in one family's list.
+    pub max_entries: usize,
+}
+
+impl Default for FirewallSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            wan_interface: String::new(),
+            list_url_v4: "https://www.cloudflare.com/ips-v4".into(),
+            list_url_v6: "https://www.cloudflare.com/ips-v6".into(),
+            ca_file: None,
+            fetch_timeout: Interval(Duration::from_secs(10)),
+            max_list_bytes: 64 * 1024,
+            max_entries: 1000,
         }
     }
 }

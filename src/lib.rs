@@ -69,14 +69,24 @@ pub async fn run(cli: Cli) -> i32 {
             exit::OK
         }
         Command::Converge(a) => {
-            converge_or_plan(Mode::Converge, &a.sel, &a.ov, a.detailed_exitcodes).await
+            let ctx = resources::RunContext::from_env(a.force);
+            converge_or_plan(Mode::Converge, &a.sel, &a.ov, a.detailed_exitcodes, &ctx).await
         }
-        Command::Plan(a) => converge_or_plan(Mode::Plan, &a.sel, &a.ov, a.detailed_exitcodes).await,
+        Command::Plan(a) => {
+            let ctx = resources::RunContext::from_env(false);
+            converge_or_plan(Mode::Plan, &a.sel, &a.ov, a.detailed_exitcodes, &ctx).await
+        }
         Command::Status(a) => status(&a.sel).await,
     }
 }
 
-async fn converge_or_plan(mode: Mode, sel: &Selectors, ov: &Overrides, detailed: bool) -> i32 {
+async fn converge_or_plan(
+    mode: Mode,
+    sel: &Selectors,
+    ov: &Overrides,
+    detailed: bool,
+    ctx: &resources::RunContext,
+) -> i32 {
     let cfg = match load_config(sel, Some(ov)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -125,7 +135,7 @@ async fn converge_or_plan(mode: Mode, sel: &Selectors, ov: &Overrides, detailed:
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let t0 = Instant::now();
     let engine = Engine {
-        registry: resources::registry(&cfg),
+        registry: resources::registry(&cfg, ctx),
     };
     let selection = resources::select(&sel.only, &sel.skip);
     let json = sel.json;
@@ -229,7 +239,7 @@ async fn status(sel: &Selectors) -> i32 {
     };
     let host = Host::new(Access::ReadOnly);
     let engine = Engine {
-        registry: resources::registry(&cfg),
+        registry: resources::registry(&cfg, &resources::RunContext::from_env(false)),
     };
     let selected: Vec<Name> = resources::select(&sel.only, &sel.skip)
         .into_iter()

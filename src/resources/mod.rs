@@ -87,8 +87,27 @@ impl FromStr for Name {
     }
 }
 
+/// Facts about this run that are not configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunContext {
+    /// `--force`: apply a firewall that would not admit the current SSH client.
+    pub force: bool,
+    /// The address this run was started from over SSH (`SSH_CONNECTION`).
+    pub ssh_client: Option<std::net::IpAddr>,
+}
+
+impl RunContext {
+    /// Read `SSH_CONNECTION` ("client_ip client_port server_ip server_port").
+    pub fn from_env(force: bool) -> Self {
+        let ssh_client = std::env::var("SSH_CONNECTION")
+            .ok()
+            .and_then(|v| v.split_whitespace().next().and_then(|ip| ip.parse().ok()));
+        Self { force, ssh_client }
+    }
+}
+
 /// The implemented resources, configured, in dependency order.
-pub fn registry(cfg: &Config) -> Vec<Box<dyn Managed>> {
+pub fn registry(cfg: &Config, _ctx: &RunContext) -> Vec<Box<dyn Managed>> {
     vec![
         Box::new(hostname::Hostname::new(&cfg.hostname)),
         Box::new(users::Users::new(&cfg.users)),
