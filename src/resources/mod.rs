@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn registry_follows_fixed_order() {
-        let names: Vec<Name> = registry(&Config::default())
+        let names: Vec<Name> = registry(&Config::default(), &RunContext::default())
             .iter()
             .map(|r| r.name())
             .collect();
