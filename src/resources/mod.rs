@@ -5,6 +5,7 @@ pub mod hostname;
 pub mod ntp;
 pub mod sshd;
 pub mod swap;
+pub mod ufw;
 pub mod users;
 
 use std::fmt;
@@ -107,12 +108,13 @@ impl RunContext {
 }
 
 /// The implemented resources, configured, in dependency order.
-pub fn registry(cfg: &Config, _ctx: &RunContext) -> Vec<Box<dyn Managed>> {
+pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
     vec![
         Box::new(hostname::Hostname::new(&cfg.hostname)),
         Box::new(users::Users::new(&cfg.users)),
         Box::new(sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0)),
         Box::new(deploy_key::DeployKey::new(&cfg.deploy_key, &cfg.users)),
+        Box::new(ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)),
         Box::new(swap::Swap::new(&cfg.swap)),
         Box::new(ntp::Ntp::new(&cfg.ntp)),
     ]

@@ -1,0 +1,262 @@
+//! UFW, proven with real traffic: peers in their own network namespaces (operator,
+//! attacker, a tailnet client on a `tailscale0` link) connect to the container's real
+//! services after the agent converged its real ufw. Root only; run through scripts/test.sh.
+
+mod common;
+
+use std::process::Output;
+
+use common::{Peer, TestBox, sh_quote};
+use serde_json::Value;
+
+const SERVER: &str = "203.0.113.10";
+const TS_SERVER: &str = "100.100.0.1";
+
+fn out_str(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
+}
+
+fn resource<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap()
+}
+
+/// TCP and UDP services inside the container: 443 (tcp+udp) and 80 (tcp), dual-stack.
+const SERVICES: &str = r#"
+import socket, threading
+def tcp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port)); s.listen(16)
+    while True:
+        c, _ = s.accept(); c.sendall(b"hello\n"); c.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    while True:
+        d, a = s.recvfrom(100); s.sendto(b"pong\n", a)
+for p in (443, 80):
+    threading.Thread(target=tcp, args=(p,), daemon=True).start()
+udp(443)
+"#;
+
+/// Client probe run in a peer namespace: prints what the service answered, fails on timeout.
+const PROBE: &str = r#"
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if proto == "tcp":
+    s = socket.create_connection((host, port), timeout=2)
+    print(s.recv(64).decode(errors="replace").strip())
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+    s.sendto(b"ping", (host, port)); print(s.recv(64).decode().strip())
+"#;
+
+fn reaches(peer: &Peer, proto: &str, host: &str, port: u16) -> bool {
+    let o = peer.exec(&format!(
+        "python3 -c {} {proto} {host} {port}",
+        sh_quote(PROBE)
+    ));
+    o.status.success() && !o.stdout.is_empty()
+}
+
+struct Net {
+    b: TestBox,
+    op: Peer,
+    evil: Peer,
+    ts: Peer,
+}
+
+/// The box with an operator, an attacker, and a tailnet client that reaches the box both
+/// through the internet (wan0) and through a `tailscale0` link, as a tailnet peer does.
+fn net() -> Net {
+    let b = TestBox::boot();
+    let op = b.add_peer("op", &format!("{SERVER}/24"), "192.0.2.50/24");
+    let evil = b.add_peer("evil", &format!("{SERVER}/24"), "198.51.100.66/24");
+    let ts = b.add_peer("ts", &format!("{SERVER}/24"), "100.64.5.7/24");
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    run(&[
+        "link",
+        "add",
+        "tailscale0",
+        "netns",
+        b.netns(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "tsx",
+        "netns",
+        &ts.netns,
+    ]);
+    run(&[
+        "-n",
+        b.netns(),
+        "addr",
+        "add",
+        &format!("{TS_SERVER}/24"),
+        "dev",
+        "tailscale0",
+    ]);
+    run(&["-n", b.netns(), "link", "set", "tailscale0", "up"]);
+    run(&[
+        "-n",
+        &ts.netns,
+        "addr",
+        "add",
+        "100.100.0.2/24",
+        "dev",
+        "tsx",
+    ]);
+    run(&["-n", &ts.netns, "link", "set", "tsx", "up"]);
+    let _services = b.spawn(&format!("exec python3 -c {}", sh_quote(SERVICES)));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    b.nsenter_ok("mkdir -p /etc/sapari-agent");
+    Net { b, op, evil, ts }
+}
+
+fn config(b: &TestBox, extra: &str) {
+    b.write(
+        "/etc/sapari-agent/agent.toml",
+        format!("[access]\noperator_ips = [\"192.0.2.50\"]\n[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n{extra}").as_bytes(),
+        0o600,
+    );
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
+    let Net { b, op, evil, ts } = net();
+    config(&b, "");
+    // Controls: before the agent, everything is reachable.
+    assert!(
+        reaches(&evil, "tcp", SERVER, 22),
+        "control: ssh open before"
+    );
+    assert!(
+        reaches(&op, "tcp", SERVER, 80),
+        "control: port 80 open before"
+    );
+
+    let o = b.agent(&["converge", "--only", "ufw", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(resource(&json(&o), "ufw")["status"], "changed");
+
+    assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh");
+    assert!(
+        !reaches(&evil, "tcp", SERVER, 22),
+        "attacker ssh must be dropped"
+    );
+    assert!(reaches(&ts, "tcp", TS_SERVER, 22), "ssh over tailscale0");
+    assert!(
+        !reaches(&ts, "tcp", SERVER, 22),
+        "a tailnet address on the internet side is not the tunnel"
+    );
+    for peer in [&evil, &op] {
+        assert!(reaches(peer, "tcp", SERVER, 443), "443/tcp from anywhere");
+        assert!(
+            reaches(peer, "udp", SERVER, 443),
+            "443/udp (HTTP/3) from anywhere"
+        );
+        assert!(!reaches(peer, "tcp", SERVER, 80), "no port 80");
+    }
+    let status = b.exec_ok("ufw status verbose");
+    assert!(
+        status.contains("Default: deny (incoming), allow (outgoing)"),
+        "{status}"
+    );
+
+    let o = b.agent(&["converge", "--only", "ufw", "--json"]);
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+
+    // Someone opens 80 by hand: reported and kept, then pruned on request.
+    b.exec_ok("ufw allow 80/tcp");
+    assert!(reaches(&evil, "tcp", SERVER, 80));
+    let r = json(&b.agent(&["converge", "--only", "ufw", "--json"]));
+    let notes = resource(&r, "ufw")["notes"].to_string();
+    assert!(notes.contains("allow 80/tcp from anywhere"), "{r:#}");
+    assert_eq!(r["summary"]["changed"], 0);
+    config(&b, "[ufw]\nprune = true\n");
+    let o = b.agent(&["converge", "--only", "ufw", "--json"]);
+    assert_eq!(
+        resource(&json(&o), "ufw")["status"],
+        "changed",
+        "{}",
+        out_str(&o)
+    );
+    assert!(!reaches(&evil, "tcp", SERVER, 80), "pruned");
+    assert!(reaches(&op, "tcp", SERVER, 22), "operator still in");
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
+    let Net {
+        b,
+        op: _op,
+        evil,
+        ts: _ts,
+    } = net();
+    config(&b, "");
+    // A real SSH session from the "wrong" address (the operator forgot --my-ip for it).
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    b.nsenter_ok(&format!(
+        "install -d -m 700 /root/.ssh && echo {} > /root/.ssh/authorized_keys",
+        sh_quote(public.trim())
+    ));
+    let over_ssh = |args: &str| {
+        evil.exec(&format!(
+            "ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR -i {} root@{SERVER} {}",
+            key.display(),
+            sh_quote(&format!("/usr/local/bin/sapari-agent {args}"))
+        ))
+    };
+    let o = over_ssh("converge --only ufw --json");
+    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    let e = resource(&json(&o), "ufw")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("198.51.100.66") && e.contains("--force"), "{e}");
+    assert!(
+        b.read_string("/etc/ufw/ufw.conf")
+            .unwrap()
+            .contains("ENABLED=no"),
+        "nothing applied"
+    );
+    assert!(reaches(&evil, "tcp", SERVER, 22), "still reachable");
+
+    // Naming the address admits it: applied, and the session's address keeps SSH.
+    let o = over_ssh("converge --only ufw --json --my-ip 198.51.100.66");
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert!(reaches(&evil, "tcp", SERVER, 22));
+}
