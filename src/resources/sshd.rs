@@ -488,6 +488,12 @@ impl Resource for Sshd {
                 if !privsep_dir {
                     return Ok(Effective::Unknown(format!("{PRIVSEP_DIR} is missing")));
                 }
+                if !nix::unistd::geteuid().is_root() {
+                    // sshd -T must read the host keys; without root it fails for that alone.
+                    return Ok(Effective::Unknown(
+                        "not root: `sshd -T` cannot read the host keys".into(),
+                    ));
+                }
                 let out = host.query(&effective_cmd).await?;
                 Ok::<_, anyhow::Error>(if out.status == 0 {
                     Effective::Values(parse_effective(&out.stdout))
