@@ -26,6 +26,7 @@ pub struct Config {
     pub ufw: UfwSettings,
     pub firewall: FirewallSettings,
     pub swap: SwapSettings,
+    pub tailscale: TailscaleSettings,
     pub ntp: NtpSettings,
 }
 
@@ -221,6 +222,29 @@ impl Default for FirewallSettings {
             fetch_timeout: Interval(Duration::from_secs(10)),
             max_list_bytes: 64 * 1024,
             max_entries: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailscaleSettings {
+    pub enabled: bool,
+    /// One-time or reusable auth key, in a root-only (0600) file: never on a command line.
+    pub auth_key_file: AbsPath,
+    /// Tailnet machine name; empty means `hostname.name`.
+    pub hostname: String,
+    /// ACL tags to advertise (CI's ACL grants `tag:ci -> tag:server`).
+    pub tags: Vec<String>,
+}
+
+impl Default for TailscaleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auth_key_file: AbsPath(PathBuf::from("/etc/sapari-agent/tailscale.key")),
+            hostname: String::new(),
+            tags: vec!["tag:server".into()],
         }
     }
 }

@@ -76,6 +76,8 @@ fn reaches(peer: &Peer, proto: &str, host: &str, port: u16) -> bool {
 }
 
 struct Net {
+    /// The services run as a unit inside the box and end with it.
+    _services: std::process::Child,
     b: TestBox,
     op: Peer,
     evil: Peer,
@@ -130,10 +132,16 @@ fn net() -> Net {
         "tsx",
     ]);
     run(&["-n", &ts.netns, "link", "set", "tsx", "up"]);
-    let _services = b.spawn(&format!("exec python3 -c {}", sh_quote(SERVICES)));
+    let services = b.spawn(&format!("exec python3 -c {}", sh_quote(SERVICES)));
     std::thread::sleep(std::time::Duration::from_millis(700));
     b.nsenter_ok("mkdir -p /etc/sapari-agent");
-    Net { b, op, evil, ts }
+    Net {
+        _services: services,
+        b,
+        op,
+        evil,
+        ts,
+    }
 }
 
 fn config(b: &TestBox, extra: &str) {
@@ -147,7 +155,9 @@ fn config(b: &TestBox, extra: &str) {
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
-    let Net { b, op, evil, ts } = net();
+    let Net {
+        b, op, evil, ts, ..
+    } = net();
     config(&b, "");
     // Controls: before the agent, everything is reachable.
     assert!(
@@ -212,12 +222,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
-    let Net {
-        b,
-        op: _op,
-        evil,
-        ts: _ts,
-    } = net();
+    let Net { b, evil, .. } = net();
     config(&b, "");
     // A real SSH session from the "wrong" address (the operator forgot --my-ip for it).
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@ pub mod hostname;
 pub mod ntp;
 pub mod sshd;
 pub mod swap;
+pub mod tailscale;
 pub mod ufw;
 pub mod users;
 
@@ -117,6 +118,10 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
         Box::new(ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)),
         Box::new(swap::Swap::new(&cfg.swap)),
         Box::new(ntp::Ntp::new(&cfg.ntp)),
+        Box::new(tailscale::Tailscale::new(
+            &cfg.tailscale,
+            &cfg.hostname.name.0,
+        )),
     ]
 }
 
