@@ -6,6 +6,7 @@ pub mod authorized_keys;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod envcheck;
 pub mod host;
 pub mod logging;
 pub mod resources;
