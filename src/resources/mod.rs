@@ -1,5 +1,6 @@
 //! The managed resources. Names are stable CLI identifiers (`--only`, `--skip`, JSON).
 
+pub mod compose;
 pub mod deploy_key;
 pub mod hostname;
 pub mod ntp;
