@@ -27,6 +27,7 @@ pub struct Config {
     pub firewall: FirewallSettings,
     pub swap: SwapSettings,
     pub tailscale: TailscaleSettings,
+    pub packages: PackagesSettings,
     pub ntp: NtpSettings,
 }
 
@@ -222,6 +223,40 @@ impl Default for FirewallSettings {
             fetch_timeout: Interval(Duration::from_secs(10)),
             max_list_bytes: 64 * 1024,
             max_entries: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PackagesSettings {
+    pub enabled: bool,
+    /// Installed in one apt transaction when missing.
+    pub install: Vec<String>,
+    /// `apt-get update` first when the package lists are older than this (or lack a package).
+    pub lists_max_age: Interval,
+    /// How long to wait for the dpkg lock (cloud-init and unattended-upgrades hold it at
+    /// first boot) before failing with the holder's name.
+    pub lock_timeout: Interval,
+    /// fail2ban's sshd jail: failures within `findtime` before a ban of `bantime`.
+    pub fail2ban_maxretry: u32,
+    pub fail2ban_findtime: Interval,
+    pub fail2ban_bantime: Interval,
+}
+
+impl Default for PackagesSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            install: ["unattended-upgrades", "fail2ban", "python3-systemd"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            lists_max_age: Interval(Duration::from_secs(24 * 3600)),
+            lock_timeout: Interval(Duration::from_secs(600)),
+            fail2ban_maxretry: 5,
+            fail2ban_findtime: Interval(Duration::from_secs(600)),
+            fail2ban_bantime: Interval(Duration::from_secs(3600)),
         }
     }
 }

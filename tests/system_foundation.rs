@@ -16,7 +16,7 @@ const OPERATOR_KEY: &str =
 
 fn config(extra: &str) -> String {
     format!(
-        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{SWAP}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}"
+        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{SWAP}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[packages]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}"
     )
 }
 

@@ -73,6 +73,10 @@ impl Host {
         sys::clock_state()
     }
 
+    pub fn lock_holder(&self, path: &Path) -> Result<Option<(i32, String)>> {
+        sys::lock_holder(path)
+    }
+
     pub fn memory(&self) -> Result<sys::Memory> {
         sys::memory()
     }

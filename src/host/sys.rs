@@ -157,6 +157,34 @@ pub fn clock_state() -> Result<ClockState> {
     })
 }
 
+/// Who holds a POSIX (fcntl) write lock on `path`, as apt and dpkg take on
+/// /var/lib/dpkg/lock-frontend: `Some((pid, command name))`, or None when it is free.
+/// Asking (F_GETLK) takes no lock.
+pub fn lock_holder(path: &Path) -> Result<Option<(i32, String)>> {
+    use std::os::fd::AsRawFd;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    // SAFETY: flock is plain data; F_GETLK only fills it in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot query the lock on {}", path.display()));
+    }
+    if i32::from(fl.l_type) == libc::F_UNLCK {
+        return Ok(None);
+    }
+    let pid = fl.l_pid;
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    Ok(Some((pid, name)))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Memory {
     pub total: u64,
@@ -186,6 +214,37 @@ mod tests {
         assert_eq!(FsKind::from_magic(0x9123683E), FsKind::Btrfs);
         assert_eq!(FsKind::from_magic(0x794C7630), FsKind::NoSwap("overlayfs"));
         assert_eq!(FsKind::from_magic(0x01021994), FsKind::NoSwap("tmpfs"));
+    }
+
+    #[test]
+    fn lock_holder_names_the_process() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        std::fs::write(&p, b"").unwrap();
+        assert_eq!(lock_holder(&p).unwrap(), None);
+        // A lock held by another process (fcntl locks are per process), as apt takes it.
+        let mut c = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(10)",
+            ])
+            .arg(&p)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for this test");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let held = lock_holder(&p).unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        let (pid, name) = held.expect("the lock must be seen as held");
+        assert_eq!(pid as u32, c.id());
+        assert!(name.starts_with("python"), "{name}");
+        assert_eq!(lock_holder(&d.path().join("absent")).unwrap(), None);
     }
 
     #[test]

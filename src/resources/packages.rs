@@ -1,0 +1,491 @@
+//! `packages`: unattended-upgrades and fail2ban (plus what the config adds) installed in one
+//! apt transaction, automatic security updates switched on, and fail2ban's sshd jail on the
+//! systemd backend (the classic failure: a jail waiting for an auth.log that does not exist).
+//! At first boot cloud-init and unattended-upgrades hold the dpkg lock: wait, then name them.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+
+use crate::config::{PackagesSettings, UfwSettings};
+use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
+use crate::host::{Cmd, FileSpec, Host, systemd};
+use crate::resources::Name;
+
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+const DPKG_LOCK: &str = "/var/lib/dpkg/lock-frontend";
+const APT_LISTS: &str = "/var/lib/apt/lists";
+const AUTO_UPGRADES: &str = "/etc/apt/apt.conf.d/20auto-upgrades";
+const AUTO_UPGRADES_CONTENT: &str = "// Managed by sapari-agent: daily package lists and unattended security upgrades.\nAPT::Periodic::Update-Package-Lists \"1\";\nAPT::Periodic::Unattended-Upgrade \"1\";\n";
+const JAIL: &str = "/etc/fail2ban/jail.d/sapari-agent.local";
+const SERVICES: [&str; 2] = ["fail2ban.service", "unattended-upgrades.service"];
+
+pub struct Packages {
+    cfg: PackagesSettings,
+    ssh_port: u16,
+}
+
+impl Packages {
+    pub fn new(cfg: &PackagesSettings, ufw: &UfwSettings) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            ssh_port: ufw.ssh_port,
+        }
+    }
+
+    fn jail(&self) -> String {
+        let secs = |d: Duration| format!("{}s", d.as_secs());
+        format!(
+            "# Managed by sapari-agent: SSH brute-force throttling, read from the journal.\n[sshd]\nenabled = true\nbackend = systemd\nport = {}\nmaxretry = {}\nfindtime = {}\nbantime = {}\n",
+            self.ssh_port,
+            self.cfg.fail2ban_maxretry,
+            secs(self.cfg.fail2ban_findtime.0),
+            secs(self.cfg.fail2ban_bantime.0)
+        )
+    }
+}
+
+/// Installed packages from dpkg's status database (no process needed).
+pub fn installed(status: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for stanza in status.split("\n\n") {
+        let mut pkg = None;
+        let mut ok = false;
+        for line in stanza.lines() {
+            if let Some(p) = line.strip_prefix("Package: ") {
+                pkg = Some(p.trim());
+            } else if let Some(s) = line.strip_prefix("Status: ") {
+                ok = s.trim() == "install ok installed";
+            }
+        }
+        if let (Some(p), true) = (pkg, ok) {
+            out.insert(p.to_string());
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub installed: BTreeSet<String>,
+    /// Age of the newest package list; None when there are none.
+    pub lists_age: Option<Duration>,
+    /// Missing packages the package lists do not know (so `apt-get update` is due).
+    pub unknown: Vec<String>,
+    pub auto_upgrades: Option<String>,
+    pub jail: Option<String>,
+    pub enabled: Vec<(String, String)>,
+    pub active: Vec<(String, String)>,
+    pub systemd_booted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Update { why: String },
+    Install(Vec<String>),
+    AutoUpgrades { old: Option<String> },
+    Jail { old: Option<String>, new: String },
+    Enable(String),
+}
+
+impl Describe for Step {
+    fn change(&self) -> Change {
+        match self {
+            Step::Update { why } => {
+                Change::value("package lists", Some(why.clone()), Some("updated".into()))
+            }
+            Step::Install(p) => {
+                Change::value("packages", None, Some(format!("install {}", p.join(" "))))
+            }
+            Step::AutoUpgrades { old } => {
+                Change::file(AUTO_UPGRADES, old.as_deref(), AUTO_UPGRADES_CONTENT)
+            }
+            Step::Jail { old, new } => Change::file(JAIL, old.as_deref(), new),
+            Step::Enable(u) => Change::value(
+                u.clone(),
+                Some("stopped or disabled".into()),
+                Some("enabled, running".into()),
+            ),
+        }
+    }
+}
+
+fn lists_age(dir: &Path) -> Option<Duration> {
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()?;
+    SystemTime::now().duration_since(newest).ok()
+}
+
+/// Packages no list in `dir` mentions (read only when something is missing).
+fn unknown_in_lists(dir: &Path, wanted: &[String]) -> Vec<String> {
+    let mut left: BTreeSet<&str> = wanted.iter().map(String::as_str).collect();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
+        {
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                left.retain(|p| {
+                    !text.contains(&format!("\nPackage: {p}\n"))
+                        && !text.starts_with(&format!("Package: {p}\n"))
+                });
+            }
+            if left.is_empty() {
+                break;
+            }
+        }
+    }
+    left.into_iter().map(str::to_string).collect()
+}
+
+#[async_trait]
+impl Resource for Packages {
+    type State = State;
+    type Step = Step;
+
+    fn name(&self) -> Name {
+        Name::Packages
+    }
+
+    async fn observe(&self, host: &Host) -> Result<State> {
+        let installed = installed(&host.read_text(Path::new(DPKG_STATUS))?.unwrap_or_default());
+        let missing: Vec<String> = self
+            .cfg
+            .install
+            .iter()
+            .filter(|p| !installed.contains(*p))
+            .cloned()
+            .collect();
+        let units: Vec<&str> = SERVICES
+            .iter()
+            .copied()
+            .filter(|u| host.unit_installed(u))
+            .collect();
+        let (enabled, active) = if units.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let is_enabled = systemd::enabled_states(&units);
+            let is_active = Cmd::new("systemctl")
+                .arg("is-active")
+                .args(units.iter().copied());
+            let (e, a) = tokio::join!(host.query(&is_enabled), host.query(&is_active));
+            let pair = |out: &str| {
+                systemd::parse_enabled(&units, out)
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            };
+            (pair(&e?.stdout), pair(&a?.stdout))
+        };
+        Ok(State {
+            lists_age: lists_age(Path::new(APT_LISTS)),
+            unknown: if missing.is_empty() {
+                Vec::new()
+            } else {
+                unknown_in_lists(Path::new(APT_LISTS), &missing)
+            },
+            installed,
+            auto_upgrades: host.read_text(Path::new(AUTO_UPGRADES))?,
+            jail: host.read_text(Path::new(JAIL))?,
+            enabled,
+            active,
+            systemd_booted: host.systemd_booted(),
+        })
+    }
+
+    fn plan(&self, s: &State) -> Result<Plan<Step>> {
+        let mut plan = Plan::default();
+        if !self.cfg.enabled {
+            plan.notes
+                .push("package management disabled (packages.enabled = false)".into());
+            return Ok(plan);
+        }
+        let missing: Vec<String> = self
+            .cfg
+            .install
+            .iter()
+            .filter(|p| !s.installed.contains(*p))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let why = match s.lists_age {
+                None => Some("none downloaded yet".to_string()),
+                Some(age) if age > self.cfg.lists_max_age.0 => Some(format!(
+                    "{} old",
+                    humantime::format_duration(Duration::from_secs(age.as_secs()))
+                )),
+                _ if !s.unknown.is_empty() => {
+                    Some(format!("{} unknown to them", s.unknown.join(", ")))
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                plan.steps.push(Step::Update { why });
+            }
+            plan.steps.push(Step::Install(missing));
+        }
+        if s.auto_upgrades.as_deref() != Some(AUTO_UPGRADES_CONTENT) {
+            plan.steps.push(Step::AutoUpgrades {
+                old: s.auto_upgrades.clone(),
+            });
+        }
+        let jail = self.jail();
+        let jail_changed = s.jail.as_deref() != Some(jail.as_str());
+        if jail_changed {
+            plan.steps.push(Step::Jail {
+                old: s.jail.clone(),
+                new: jail,
+            });
+        }
+        let will_install: Vec<String> = plan
+            .steps
+            .iter()
+            .flat_map(|st| match st {
+                Step::Install(p) => p.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        for unit in SERVICES {
+            let pkg = unit.trim_end_matches(".service");
+            if !self.cfg.install.iter().any(|p| p == pkg) {
+                continue;
+            }
+            let state = |v: &Vec<(String, String)>| {
+                v.iter().find(|(u, _)| u == unit).map(|(_, s)| s.clone())
+            };
+            let enabled = state(&s.enabled).is_some_and(|e| e == "enabled");
+            let active = !s.systemd_booted || state(&s.active).is_some_and(|a| a == "active");
+            if !enabled
+                || !active
+                || jail_changed && pkg == "fail2ban"
+                || will_install.iter().any(|p| *p == pkg)
+            {
+                plan.steps.push(Step::Enable(unit.to_string()));
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn apply(&self, host: &Host, s: &State, steps: &[Step]) -> Result<()> {
+        if steps
+            .iter()
+            .any(|st| matches!(st, Step::Update { .. } | Step::Install(_)))
+        {
+            wait_for_dpkg(host, self.cfg.lock_timeout.0).await?;
+        }
+        let apt = |args: &[&str]| {
+            Cmd::new("apt-get")
+                .args(["-q", "-y", "-o", "DPkg::Lock::Timeout=120"])
+                .args(args.iter().copied())
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .timeout(Duration::from_secs(1800))
+        };
+        for step in steps {
+            match step {
+                Step::Update { .. } => {
+                    crate::progress(Name::Packages, "updating package lists (apt-get update)");
+                    host.run(&apt(&["update"])).await?;
+                }
+                Step::Install(p) => {
+                    crate::progress(Name::Packages, &format!("installing {}", p.join(" ")));
+                    let mut args = vec![
+                        "install",
+                        "--no-install-recommends",
+                        "-o",
+                        "Dpkg::Options::=--force-confdef",
+                        "-o",
+                        "Dpkg::Options::=--force-confold",
+                    ];
+                    args.extend(p.iter().map(String::as_str));
+                    host.run(&apt(&args)).await?;
+                }
+                Step::AutoUpgrades { .. } => {
+                    host.write(
+                        Path::new(AUTO_UPGRADES),
+                        AUTO_UPGRADES_CONTENT.as_bytes(),
+                        FileSpec::root(0o644),
+                        true,
+                    )?;
+                }
+                Step::Jail { new, .. } => {
+                    if !Path::new("/etc/fail2ban/jail.d").is_dir() {
+                        bail!("/etc/fail2ban/jail.d is missing: is fail2ban installed?");
+                    }
+                    host.write(
+                        Path::new(JAIL),
+                        new.as_bytes(),
+                        FileSpec::root(0o644),
+                        false,
+                    )?;
+                }
+                Step::Enable(unit) => {
+                    let mut cmd = Cmd::new("systemctl").arg("enable");
+                    if s.systemd_booted {
+                        cmd = cmd.arg("--now");
+                    }
+                    host.run(&cmd.arg(unit.as_str())).await?;
+                    if s.systemd_booted {
+                        // Picks up a new jail; a no-op restart for a unit that just started.
+                        host.run(&Cmd::new("systemctl").args(["restart", unit.as_str()]))
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn checks(&self, s: &State) -> Vec<Check> {
+        SERVICES
+            .iter()
+            .filter(|u| {
+                self.cfg
+                    .install
+                    .iter()
+                    .any(|p| p == u.trim_end_matches(".service"))
+            })
+            .map(|u| {
+                let active = s.active.iter().any(|(n, a)| n == u && a == "active");
+                Check::new(
+                    u.trim_end_matches(".service"),
+                    if active { Level::Pass } else { Level::Fail },
+                    if active {
+                        "active".to_string()
+                    } else {
+                        "not running".to_string()
+                    },
+                    "sapari-agent converge --only packages",
+                )
+            })
+            .collect()
+    }
+}
+
+/// At first boot cloud-init and unattended-upgrades hold the dpkg lock for minutes: wait for
+/// it with a progress line, then fail naming the holder.
+async fn wait_for_dpkg(host: &Host, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut next = Duration::ZERO;
+    while let Some((pid, name)) = host.lock_holder(Path::new(DPKG_LOCK))? {
+        let waited = start.elapsed();
+        if waited >= timeout {
+            bail!(
+                "the dpkg lock ({DPKG_LOCK}) is still held by {name} (pid {pid}) after {}s; let it finish (first boot: cloud-init or unattended-upgrades) and converge again",
+                timeout.as_secs()
+            );
+        }
+        if waited >= next {
+            crate::progress(
+                Name::Packages,
+                &format!(
+                    "waiting for the dpkg lock held by {name} (pid {pid}), {}s of {}s",
+                    waited.as_secs(),
+                    timeout.as_secs()
+                ),
+            );
+            next += Duration::from_secs(10);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Package: bash\nStatus: install ok installed\nVersion: 5\n\nPackage: fail2ban\nStatus: deinstall ok config-files\n\nPackage: unattended-upgrades\nStatus: install ok installed\n";
+
+    fn res() -> Packages {
+        Packages::new(&PackagesSettings::default(), &UfwSettings::default())
+    }
+
+    fn converged(r: &Packages) -> State {
+        State {
+            installed: ["unattended-upgrades", "fail2ban", "python3-systemd"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            lists_age: Some(Duration::from_secs(60)),
+            unknown: vec![],
+            auto_upgrades: Some(AUTO_UPGRADES_CONTENT.into()),
+            jail: Some(r.jail()),
+            enabled: SERVICES
+                .iter()
+                .map(|u| (u.to_string(), "enabled".into()))
+                .collect(),
+            active: SERVICES
+                .iter()
+                .map(|u| (u.to_string(), "active".into()))
+                .collect(),
+            systemd_booted: true,
+        }
+    }
+
+    #[test]
+    fn dpkg_status_parsing_ignores_removed_packages() {
+        let i = installed(STATUS);
+        assert!(i.contains("bash") && i.contains("unattended-upgrades"));
+        assert!(
+            !i.contains("fail2ban"),
+            "config-files only is not installed"
+        );
+    }
+
+    #[test]
+    fn converged_plans_nothing() {
+        let r = res();
+        assert!(r.plan(&converged(&r)).unwrap().steps.is_empty());
+    }
+
+    #[test]
+    fn missing_packages_one_transaction_update_only_when_needed() {
+        let r = res();
+        let mut s = converged(&r);
+        s.installed.remove("fail2ban");
+        s.installed.remove("python3-systemd");
+        let p = r.plan(&s).unwrap();
+        assert_eq!(
+            p.steps[0],
+            Step::Install(vec!["fail2ban".into(), "python3-systemd".into()])
+        );
+        assert!(p.steps.contains(&Step::Enable("fail2ban.service".into())));
+        s.lists_age = Some(Duration::from_secs(3 * 86400));
+        assert!(
+            matches!(&r.plan(&s).unwrap().steps[0], Step::Update { why } if why.contains("3days"))
+        );
+        s.lists_age = Some(Duration::from_secs(60));
+        s.unknown = vec!["fail2ban".into()];
+        assert!(
+            matches!(&r.plan(&s).unwrap().steps[0], Step::Update { why } if why.contains("unknown"))
+        );
+    }
+
+    #[test]
+    fn jail_uses_the_systemd_backend_and_restarts_fail2ban() {
+        let r = res();
+        assert!(r.jail().contains("backend = systemd") && r.jail().contains("port = 22"));
+        let mut s = converged(&r);
+        s.jail = Some("[sshd]\nenabled = true\n".into());
+        let p = r.plan(&s).unwrap();
+        assert!(matches!(p.steps[0], Step::Jail { .. }));
+        assert_eq!(p.steps[1], Step::Enable("fail2ban.service".into()));
+    }
+
+    #[test]
+    fn stopped_service_is_started() {
+        let r = res();
+        let mut s = converged(&r);
+        s.active[1].1 = "inactive".into();
+        assert_eq!(
+            r.plan(&s).unwrap().steps,
+            vec![Step::Enable("unattended-upgrades.service".into())]
+        );
+    }
+}
