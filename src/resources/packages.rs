@@ -230,13 +230,15 @@ impl Resource for Packages {
             }
             plan.steps.push(Step::Install(missing));
         }
-        if s.auto_upgrades.as_deref() != Some(AUTO_UPGRADES_CONTENT) {
+        let wants = |p: &str| self.cfg.install.iter().any(|x| x == p);
+        if wants("unattended-upgrades") && s.auto_upgrades.as_deref() != Some(AUTO_UPGRADES_CONTENT)
+        {
             plan.steps.push(Step::AutoUpgrades {
                 old: s.auto_upgrades.clone(),
             });
         }
         let jail = self.jail();
-        let jail_changed = s.jail.as_deref() != Some(jail.as_str());
+        let jail_changed = wants("fail2ban") && s.jail.as_deref() != Some(jail.as_str());
         if jail_changed {
             plan.steps.push(Step::Jail {
                 old: s.jail.clone(),
@@ -476,6 +478,22 @@ mod tests {
         let p = r.plan(&s).unwrap();
         assert!(matches!(p.steps[0], Step::Jail { .. }));
         assert_eq!(p.steps[1], Step::Enable("fail2ban.service".into()));
+    }
+
+    #[test]
+    fn only_what_the_list_names_is_configured() {
+        let r = Packages::new(
+            &PackagesSettings {
+                install: vec!["python3-systemd".into()],
+                ..PackagesSettings::default()
+            },
+            &UfwSettings::default(),
+        );
+        let mut s = converged(&res());
+        s.jail = None;
+        s.auto_upgrades = None;
+        s.active[0].1 = "inactive".into();
+        assert!(r.plan(&s).unwrap().steps.is_empty());
     }
 
     #[test]

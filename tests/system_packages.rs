@@ -1,0 +1,201 @@
+//! Packages, installed for real by apt inside the container from a local repository: the
+//! .debs are downloaded on the host once (cached), indexed, and served over HTTP from a
+//! peer namespace; the container's apt sources point there (the box reaches no archive).
+//! Root only; run through scripts/test.sh.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{TestBox, sh_quote};
+use serde_json::Value;
+
+const REPO_IP: &str = "198.18.1.10";
+const PACKAGES: &[&str] = &["fail2ban", "unattended-upgrades", "python3-systemd"];
+
+fn out_str(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
+}
+
+fn pk(r: &Value) -> &Value {
+    r["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "packages")
+        .unwrap()
+}
+
+fn repo_dir() -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/build-debs.sh");
+    let o = Command::new(script)
+        .arg(common::rootfs())
+        .args(PACKAGES)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "build-debs.sh: {}", out_str(&o));
+    PathBuf::from(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+/// The HTTP server of the local repository; stopped with the test.
+struct Repo(Child);
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn boot_with_repo() -> (TestBox, Repo) {
+    let dir = repo_dir();
+    let b = TestBox::boot();
+    let peer = b.add_peer("repo", "203.0.113.10/24", &format!("{REPO_IP}/24"));
+    let server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &peer.netns,
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            REPO_IP,
+            "--directory",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let repo = Repo(server);
+    std::thread::sleep(Duration::from_millis(800));
+    b.nsenter_ok(&format!(
+        "echo > /etc/apt/sources.list; rm -f /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] http://{REPO_IP}:8080/ ./' > /etc/apt/sources.list.d/local.list; rm -rf /var/lib/apt/lists/*_Packages; mkdir -p /etc/sapari-agent"
+    ));
+    (b, repo)
+}
+
+fn config(b: &TestBox, extra: &str) {
+    b.write(
+        "/etc/sapari-agent/agent.toml",
+        format!("[packages]\n{extra}\n").as_bytes(),
+        0o600,
+    );
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
+    let (b, _repo) = boot_with_repo();
+    config(&b, "");
+    let o = b.agent(&["converge", "--only", "packages", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    let r = json(&o);
+    assert_eq!(pk(&r)["status"], "changed", "{r:#}");
+    let changes = pk(&r)["changes"].to_string();
+    assert!(
+        changes.contains("package lists") && changes.contains("fail2ban python3-systemd"),
+        "{changes}"
+    );
+
+    for p in PACKAGES {
+        let s = b.exec_ok(&format!("dpkg-query -W -f '${{db:Status-Abbrev}}' {p}"));
+        assert_eq!(s.trim(), "ii", "{p} installed");
+    }
+    assert_eq!(
+        b.exec_ok("systemctl is-active fail2ban unattended-upgrades")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["active", "active"]
+    );
+    assert_eq!(
+        b.exec_ok("systemctl is-enabled fail2ban unattended-upgrades")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["enabled", "enabled"]
+    );
+    // The jail runs, on the journal: no auth.log exists on this system.
+    assert!(b.read("/var/log/auth.log").is_none());
+    let mut jail = String::new();
+    for _ in 0..20 {
+        jail = String::from_utf8_lossy(&b.exec("fail2ban-client status sshd").stdout).into_owned();
+        if jail.contains("Journal matches") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        jail.contains("Journal matches"),
+        "sshd jail not reading the journal: {jail}"
+    );
+    let auto = b
+        .read_string("/etc/apt/apt.conf.d/20auto-upgrades")
+        .unwrap();
+    assert!(
+        auto.contains("APT::Periodic::Unattended-Upgrade \"1\";"),
+        "{auto}"
+    );
+
+    let o = b.agent(&["converge", "--only", "packages", "--json"]);
+    assert_eq!(pk(&json(&o))["status"], "unchanged", "{}", out_str(&o));
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
+    let (b, _repo) = boot_with_repo();
+    config(&b, "install = [\"python3-systemd\"]\nlock_timeout = \"3s\"");
+    // Hold apt's lock the way apt does (fcntl), as unattended-upgrades does at first boot.
+    let holder = "import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(8)";
+    let mut h = b.spawn(&format!("exec python3 -c {}", sh_quote(holder)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = b.agent(&["converge", "--only", "packages", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    let e = pk(&json(&o))["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("dpkg lock") && e.contains("python3 (pid"),
+        "must name the holder: {e}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("waiting for the dpkg lock held by python3"),
+        "{}",
+        out_str(&o)
+    );
+    assert!(
+        !b.exec_ok("dpkg-query -W -f '${db:Status-Abbrev}' python3-systemd 2>/dev/null || true")
+            .contains("ii")
+    );
+
+    // Once the holder is gone, the same converge goes through.
+    let _ = h.wait();
+    config(
+        &b,
+        "install = [\"python3-systemd\"]\nlock_timeout = \"30s\"",
+    );
+    let o = b.agent(&["converge", "--only", "packages", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(
+        b.exec_ok("dpkg-query -W -f '${db:Status-Abbrev}' python3-systemd")
+            .trim(),
+        "ii"
+    );
+}
