@@ -10,7 +10,7 @@ use crate::resources::Name;
 #[command(
     name = "sapari-agent",
     version,
-    about = "Bootstraps and keeps converged the production server: hostname, swap, NTP, and (in later versions) SSH, firewall, Docker, Tailscale and compose.",
+    about = "Bootstraps and keeps converged the production server: hostname, deploy user, SSH hardening, GitHub deploy key, UFW, the Cloudflare-only DOCKER-USER firewall, packages, Docker, swap, NTP and Tailscale.",
     after_help = "Exit codes: 0 success, 1 a resource failed, 2 changes applied/pending (with --detailed-exitcodes), \
 64 usage error, 75 another run holds the lock, 77 not root, 78 configuration error (nothing changed)."
 )]
@@ -31,6 +31,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// The runbook's pre-flight checks as a PASS/WARN/FAIL table with a fix hint each.
     Status(StatusArgs),
+    /// Cloudflare-only :443 in Docker's DOCKER-USER chain: apply, show or check it.
+    Firewall(FirewallArgs),
     /// Print the agent version.
     Version,
 }
@@ -94,6 +96,39 @@ pub struct PlanArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub sel: Selectors,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes: 0 success (check: the chain matches), 1 failed (check: drift; the reason is printed), \
+64 usage error, 75 another run holds the lock (apply), 77 not root, 78 configuration error (nothing changed)."
+)]
+pub struct FirewallArgs {
+    #[command(subcommand)]
+    pub action: FirewallAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallAction {
+    /// Fetch the Cloudflare lists and converge the `firewall` resource alone (what
+    /// sapari-docker-firewall.service runs when Docker starts); same lock and report as converge.
+    Apply(FirewallOpts),
+    /// Print the DOCKER-USER rules in force per family and the list in force; changes nothing.
+    Show(FirewallOpts),
+    /// Compare the chain with the last good (or built-in) list without fetching: exit 0 when
+    /// it matches, 1 on drift, with a one-line reason.
+    Check(FirewallOpts),
+}
+
+#[derive(Debug, Args)]
+pub struct FirewallOpts {
+    /// Configuration file.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print one JSON document instead of the human report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_name(s: &str) -> Result<Name, String> {

@@ -28,6 +28,7 @@ pub struct Config {
     pub swap: SwapSettings,
     pub tailscale: TailscaleSettings,
     pub packages: PackagesSettings,
+    pub docker: DockerSettings,
     pub ntp: NtpSettings,
 }
 
@@ -223,6 +224,34 @@ impl Default for FirewallSettings {
             fetch_timeout: Interval(Duration::from_secs(10)),
             max_list_bytes: 64 * 1024,
             max_entries: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DockerSource {
+    /// Docker's own apt repository (what the runbook's get.docker.com install gives).
+    Official,
+    /// The distribution's docker.io and compose packages.
+    Distro,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerSettings {
+    pub enabled: bool,
+    pub source: DockerSource,
+    /// How long to wait for the dpkg lock before installing.
+    pub lock_timeout: Interval,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            source: DockerSource::Official,
+            lock_timeout: Interval(Duration::from_secs(600)),
         }
     }
 }

@@ -78,6 +78,7 @@ pub async fn run(cli: Cli) -> i32 {
             converge_or_plan(Mode::Plan, &a.sel, &a.ov, a.detailed_exitcodes, &ctx).await
         }
         Command::Status(a) => status(&a.sel).await,
+        Command::Firewall(a) => firewall(a.action).await,
     }
 }
 
@@ -268,6 +269,88 @@ async fn status(sel: &Selectors) -> i32 {
     } else {
         exit::OK
     }
+}
+
+/// `sapari-agent firewall apply|show|check`.
+async fn firewall(action: cli::FirewallAction) -> i32 {
+    use cli::FirewallAction;
+    use engine::Resource;
+    let (opts, show) = match action {
+        FirewallAction::Apply(o) => {
+            // The converge code path with only this resource: same lock, report and exit codes.
+            let sel = Selectors {
+                config: o.config,
+                only: vec![Name::Firewall],
+                skip: vec![],
+                json: o.json,
+            };
+            let ov = Overrides {
+                my_ip: vec![],
+                hostname: None,
+            };
+            let ctx = resources::RunContext::from_env(false);
+            return converge_or_plan(Mode::Converge, &sel, &ov, false, &ctx).await;
+        }
+        FirewallAction::Show(o) => (o, true),
+        FirewallAction::Check(o) => (o, false),
+    };
+    let sel = Selectors {
+        config: opts.config,
+        only: vec![],
+        skip: vec![],
+        json: opts.json,
+    };
+    if euid() != 0 {
+        eprintln!(
+            "sapari-agent: reading the iptables rules needs root (try: sudo sapari-agent firewall {})",
+            if show { "show" } else { "check" }
+        );
+        return exit::NOT_ROOT;
+    }
+    let cfg = match load_config(&sel, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let host = Host::new(Access::ReadOnly);
+    let fw = resources::firewall::Firewall::offline(&cfg.firewall, &cfg.agent);
+    let state = match fw.observe(&host).await {
+        Ok(s) => s,
+        Err(e) => {
+            if sel.json {
+                let doc = serde_json::json!({ "result": "error", "reason": format!("{e:#}") });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            eprintln!("sapari-agent: firewall: {e:#}");
+            return exit::FAILED;
+        }
+    };
+    if show {
+        let shown = fw.show(&state);
+        if sel.json {
+            let doc = serde_json::json!({
+                "agent_version": VERSION,
+                "enabled": cfg.firewall.enabled,
+                "families": shown,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        } else if !cfg.firewall.enabled {
+            println!("firewall management disabled (firewall.enabled = false)");
+        } else {
+            print!("{}", resources::firewall::render_show(&shown));
+        }
+        return exit::OK;
+    }
+    let v = fw.verdict(&state);
+    if sel.json {
+        let doc = serde_json::json!({
+            "result": if v.matches { "match" } else { "drift" },
+            "reason": v.reason,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!("{}", v.reason);
+    }
+    if v.matches { exit::OK } else { exit::FAILED }
 }
 
 fn last_run_check(path: &Path) -> Check {

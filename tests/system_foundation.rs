@@ -16,7 +16,7 @@ const OPERATOR_KEY: &str =
 
 fn config(extra: &str) -> String {
     format!(
-        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{SWAP}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[packages]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}"
+        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{SWAP}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[packages]\nenabled = false\n\n[docker]\nenabled = false\n\n[firewall]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}"
     )
 }
 
@@ -152,7 +152,15 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     let r2 = json(&o2);
     assert_eq!(r2["summary"]["changed"], 0, "{r2:#}");
     assert_eq!(r2["summary"]["failed"], 0, "{r2:#}");
-    for name in ["hostname", "users", "sshd", "deploy-key", "ufw", "swap", "ntp"] {
+    for name in [
+        "hostname",
+        "users",
+        "sshd",
+        "deploy-key",
+        "ufw",
+        "swap",
+        "ntp",
+    ] {
         assert_eq!(resource(&r2, name)["status"], "unchanged", "{name}: {r2:#}");
     }
     assert_eq!(

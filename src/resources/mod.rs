@@ -2,8 +2,11 @@
 
 pub mod compose;
 pub mod deploy_key;
+pub mod docker;
+pub mod firewall;
 pub mod hostname;
 pub mod ntp;
+pub mod packages;
 pub mod sshd;
 pub mod swap;
 pub mod tailscale;
@@ -117,6 +120,9 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
         Box::new(sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0)),
         Box::new(deploy_key::DeployKey::new(&cfg.deploy_key, &cfg.users)),
         Box::new(ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)),
+        Box::new(packages::Packages::new(&cfg.packages, &cfg.ufw)),
+        Box::new(docker::Docker::new(&cfg.docker)),
+        Box::new(firewall::Firewall::new(&cfg.firewall, &cfg.agent)),
         Box::new(swap::Swap::new(&cfg.swap)),
         Box::new(ntp::Ntp::new(&cfg.ntp)),
         Box::new(tailscale::Tailscale::new(

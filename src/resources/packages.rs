@@ -371,7 +371,7 @@ impl Resource for Packages {
 
 /// At first boot cloud-init and unattended-upgrades hold the dpkg lock for minutes: wait for
 /// it with a progress line, then fail naming the holder.
-async fn wait_for_dpkg(host: &Host, timeout: Duration) -> Result<()> {
+pub async fn wait_for_dpkg(host: &Host, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     let mut next = Duration::ZERO;
     while let Some((pid, name)) = host.lock_holder(Path::new(DPKG_LOCK))? {

@@ -1,0 +1,454 @@
+//! `docker`: Docker Engine and compose, from Docker's own apt repository (the signing key
+//! is built into the agent and checked against Docker's published fingerprint before it is
+//! written) or from the distribution's packages; the service enabled and running; and the
+//! compose command that works here (`docker compose` v2 first, `docker-compose` v1 after).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use base64ct::{Base64, Encoding};
+use sha1::{Digest, Sha1};
+
+use crate::config::{DockerSettings, DockerSource};
+use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
+use crate::host::{Cmd, FileSpec, Host, systemd};
+use crate::resources::Name;
+use crate::resources::packages::{installed, wait_for_dpkg};
+
+/// Docker's release signing key, as Docker publishes it.
+pub const DOCKER_KEY: &str = include_str!("docker.asc");
+/// Docker's published fingerprint of that key.
+pub const DOCKER_FINGERPRINT: &str = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88";
+const KEYRING: &str = "/etc/apt/keyrings/docker.asc";
+const SOURCES: &str = "/etc/apt/sources.list.d/docker.sources";
+const OFFICIAL: &[&str] = &[
+    "docker-ce",
+    "docker-ce-cli",
+    "containerd.io",
+    "docker-buildx-plugin",
+    "docker-compose-plugin",
+];
+
+/// The OpenPGP v4 fingerprint of the first (primary) key in an ASCII-armored block:
+/// SHA-1 over 0x99, the two-byte body length and the public-key packet body (RFC 4880 12.2).
+pub fn fingerprint(armored: &str) -> Result<String> {
+    let b64: String = armored
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK"))
+        .skip(1)
+        .skip_while(|l| !l.trim().is_empty())
+        .skip(1)
+        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----END"))
+        .collect();
+    let bytes =
+        Base64::decode_vec(&b64).map_err(|e| anyhow::anyhow!("key is not valid base64: {e}"))?;
+    let tag = *bytes.first().context("empty key")?;
+    let (body_start, len) = match tag {
+        // Old-format public-key packet (tag 6) with a 2-byte length.
+        0x99 => (3, u16::from_be_bytes([bytes[1], bytes[2]]) as usize),
+        // New-format packet, tag 6, two-octet or one-octet length.
+        0xC6 => match bytes[1] {
+            l @ 0..=191 => (2, l as usize),
+            l @ 192..=223 => (3, ((l as usize - 192) << 8) + bytes[2] as usize + 192),
+            _ => bail!("unsupported packet length"),
+        },
+        t => bail!("first packet is not a public key (tag byte {t:#x})"),
+    };
+    let body = bytes
+        .get(body_start..body_start + len)
+        .context("truncated key")?;
+    let mut h = Sha1::new();
+    h.update([0x99]);
+    h.update((len as u16).to_be_bytes());
+    h.update(body);
+    Ok(h.finalize().iter().map(|b| format!("{b:02X}")).collect())
+}
+
+pub struct Docker {
+    cfg: DockerSettings,
+}
+
+impl Docker {
+    pub fn new(cfg: &DockerSettings) -> Self {
+        Self { cfg: cfg.clone() }
+    }
+
+    fn sources(&self, s: &State) -> String {
+        format!(
+            "# Managed by sapari-agent: Docker's own repository, verified with its pinned key.\nTypes: deb\nURIs: https://download.docker.com/linux/{}\nSuites: {}\nComponents: stable\nSigned-By: {KEYRING}\n",
+            s.os_id, s.codename
+        )
+    }
+
+    fn packages(&self, s: &State) -> Vec<&'static str> {
+        match self.cfg.source {
+            DockerSource::Official => OFFICIAL.to_vec(),
+            // Ubuntu packages compose v2; Debian 12 only has the Python compose v1.
+            DockerSource::Distro if s.os_id == "ubuntu" => vec!["docker.io", "docker-compose-v2"],
+            DockerSource::Distro => vec!["docker.io", "docker-compose"],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub os_id: String,
+    pub codename: String,
+    pub installed: std::collections::BTreeSet<String>,
+    pub keyring: Option<String>,
+    pub sources: Option<String>,
+    pub enabled: Option<String>,
+    pub active: Option<String>,
+    pub systemd_booted: bool,
+    /// `docker compose` (v2) or `docker-compose` (v1), whichever answers.
+    pub compose: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Keyring,
+    Sources { old: Option<String>, new: String },
+    Install(Vec<String>),
+    Enable,
+}
+
+impl Describe for Step {
+    fn change(&self) -> Change {
+        match self {
+            Step::Keyring => Change::value(
+                KEYRING,
+                None,
+                Some(format!("Docker's key {DOCKER_FINGERPRINT}")),
+            ),
+            Step::Sources { old, new } => Change::file(SOURCES, old.as_deref(), new),
+            Step::Install(p) => {
+                Change::value("packages", None, Some(format!("install {}", p.join(" "))))
+            }
+            Step::Enable => Change::value(
+                "docker.service",
+                Some("stopped or disabled".into()),
+                Some("enabled, running".into()),
+            ),
+        }
+    }
+}
+
+fn os_release(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Resource for Docker {
+    type State = State;
+    type Step = Step;
+
+    fn name(&self) -> Name {
+        Name::Docker
+    }
+
+    fn depends_on(&self) -> &'static [Name] {
+        &[Name::Packages]
+    }
+
+    async fn observe(&self, host: &Host) -> Result<State> {
+        let os = host
+            .read_text(Path::new("/etc/os-release"))?
+            .unwrap_or_default();
+        let booted = host.systemd_booted();
+        let unit = host.unit_installed("docker.service");
+        let (enabled, active) = if unit {
+            let e = host
+                .query(&systemd::enabled_states(&["docker.service"]))
+                .await?;
+            let a = host
+                .query(&Cmd::new("systemctl").args(["is-active", "docker.service"]))
+                .await?;
+            (
+                Some(e.stdout.trim().to_string()),
+                Some(a.stdout.trim().to_string()),
+            )
+        } else {
+            (None, None)
+        };
+        let mut compose = None;
+        if host.program_exists("docker") {
+            let v2 = host
+                .query(
+                    &Cmd::new("docker")
+                        .args(["compose", "version"])
+                        .timeout(Duration::from_secs(20)),
+                )
+                .await;
+            if v2.is_ok_and(|o| o.status == 0) {
+                compose = Some("docker compose".to_string());
+            }
+        }
+        if compose.is_none() && host.program_exists("docker-compose") {
+            compose = Some("docker-compose".to_string());
+        }
+        Ok(State {
+            os_id: os_release(&os, "ID"),
+            codename: os_release(&os, "VERSION_CODENAME"),
+            installed: installed(
+                &host
+                    .read_text(Path::new("/var/lib/dpkg/status"))?
+                    .unwrap_or_default(),
+            ),
+            keyring: host.read_text(Path::new(KEYRING))?,
+            sources: host.read_text(Path::new(SOURCES))?,
+            enabled,
+            active,
+            systemd_booted: booted,
+            compose,
+        })
+    }
+
+    fn plan(&self, s: &State) -> Result<Plan<Step>> {
+        let mut plan = Plan::default();
+        if !self.cfg.enabled {
+            plan.notes
+                .push("docker management disabled (docker.enabled = false)".into());
+            return Ok(plan);
+        }
+        let distro_present = s.installed.contains("docker.io");
+        let official_present = s.installed.contains("docker-ce");
+        if self.cfg.source == DockerSource::Official && distro_present && !official_present {
+            plan.notes.push(
+                "the distribution's docker.io is installed; it is kept (switching to Docker's repository is a manual step: remove docker.io first)".into(),
+            );
+        } else {
+            if self.cfg.source == DockerSource::Official {
+                if !matches!(s.os_id.as_str(), "ubuntu" | "debian") || s.codename.is_empty() {
+                    bail!(
+                        "Docker's repository needs Ubuntu or Debian with a release codename (found ID={:?} VERSION_CODENAME={:?}); set docker.source = \"distro\"",
+                        s.os_id,
+                        s.codename
+                    );
+                }
+                let fp = fingerprint(DOCKER_KEY)?;
+                if fp != DOCKER_FINGERPRINT {
+                    bail!(
+                        "the built-in Docker key has fingerprint {fp}, not Docker's {DOCKER_FINGERPRINT}; nothing written"
+                    );
+                }
+                if s.keyring.as_deref() != Some(DOCKER_KEY) {
+                    plan.steps.push(Step::Keyring);
+                }
+                let src = self.sources(s);
+                if s.sources.as_deref() != Some(src.as_str()) {
+                    plan.steps.push(Step::Sources {
+                        old: s.sources.clone(),
+                        new: src,
+                    });
+                }
+            }
+            let missing: Vec<String> = self
+                .packages(s)
+                .into_iter()
+                .filter(|p| !s.installed.contains(*p))
+                .map(str::to_string)
+                .collect();
+            if !missing.is_empty() {
+                plan.steps.push(Step::Install(missing));
+            }
+        }
+        let running = !s.systemd_booted || s.active.as_deref() == Some("active");
+        if s.enabled.as_deref() != Some("enabled")
+            || !running
+            || plan.steps.iter().any(|p| matches!(p, Step::Install(_)))
+        {
+            plan.steps.push(Step::Enable);
+        }
+        match &s.compose {
+            Some(c) => plan.notes.push(format!("compose command: {c}")),
+            None if plan.steps.is_empty() => plan
+                .notes
+                .push("no compose command found (docker compose / docker-compose)".into()),
+            None => {}
+        }
+        Ok(plan)
+    }
+
+    async fn apply(&self, host: &Host, s: &State, steps: &[Step]) -> Result<()> {
+        let mut update = false;
+        for step in steps {
+            match step {
+                Step::Keyring => {
+                    if !Path::new("/etc/apt/keyrings").is_dir() {
+                        host.ensure_dir(Path::new("/etc/apt/keyrings"), FileSpec::root(0o755))?;
+                    }
+                    host.write(
+                        Path::new(KEYRING),
+                        DOCKER_KEY.as_bytes(),
+                        FileSpec::root(0o644),
+                        false,
+                    )?;
+                    update = true;
+                }
+                Step::Sources { new, .. } => {
+                    host.write(
+                        Path::new(SOURCES),
+                        new.as_bytes(),
+                        FileSpec::root(0o644),
+                        false,
+                    )?;
+                    update = true;
+                }
+                Step::Install(p) => {
+                    wait_for_dpkg(host, self.cfg.lock_timeout.0).await?;
+                    let apt = |args: Vec<&str>| {
+                        Cmd::new("apt-get")
+                            .args(["-q", "-y", "-o", "DPkg::Lock::Timeout=120"])
+                            .args(args)
+                            .env("DEBIAN_FRONTEND", "noninteractive")
+                            .timeout(Duration::from_secs(1800))
+                    };
+                    if update
+                        || self.cfg.source == DockerSource::Distro
+                            && !Path::new("/var/lib/apt/lists")
+                                .read_dir()
+                                .is_ok_and(|mut d| d.next().is_some())
+                    {
+                        crate::progress(Name::Docker, "updating package lists");
+                        host.run(&apt(vec!["update"])).await?;
+                    }
+                    crate::progress(Name::Docker, &format!("installing {}", p.join(" ")));
+                    let mut args = vec!["install", "--no-install-recommends"];
+                    args.extend(p.iter().map(String::as_str));
+                    host.run(&apt(args)).await?;
+                }
+                Step::Enable => {
+                    let mut cmd = Cmd::new("systemctl").arg("enable");
+                    if s.systemd_booted {
+                        cmd = cmd.arg("--now");
+                    }
+                    host.run(&cmd.arg("docker.service")).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn checks(&self, s: &State) -> Vec<Check> {
+        if !self.cfg.enabled {
+            return vec![];
+        }
+        let running = s.active.as_deref() == Some("active");
+        vec![
+            Check::new(
+                "docker",
+                if running { Level::Pass } else { Level::Fail },
+                if running {
+                    "running".to_string()
+                } else {
+                    "not running".to_string()
+                },
+                "sapari-agent converge --only docker",
+            ),
+            Check::new(
+                "compose",
+                if s.compose.is_some() {
+                    Level::Pass
+                } else {
+                    Level::Fail
+                },
+                s.compose.clone().unwrap_or_else(|| "not found".into()),
+                "sapari-agent converge --only docker",
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DockerSettings;
+
+    fn state() -> State {
+        State {
+            os_id: "ubuntu".into(),
+            codename: "noble".into(),
+            installed: Default::default(),
+            keyring: None,
+            sources: None,
+            enabled: None,
+            active: None,
+            systemd_booted: true,
+            compose: None,
+        }
+    }
+
+    #[test]
+    fn built_in_key_is_dockers() {
+        assert_eq!(fingerprint(DOCKER_KEY).unwrap(), DOCKER_FINGERPRINT);
+        let tampered = DOCKER_KEY.replacen("mQINBFit2ioBEADh", "mQINBFit2ioBEADi", 1);
+        assert_ne!(fingerprint(&tampered).unwrap(), DOCKER_FINGERPRINT);
+    }
+
+    #[test]
+    fn official_source_on_a_fresh_box() {
+        let r = Docker::new(&DockerSettings::default());
+        let p = r.plan(&state()).unwrap();
+        assert_eq!(p.steps[0], Step::Keyring);
+        assert!(
+            matches!(&p.steps[1], Step::Sources { new, .. } if new.contains("linux/ubuntu\nSuites: noble"))
+        );
+        assert!(
+            matches!(&p.steps[2], Step::Install(pk) if pk.contains(&"docker-compose-plugin".to_string()))
+        );
+        assert_eq!(p.steps[3], Step::Enable);
+    }
+
+    #[test]
+    fn converged_plans_nothing_and_reports_compose() {
+        let r = Docker::new(&DockerSettings::default());
+        let mut s = state();
+        s.installed = OFFICIAL.iter().map(|p| p.to_string()).collect();
+        s.keyring = Some(DOCKER_KEY.into());
+        s.sources = Some(r.sources(&s));
+        s.enabled = Some("enabled".into());
+        s.active = Some("active".into());
+        s.compose = Some("docker compose".into());
+        let p = r.plan(&s).unwrap();
+        assert!(p.steps.is_empty(), "{:?}", p.steps);
+        assert_eq!(p.notes, vec!["compose command: docker compose"]);
+    }
+
+    #[test]
+    fn distro_source_picks_the_compose_package_by_os() {
+        let r = Docker::new(&DockerSettings {
+            source: DockerSource::Distro,
+            ..DockerSettings::default()
+        });
+        let mut s = state();
+        s.os_id = "debian".into();
+        s.codename = "bookworm".into();
+        let p = r.plan(&s).unwrap();
+        assert_eq!(
+            p.steps[0],
+            Step::Install(vec!["docker.io".into(), "docker-compose".into()])
+        );
+        s.os_id = "ubuntu".into();
+        assert_eq!(
+            r.plan(&s).unwrap().steps[0],
+            Step::Install(vec!["docker.io".into(), "docker-compose-v2".into()])
+        );
+    }
+
+    #[test]
+    fn existing_distro_docker_is_kept_under_official() {
+        let r = Docker::new(&DockerSettings::default());
+        let mut s = state();
+        s.installed.insert("docker.io".into());
+        s.enabled = Some("enabled".into());
+        s.active = Some("active".into());
+        let p = r.plan(&s).unwrap();
+        assert!(p.steps.is_empty());
+        assert!(p.notes[0].contains("docker.io is installed"));
+    }
+}

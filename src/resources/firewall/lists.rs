@@ -1,0 +1,630 @@
+//! Cloudflare's published address lists: fetched over HTTPS only (bounded in time, size and
+//! redirects), validated line by line, aggregated, and kept as the "last good" copy in the
+//! state directory. A list is accepted whole or rejected whole; every rejection names the
+//! line, the range or the URL that caused it.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Redirects followed (https -> https only) before a fetch is given up.
+pub const MAX_REDIRECTS: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// `v4`/`v6`: file names, report labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    pub fn holds(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
+        )
+    }
+
+    /// The config key of this family's list URL, for messages.
+    pub fn url_key(self) -> &'static str {
+        match self {
+            Family::V4 => "firewall.list_url_v4",
+            Family::V6 => "firewall.list_url_v6",
+        }
+    }
+}
+
+/// Ranges that never belong in a list of public proxy addresses, with the words a
+/// rejection uses for them.
+const V4_FORBIDDEN: &[(&str, &str)] = &[
+    (
+        "0.0.0.0/8",
+        "\"this network\" (includes the unspecified address)",
+    ),
+    ("10.0.0.0/8", "private (RFC 1918)"),
+    ("100.64.0.0/10", "carrier-grade NAT (RFC 6598)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved (includes broadcast)"),
+];
+
+const V6_FORBIDDEN: &[(&str, &str)] = &[
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fc00::/7", "unique local (private)"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
+];
+
+/// Shortest prefixes accepted: anything wider is not a proxy range but a large slice of the
+/// internet (Cloudflare's widest today: /13 and /29).
+const V4_MIN_PREFIX: u8 = 8;
+const V6_MIN_PREFIX: u8 = 16;
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Why `net` cannot be in a proxy list, if it cannot.
+fn forbidden(net: &IpNet) -> Option<String> {
+    if net.prefix_len() == 0 {
+        return Some("is a default route (it would admit every address)".into());
+    }
+    let (table, min) = match net {
+        IpNet::V4(_) => (V4_FORBIDDEN, V4_MIN_PREFIX),
+        IpNet::V6(_) => (V6_FORBIDDEN, V6_MIN_PREFIX),
+    };
+    for (range, what) in table {
+        let r: IpNet = range.parse().expect("literal range");
+        if r.contains(net) {
+            return Some(format!("is in {range}, {what}"));
+        }
+        if overlaps(net, &r) {
+            return Some(format!("overlaps {range}, {what}"));
+        }
+    }
+    if let IpNet::V6(n) = net {
+        let global: Ipv6Net = "2000::/3".parse().expect("literal");
+        if !global.contains(n) {
+            return Some("is outside global unicast 2000::/3".into());
+        }
+    }
+    if net.prefix_len() < min {
+        return Some(format!(
+            "is wider than /{min} ({} addresses would be admitted)",
+            match net {
+                IpNet::V4(n) => format!("2^{}", 32 - n.prefix_len()),
+                IpNet::V6(n) => format!("2^{}", 128 - n.prefix_len()),
+            }
+        ));
+    }
+    None
+}
+
+/// A line as it may be quoted in a message: bounded and escaped.
+fn shown(line: &str) -> String {
+    let mut s: String = line.chars().take(60).collect();
+    if line.chars().count() > 60 {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+/// Parse and validate one family's list. Blank lines and `#` comments are allowed; every
+/// other line must be a CIDR of `family`, in canonical form, outside the special-purpose
+/// ranges. The result is aggregated (overlaps and duplicates merged) and sorted.
+pub fn parse_list(text: &str, family: Family, max_entries: usize) -> Result<Vec<IpNet>, String> {
+    let mut nets = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if nets.len() >= max_entries {
+            return Err(format!(
+                "more than {max_entries} entries (firewall.max_entries); line {n} is one too many"
+            ));
+        }
+        let net = match (line.contains('/'), line.parse::<IpNet>()) {
+            (true, Ok(net)) => net,
+            (false, _) if line.parse::<IpAddr>().is_ok() => {
+                return Err(format!(
+                    "line {n}: {} is an address, not a CIDR (write it with its prefix length)",
+                    shown(line)
+                ));
+            }
+            _ => return Err(format!("line {n}: {} is not a CIDR", shown(line))),
+        };
+        if !family.holds(&net) {
+            return Err(format!(
+                "line {n}: {net} is not an {} range",
+                family.label()
+            ));
+        }
+        if net.trunc() != net {
+            return Err(format!(
+                "line {n}: {net} has host bits set (the network would be {})",
+                net.trunc()
+            ));
+        }
+        if let Some(why) = forbidden(&net) {
+            return Err(format!("line {n}: {net} {why}"));
+        }
+        nets.push(net);
+    }
+    if nets.is_empty() {
+        return Err("the list is empty".into());
+    }
+    Ok(IpNet::aggregate(&nets))
+}
+
+/// The list as stored in the state directory: one CIDR a line.
+pub fn render_list(nets: &[IpNet]) -> String {
+    let mut s = String::new();
+    for n in nets {
+        let _ = writeln!(s, "{n}");
+    }
+    s
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = Sha256::digest(data);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// What the `.json` next to a stored list records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMeta {
+    pub family: Family,
+    /// The URL the list was fetched from.
+    pub source: String,
+    /// RFC 3339, when this content was first fetched and stored.
+    pub fetched_at: String,
+    /// sha256 of the `.txt` file's bytes (`sha256sum` gives the same).
+    pub sha256: String,
+    /// CIDRs in the file (after aggregation).
+    pub count: usize,
+}
+
+pub fn list_path(dir: &Path, family: Family) -> PathBuf {
+    dir.join(format!("cloudflare-ips-{}.txt", family.as_str()))
+}
+
+pub fn meta_path(dir: &Path, family: Family) -> PathBuf {
+    dir.join(format!("cloudflare-ips-{}.json", family.as_str()))
+}
+
+/// The last good list read back from the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastGood {
+    Absent,
+    Valid(Stored),
+    /// Present but unusable: the reason (the agent then falls back as if absent).
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub nets: Vec<IpNet>,
+    /// sha256 of the file as read.
+    pub sha256: String,
+    pub meta: Option<ListMeta>,
+    /// Why the metadata is missing or not trusted (the list itself is still valid).
+    pub meta_problem: Option<String>,
+}
+
+/// Judge the stored files. The list must pass the same validation as a fetched one; the
+/// metadata only describes it (a crash between the two writes leaves a stale `.json`,
+/// which is reported but does not discard a valid list).
+pub fn read_last_good(
+    family: Family,
+    txt: Option<&str>,
+    meta: Option<&str>,
+    max_entries: usize,
+    path: &Path,
+) -> LastGood {
+    let Some(txt) = txt else {
+        return LastGood::Absent;
+    };
+    let nets = match parse_list(txt, family, max_entries) {
+        Ok(n) => n,
+        Err(e) => {
+            return LastGood::Invalid(format!("{} is not a valid list: {e}", path.display()));
+        }
+    };
+    let sha256 = sha256_hex(txt.as_bytes());
+    let (meta, meta_problem) = match meta.map(serde_json::from_str::<ListMeta>) {
+        None => (None, Some("its metadata file is missing".to_string())),
+        Some(Err(e)) => (None, Some(format!("its metadata file is unreadable: {e}"))),
+        Some(Ok(m)) if m.sha256 != sha256 || m.family != family => (
+            None,
+            Some(format!(
+                "its metadata describes other content (sha256 {}, file has {})",
+                short(&m.sha256),
+                short(&sha256)
+            )),
+        ),
+        Some(Ok(m)) => (Some(m), None),
+    };
+    LastGood::Valid(Stored {
+        nets,
+        sha256,
+        meta,
+        meta_problem,
+    })
+}
+
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// The difference between two lists as `+added -removed` words.
+pub fn list_diff(old: &[IpNet], new: &[IpNet]) -> String {
+    let mut words: Vec<String> = new
+        .iter()
+        .filter(|n| !old.contains(n))
+        .map(|n| format!("+{n}"))
+        .collect();
+    words.extend(
+        old.iter()
+            .filter(|n| !new.contains(n))
+            .map(|n| format!("-{n}")),
+    );
+    words.join(" ")
+}
+
+/// A reqwest error without its own top line ("error sending request for url (...)", which
+/// repeats the URL): the useful part (connection refused, unknown issuer, our redirect
+/// refusal) is in the sources.
+fn request_error(e: &reqwest::Error) -> String {
+    let detail = match std::error::Error::source(e) {
+        Some(src) => chain(src),
+        None => e.to_string(),
+    };
+    if e.is_timeout() {
+        format!("timed out (firewall.fetch_timeout): {detail}")
+    } else {
+        detail
+    }
+}
+
+// ---- fetching -------------------------------------------------------------------------------
+
+/// An error with its sources, for messages.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// An HTTPS client for the lists: https only (a redirect to http is an error), at most
+/// `MAX_REDIRECTS` redirects, a total time limit, the system roots plus `ca_pem`.
+pub fn client(
+    timeout: Duration,
+    ca_pem: Option<(&Path, &[u8])>,
+) -> Result<reqwest::Client, String> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.url().scheme() != "https" {
+            let to = attempt.url().to_string();
+            attempt.error(format!("refusing redirect to non-HTTPS {to}"))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut b = reqwest::Client::builder()
+        .https_only(true)
+        .redirect(policy)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("sapari-agent/", env!("CARGO_PKG_VERSION")));
+    if let Some((path, pem)) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("firewall.ca_file {}: {}", path.display(), chain(&e)))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "firewall.ca_file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+        b = b.tls_certs_merge(certs);
+    }
+    b.build()
+        .map_err(|e| format!("cannot set up the HTTPS client: {}", chain(&e)))
+}
+
+/// Fetch and validate one list. The error says what went wrong and where, ready to be
+/// followed by what the agent does instead.
+pub async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    family: Family,
+    max_bytes: u64,
+    max_entries: usize,
+) -> Result<Vec<IpNet>, String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| format!("{} `{url}` is not a URL: {e}", family.url_key()))?;
+    if parsed.scheme() != "https" {
+        return Err(format!(
+            "{} `{url}` is not an https:// URL; lists are only fetched over HTTPS",
+            family.url_key()
+        ));
+    }
+    let mut resp = client
+        .get(parsed)
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {}", request_error(&e)))?;
+    let final_url = resp.url().to_string();
+    let from = if final_url == url {
+        url.to_string()
+    } else {
+        format!("{url} (redirected to {final_url})")
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("{from} answered HTTP {status}"));
+    }
+    if let Some(len) = resp.content_length()
+        && len > max_bytes
+    {
+        return Err(format!(
+            "{from} announced {len} bytes, more than firewall.max_list_bytes ({max_bytes})"
+        ));
+    }
+    let mut body: Vec<u8> = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if (body.len() + c.len()) as u64 > max_bytes {
+                    return Err(format!(
+                        "{from} sent more than firewall.max_list_bytes ({max_bytes} bytes)"
+                    ));
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("cannot read {from}: {}", request_error(&e))),
+        }
+    }
+    let text =
+        std::str::from_utf8(&body).map_err(|e| format!("{from} rejected: not UTF-8 text ({e})"))?;
+    parse_list(text, family, max_entries).map_err(|e| format!("{from} rejected: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(text: &str) -> Result<Vec<IpNet>, String> {
+        parse_list(text, Family::V4, 1000)
+    }
+
+    fn v6(text: &str) -> Result<Vec<IpNet>, String> {
+        parse_list(text, Family::V6, 1000)
+    }
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn cloudflare_lists_pass() {
+        let l = v4(super::super::snapshot::V4).unwrap();
+        assert_eq!(l.len(), 15);
+        let l = v6(super::super::snapshot::V6).unwrap();
+        assert_eq!(l.len(), 7);
+    }
+
+    #[test]
+    fn aggregates_dedupes_and_tolerates_blank_lines_and_crlf() {
+        let l = v4("173.245.48.0/21\r\n\n173.245.56.0/21\n173.245.48.0/20\n# mirror\n  103.21.244.0/22  \n103.21.244.0/22\n").unwrap();
+        assert_eq!(l, nets(&["103.21.244.0/22", "173.245.48.0/20"]));
+        let l = v6("2400:cb00::/33\n2400:cb00:8000::/33\n2606:4700::/32\n").unwrap();
+        assert_eq!(l, nets(&["2400:cb00::/32", "2606:4700::/32"]));
+    }
+
+    fn err(r: Result<Vec<IpNet>, String>) -> String {
+        r.expect_err("must be rejected")
+    }
+
+    #[test]
+    fn junk_is_rejected_with_the_line() {
+        let e = err(v4("<!DOCTYPE html>\n<html><body>hi</body></html>\n"));
+        assert!(
+            e.starts_with("line 1: \"<!DOCTYPE html>\" is not a CIDR"),
+            "{e}"
+        );
+        let e = err(v4("173.245.48.0/20\n104.16.0.0/13 extra\n"));
+        assert!(e.starts_with("line 2:"), "{e}");
+        let e = err(v4("173.245.48.0/33\n"));
+        assert!(e.contains("not a CIDR"), "{e}");
+        let e = err(v4("173.245.48.1\n"));
+        assert!(e.contains("is an address, not a CIDR"), "{e}");
+        let e = err(v4(&"x".repeat(500)));
+        assert!(e.len() < 120 && e.contains('…'), "{e}");
+    }
+
+    #[test]
+    fn wrong_family_and_host_bits() {
+        let e = err(v4("173.245.48.0/20\n2400:cb00::/32\n"));
+        assert_eq!(e, "line 2: 2400:cb00::/32 is not an IPv4 range");
+        let e = err(v6("173.245.48.0/20\n"));
+        assert_eq!(e, "line 1: 173.245.48.0/20 is not an IPv6 range");
+        let e = err(v4("173.245.48.1/20\n"));
+        assert!(
+            e.contains("host bits") && e.contains("173.245.48.0/20"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_is_rejected() {
+        assert_eq!(err(v4("")), "the list is empty");
+        assert_eq!(err(v4("\n\n# nothing\n")), "the list is empty");
+    }
+
+    #[test]
+    fn default_routes_and_special_ranges_are_rejected() {
+        let e = err(v4("173.245.48.0/20\n0.0.0.0/0\n"));
+        assert!(e.contains("line 2: 0.0.0.0/0 is a default route"), "{e}");
+        let e = err(v6("::/0\n"));
+        assert!(e.contains("::/0 is a default route"), "{e}");
+        for (bad, word) in [
+            ("10.1.0.0/16", "private"),
+            ("172.16.0.0/12", "private"),
+            ("192.168.1.0/24", "private"),
+            ("127.0.0.0/8", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("100.64.0.0/10", "carrier-grade NAT"),
+            ("100.100.0.0/16", "carrier-grade NAT"),
+            ("224.0.0.0/4", "multicast"),
+            ("0.0.0.0/32", "unspecified"),
+            ("192.0.2.0/24", "documentation"),
+            ("198.51.100.0/24", "documentation"),
+            ("203.0.113.0/24", "documentation"),
+            ("255.255.255.255/32", "broadcast"),
+            // wide enough to swallow a private range
+            ("96.0.0.0/3", "carrier-grade NAT"),
+            ("64.0.0.0/4", "wider than /8"),
+        ] {
+            let e = err(v4(&format!("173.245.48.0/20\n{bad}\n")));
+            assert!(
+                e.starts_with(&format!("line 2: {bad} ")) && e.contains(word),
+                "{bad}: {e}"
+            );
+        }
+        for (bad, word) in [
+            ("::1/128", "loopback"),
+            ("::/128", "unspecified"),
+            ("fe80::/10", "link-local"),
+            ("fd00::/8", "unique local"),
+            ("ff02::/16", "multicast"),
+            ("2001:db8::/32", "documentation"),
+            ("::ffff:0:0/96", "IPv4-mapped"),
+            ("4000::/8", "global unicast"),
+            ("2a00::/12", "wider than /16"),
+        ] {
+            let e = err(v6(&format!("2400:cb00::/32\n{bad}\n")));
+            // (the address is echoed as Rust prints it: ::ffff:0.0.0.0/96)
+            assert!(e.starts_with("line 2: ") && e.contains(word), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn absurd_counts_are_rejected() {
+        let text: String = (0..20).map(|i| format!("104.{i}.0.0/16\n")).collect();
+        let e = parse_list(&text, Family::V4, 10).unwrap_err();
+        assert!(
+            e.contains("more than 10 entries") && e.contains("line 11"),
+            "{e}"
+        );
+        assert!(parse_list(&text, Family::V4, 20).is_ok());
+    }
+
+    #[test]
+    fn last_good_round_trip_and_damage() {
+        let p = Path::new("/state/cloudflare-ips-v4.txt");
+        let body = render_list(&nets(&["103.21.244.0/22", "173.245.48.0/20"]));
+        let sha = sha256_hex(body.as_bytes());
+        let meta = ListMeta {
+            family: Family::V4,
+            source: "https://example.test/ips-v4".into(),
+            fetched_at: "2026-01-02T03:04:05Z".into(),
+            sha256: sha.clone(),
+            count: 2,
+        };
+        let m = serde_json::to_string(&meta).unwrap();
+        match read_last_good(Family::V4, Some(&body), Some(&m), 100, p) {
+            LastGood::Valid(s) => {
+                assert_eq!(s.nets.len(), 2);
+                assert_eq!(s.meta, Some(meta.clone()));
+                assert!(s.meta_problem.is_none());
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(
+            read_last_good(Family::V4, None, Some(&m), 100, p),
+            LastGood::Absent
+        );
+        // content changed behind the metadata's back: list kept, metadata distrusted
+        let other = render_list(&nets(&["173.245.48.0/20"]));
+        match read_last_good(Family::V4, Some(&other), Some(&m), 100, p) {
+            LastGood::Valid(s) => {
+                assert!(s.meta.is_none());
+                assert!(s.meta_problem.unwrap().contains("other content"));
+            }
+            o => panic!("{o:?}"),
+        }
+        match read_last_good(Family::V4, Some("<html>\n"), Some(&m), 100, p) {
+            LastGood::Invalid(why) => {
+                assert!(why.contains("/state/cloudflare-ips-v4.txt") && why.contains("line 1"))
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn sha_matches_sha256sum() {
+        // printf 'abc' | sha256sum
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn diff_words() {
+        let a = nets(&["1.0.0.0/24", "2.0.0.0/24"]);
+        let b = nets(&["2.0.0.0/24", "3.0.0.0/24"]);
+        assert_eq!(list_diff(&a, &b), "+3.0.0.0/24 -1.0.0.0/24");
+    }
+}

@@ -1,0 +1,1094 @@
+//! `firewall`: Docker publishes ports past UFW, so Docker's DOCKER-USER chain is the one place
+//! that can keep the origin's :443 reachable only through Cloudflare. Per address family the
+//! agent owns that chain entirely and replaces it in one `iptables-restore --noflush`
+//! transaction (nothing half-applied), with Cloudflare's published lists fetched over HTTPS,
+//! validated, and kept as a last good copy for the days the fetch fails.
+//!
+//! Observe reads the tables of the iptables backend that holds Docker's chains, the default
+//! routes, the stored lists, and (unless offline) fetches the lists; plan is pure; apply runs
+//! one restore per family, verifies it from `iptables-save`, and only then stores the list.
+
+pub mod lists;
+pub mod rules;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::config::{AgentSettings, FirewallSettings};
+use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
+use crate::host::{Cmd, FileSpec, Host};
+use crate::resources::Name;
+use lists::{Family, LastGood, Stored};
+use rules::{Backend, CHAIN, FilterTable, ForwardJump, Rule};
+
+const PROC_ROUTE_V4: &str = "/proc/net/route";
+const PROC_ROUTE_V6: &str = "/proc/net/ipv6_route";
+/// How long iptables-restore waits for the xtables lock (legacy backend; Docker takes it too).
+const XTABLES_WAIT_SECS: &str = "10";
+const UNIT: &str = "sapari-docker-firewall.service";
+
+pub struct Firewall {
+    cfg: FirewallSettings,
+    state_dir: PathBuf,
+    /// Fetch the lists (converge, plan, status), or use only what is stored (`firewall check`,
+    /// `firewall show`).
+    online: bool,
+    /// Lists fetched in this run: the observation that verifies an apply must see the same
+    /// lists, and must not cost a second round of downloads.
+    fetched: tokio::sync::Mutex<Vec<Fetched>>,
+}
+
+impl Firewall {
+    pub fn new(cfg: &FirewallSettings, agent: &AgentSettings) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            state_dir: agent.state_dir.clone(),
+            online: true,
+            fetched: tokio::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Never fetches: judges the chain against the last good (or built-in) lists.
+    pub fn offline(cfg: &FirewallSettings, agent: &AgentSettings) -> Self {
+        Self {
+            online: false,
+            ..Self::new(cfg, agent)
+        }
+    }
+
+    fn url(&self, fam: Family) -> &str {
+        match fam {
+            Family::V4 => &self.cfg.list_url_v4,
+            Family::V6 => &self.cfg.list_url_v6,
+        }
+    }
+}
+
+/// The outcome of fetching one list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub family: Family,
+    pub url: String,
+    /// RFC 3339 time of the fetch.
+    pub at: String,
+    /// The validated, aggregated list, or why there is none (names the URL, line or range).
+    pub result: Result<Vec<IpNet>, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FamilyState {
+    pub family: Family,
+    /// The backend whose tables hold Docker's chains, and its filter table. None: Docker's
+    /// chains do not exist for this family.
+    pub docker: Option<(Backend, FilterTable)>,
+    /// Something worth saying about the backend choice (both had Docker chains, no iptables).
+    pub backend_note: Option<String>,
+    pub last_good: LastGood,
+    /// None when not fetched (offline, or nothing to manage).
+    pub fetched: Option<Fetched>,
+    /// The interface of this family's default route.
+    pub route_iface: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Empty when `firewall.enabled = false`.
+    pub families: Vec<FamilyState>,
+    pub now: SystemTime,
+}
+
+/// Where the list in force comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Fetched in this run; `since` is when the same content was first stored.
+    Fetched {
+        url: String,
+        at: String,
+        since: Option<String>,
+    },
+    LastGood(Stored),
+    BuiltIn,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListChoice {
+    pub nets: Vec<IpNet>,
+    pub source: Source,
+    pub sha256: String,
+    /// Why this list and not a fresher one (fetch failures, damaged state files).
+    pub notes: Vec<String>,
+    /// The fetched list differs from the stored one: store it (after the chain is applied).
+    pub store: Option<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Replace the family's DOCKER-USER chain (and move FORWARD's jump to the top) in one
+    /// restore transaction.
+    Chain {
+        family: Family,
+        backend: Backend,
+        have: Option<Vec<Rule>>,
+        want: Vec<Rule>,
+        jump: ForwardJump,
+        restore: String,
+    },
+    /// Keep a freshly fetched list as the last good one.
+    StoreList {
+        family: Family,
+        url: String,
+        at: String,
+        old: Option<Vec<IpNet>>,
+        nets: Vec<IpNet>,
+    },
+}
+
+fn rendered(rules: &[Rule]) -> String {
+    rules.iter().map(|r| r.render(CHAIN) + "\n").collect()
+}
+
+impl Describe for Step {
+    fn change(&self) -> Change {
+        match self {
+            Step::Chain {
+                family,
+                have,
+                want,
+                jump,
+                ..
+            } => {
+                let mut from = match have {
+                    Some(h) => rules::summary(h),
+                    None => "absent".into(),
+                };
+                let foreign = have.iter().flatten().filter(|r| !r.is_ours()).count();
+                if foreign > 0 {
+                    from.push_str(&format!(", {foreign} not from sapari-agent"));
+                }
+                let mut to = rules::summary(want);
+                if !jump.first() {
+                    from.push_str(&format!("; {}", jump.describe()));
+                    to.push_str("; FORWARD jumps to DOCKER-USER first");
+                }
+                let label = format!("{CHAIN} {}", family.as_str());
+                let old = rendered(have.as_deref().unwrap_or(&[]));
+                let new = rendered(want);
+                // From an empty chain the summary says it all; a diff shows what drifted.
+                let diff = (old != new && !old.is_empty()).then(|| {
+                    similar::TextDiff::from_lines(&old, &new)
+                        .unified_diff()
+                        .context_radius(1)
+                        .header(&format!("{label} (in force)"), &format!("{label} (wanted)"))
+                        .to_string()
+                });
+                Change {
+                    what: label,
+                    from: Some(from),
+                    to: Some(to),
+                    diff,
+                }
+            }
+            Step::StoreList {
+                family,
+                url,
+                old,
+                nets,
+                ..
+            } => {
+                let from = match old {
+                    Some(o) => format!("{} ranges", o.len()),
+                    None => "none stored".into(),
+                };
+                let to = match old {
+                    Some(o) if o != nets => format!(
+                        "{} ranges from {url}: {}",
+                        nets.len(),
+                        lists::list_diff(o, nets)
+                    ),
+                    _ => format!("{} ranges from {url}", nets.len()),
+                };
+                Change::value(
+                    format!("Cloudflare {} list", family.label()),
+                    Some(from),
+                    Some(to),
+                )
+            }
+        }
+    }
+}
+
+fn age(now: SystemTime, at: &str) -> Option<String> {
+    let t = humantime::parse_rfc3339(at).ok()?;
+    let d = now.duration_since(t).unwrap_or(Duration::ZERO).as_secs();
+    Some(match d {
+        0..120 => "just now".into(),
+        120..7200 => format!("{} minutes ago", d / 60),
+        7200..172_800 => format!("{} hours ago", d / 3600),
+        _ => format!("{} days ago", d / 86_400),
+    })
+}
+
+fn stored_words(s: &Stored) -> String {
+    match &s.meta {
+        Some(m) => format!(
+            "{} ranges, fetched {} from {}, sha256 {}",
+            s.nets.len(),
+            m.fetched_at,
+            m.source,
+            lists::short(&s.sha256)
+        ),
+        None => format!(
+            "{} ranges, sha256 {}",
+            s.nets.len(),
+            lists::short(&s.sha256)
+        ),
+    }
+}
+
+impl Firewall {
+    /// Which list is in force for a family: a list fetched now, else the last good one,
+    /// else the one built into the binary; never an empty or invalid one.
+    pub fn choose_list(&self, f: &FamilyState) -> ListChoice {
+        let fam = f.family;
+        let path = lists::list_path(&self.state_dir, fam);
+        let mut notes = Vec::new();
+        let last = match &f.last_good {
+            LastGood::Valid(s) => {
+                if let Some(p) = &s.meta_problem {
+                    notes.push(format!(
+                        "last good {} list {}: {p}",
+                        fam.label(),
+                        path.display()
+                    ));
+                }
+                Some(s)
+            }
+            LastGood::Invalid(why) => {
+                notes.push(format!("last good {} list ignored: {why}", fam.label()));
+                None
+            }
+            LastGood::Absent => None,
+        };
+        let built_in = || {
+            let text = match fam {
+                Family::V4 => snapshot::V4,
+                Family::V6 => snapshot::V6,
+            };
+            lists::parse_list(text, fam, usize::MAX).expect("the built-in lists are valid")
+        };
+        let (nets, source, store) = match (&f.fetched, last) {
+            (
+                Some(Fetched {
+                    result: Ok(nets),
+                    url,
+                    at,
+                    ..
+                }),
+                last,
+            ) => {
+                let same = last.is_some_and(|s| s.nets == *nets && s.meta.is_some());
+                let store = (!same).then(|| Step::StoreList {
+                    family: fam,
+                    url: url.clone(),
+                    at: at.clone(),
+                    old: last.map(|s| s.nets.clone()),
+                    nets: nets.clone(),
+                });
+                let since = last
+                    .filter(|_| same)
+                    .and_then(|s| s.meta.as_ref())
+                    .map(|m| m.fetched_at.clone());
+                (
+                    nets.clone(),
+                    Source::Fetched {
+                        url: url.clone(),
+                        at: at.clone(),
+                        since,
+                    },
+                    store,
+                )
+            }
+            (Some(Fetched { result: Err(e), .. }), Some(s)) => {
+                notes.push(format!(
+                    "{e}; keeping the last good {} list ({})",
+                    fam.label(),
+                    stored_words(s)
+                ));
+                (s.nets.clone(), Source::LastGood(s.clone()), None)
+            }
+            (Some(Fetched { result: Err(e), .. }), None) => {
+                let nets = built_in();
+                notes.push(format!(
+                    "{e}; no last good {} list in {}: using the list built into sapari-agent {} ({} ranges), which may be out of date",
+                    fam.label(),
+                    self.state_dir.display(),
+                    crate::VERSION,
+                    nets.len()
+                ));
+                (nets, Source::BuiltIn, None)
+            }
+            (None, Some(s)) => (s.nets.clone(), Source::LastGood(s.clone()), None),
+            (None, None) => {
+                let nets = built_in();
+                notes.push(format!(
+                    "no last good {} list in {}: using the list built into sapari-agent {} ({} ranges)",
+                    fam.label(),
+                    self.state_dir.display(),
+                    crate::VERSION,
+                    nets.len()
+                ));
+                (nets, Source::BuiltIn, None)
+            }
+        };
+        let sha256 = lists::sha256_hex(lists::render_list(&nets).as_bytes());
+        ListChoice {
+            nets,
+            source,
+            sha256,
+            notes,
+            store,
+        }
+    }
+
+    /// The WAN interface for a family: configured, else this family's default route, else
+    /// the other family's.
+    pub fn wan(&self, s: &State, fam: Family) -> Result<String> {
+        if !self.cfg.wan_interface.is_empty() {
+            if !rules::valid_iface(&self.cfg.wan_interface) {
+                bail!(
+                    "firewall.wan_interface `{}` is not an interface name (at most 15 letters, digits, `-_.:@+`)",
+                    self.cfg.wan_interface
+                );
+            }
+            return Ok(self.cfg.wan_interface.clone());
+        }
+        let of = |f: Family| {
+            s.families
+                .iter()
+                .find(|x| x.family == f)
+                .and_then(|x| x.route_iface.clone())
+        };
+        let other = match fam {
+            Family::V4 => Family::V6,
+            Family::V6 => Family::V4,
+        };
+        of(fam)
+            .or_else(|| of(other))
+            .filter(|i| rules::valid_iface(i))
+            .ok_or_else(|| {
+                anyhow!(
+                    "cannot tell the WAN interface: no default route in {PROC_ROUTE_V4} or {PROC_ROUTE_V6}; set firewall.wan_interface"
+                )
+            })
+    }
+
+    /// The chain wanted for a managed family, and the list behind it.
+    fn want(&self, s: &State, f: &FamilyState) -> Result<(ListChoice, String, Vec<Rule>)> {
+        let choice = self.choose_list(f);
+        let wan = self.wan(s, f.family)?;
+        let want = rules::desired(&choice.nets, &wan);
+        Ok((choice, wan, want))
+    }
+
+    fn unmanaged_note(f: &FamilyState) -> String {
+        match f.family {
+            Family::V4 => format!(
+                "IPv4 skipped: Docker has no iptables chains{}",
+                f.backend_note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+            Family::V6 => format!(
+                "IPv6 skipped: Docker has no ip6tables chains (ip6tables disabled in Docker?){}",
+                f.backend_note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// `sapari-agent firewall check`: does the chain in force match the stored lists?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    #[serde(rename = "match")]
+    pub matches: bool,
+    pub reason: String,
+}
+
+/// `sapari-agent firewall show`, per family.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    pub family: Family,
+    pub managed: bool,
+    pub backend: Option<Backend>,
+    pub wan_interface: Option<String>,
+    pub forward_jump_first: bool,
+    pub forward_jump: String,
+    /// DOCKER-USER as `iptables-save` prints it.
+    pub rules: Vec<String>,
+    /// Why the chain differs from the list in force (None: it matches).
+    pub drift: Option<String>,
+    pub list: ShownList,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShownList {
+    /// `fetched`, `last-good` or `built-in`.
+    pub source: &'static str,
+    pub url: Option<String>,
+    pub fetched_at: Option<String>,
+    pub sha256: String,
+    pub count: usize,
+    pub cidrs: Vec<String>,
+}
+
+impl Firewall {
+    pub fn verdict(&self, s: &State) -> Verdict {
+        if !self.cfg.enabled {
+            return Verdict {
+                matches: true,
+                reason: "firewall management is disabled (firewall.enabled = false)".into(),
+            };
+        }
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for f in &s.families {
+            let Some((_, table)) = &f.docker else {
+                continue;
+            };
+            let (choice, wan, want) = match self.want(s, f) {
+                Ok(x) => x,
+                Err(e) => {
+                    bad.push(format!("{}: {e:#}", f.family.as_str()));
+                    continue;
+                }
+            };
+            let have = table.has_chain(CHAIN).then(|| table.rules_of(CHAIN));
+            let jump = ForwardJump::of(table);
+            let mut why = Vec::new();
+            if let Some(d) = rules::drift(have.as_deref(), &want) {
+                why.push(d);
+            }
+            if !jump.first() {
+                why.push(jump.describe());
+            }
+            if why.is_empty() {
+                ok.push(format!(
+                    "{} {} ranges on {wan}",
+                    f.family.as_str(),
+                    choice.nets.len()
+                ));
+            } else {
+                bad.push(format!("{}: {}", f.family.as_str(), why.join("; ")));
+            }
+        }
+        if !bad.is_empty() {
+            return Verdict {
+                matches: false,
+                reason: format!("drift: {}", bad.join("; ")),
+            };
+        }
+        if ok.is_empty() {
+            return Verdict {
+                matches: true,
+                reason: format!(
+                    "Docker's chains do not exist: nothing to check ({UNIT} applies the rules when Docker starts)"
+                ),
+            };
+        }
+        Verdict {
+            matches: true,
+            reason: format!("{CHAIN} matches the lists in force: {}", ok.join(", ")),
+        }
+    }
+
+    pub fn show(&self, s: &State) -> Vec<Shown> {
+        s.families
+            .iter()
+            .map(|f| {
+                let choice = self.choose_list(f);
+                let (source, url, fetched_at) = match &choice.source {
+                    Source::Fetched { url, at, since } => (
+                        "fetched",
+                        Some(url.clone()),
+                        Some(since.clone().unwrap_or(at.clone())),
+                    ),
+                    Source::LastGood(st) => (
+                        "last-good",
+                        st.meta.as_ref().map(|m| m.source.clone()),
+                        st.meta.as_ref().map(|m| m.fetched_at.clone()),
+                    ),
+                    Source::BuiltIn => ("built-in", None, None),
+                };
+                let list = ShownList {
+                    source,
+                    url,
+                    fetched_at,
+                    sha256: choice.sha256.clone(),
+                    count: choice.nets.len(),
+                    cidrs: choice.nets.iter().map(|n| n.to_string()).collect(),
+                };
+                let mut notes = choice.notes.clone();
+                let Some((backend, table)) = &f.docker else {
+                    notes.push(Self::unmanaged_note(f));
+                    return Shown {
+                        family: f.family,
+                        managed: false,
+                        backend: None,
+                        wan_interface: None,
+                        forward_jump_first: false,
+                        forward_jump: String::new(),
+                        rules: vec![],
+                        drift: None,
+                        list,
+                        notes,
+                    };
+                };
+                notes.extend(f.backend_note.clone());
+                let jump = ForwardJump::of(table);
+                let (wan, drift) = match self.want(s, f) {
+                    Ok((_, wan, want)) => {
+                        let have = table.has_chain(CHAIN).then(|| table.rules_of(CHAIN));
+                        (Some(wan), rules::drift(have.as_deref(), &want))
+                    }
+                    Err(e) => (None, Some(format!("{e:#}"))),
+                };
+                Shown {
+                    family: f.family,
+                    managed: true,
+                    backend: Some(*backend),
+                    wan_interface: wan,
+                    forward_jump_first: jump.first(),
+                    forward_jump: jump.describe(),
+                    rules: table.lines_of(CHAIN),
+                    drift,
+                    list,
+                    notes,
+                }
+            })
+            .collect()
+    }
+}
+
+/// `firewall show` for people.
+pub fn render_show(shown: &[Shown]) -> String {
+    let mut out = String::new();
+    for s in shown {
+        out.push_str(&format!("== {} {}\n", CHAIN, s.family.as_str()));
+        if s.managed {
+            out.push_str(&format!(
+                "backend:  {}\nwan:      {}\nforward:  {}\nchain:    {}\n",
+                s.backend.map(Backend::as_str).unwrap_or("?"),
+                s.wan_interface.as_deref().unwrap_or("?"),
+                s.forward_jump,
+                match &s.drift {
+                    None => "matches the list in force".to_string(),
+                    Some(d) => format!("DRIFT: {d}"),
+                }
+            ));
+            if s.rules.is_empty() {
+                out.push_str("  (no rules)\n");
+            }
+            for r in &s.rules {
+                out.push_str(&format!("  {r}\n"));
+            }
+        }
+        let l = &s.list;
+        out.push_str(&format!(
+            "list:     {} ({} ranges, sha256 {}{}{})\n",
+            l.source,
+            l.count,
+            l.sha256,
+            l.url
+                .as_ref()
+                .map(|u| format!(", from {u}"))
+                .unwrap_or_default(),
+            l.fetched_at
+                .as_ref()
+                .map(|t| format!(", fetched {t}"))
+                .unwrap_or_default()
+        ));
+        out.push_str(&format!("  {}\n", l.cidrs.join(" ")));
+        for n in &s.notes {
+            out.push_str(&format!("note:     {n}\n"));
+        }
+    }
+    out
+}
+
+// ---- observation ----------------------------------------------------------------------------
+
+async fn save(host: &Host, backend: Backend, fam: Family) -> Result<FilterTable> {
+    let cmd = Cmd::new(&backend.save(fam))
+        .args(["-t", "filter"])
+        .timeout(Duration::from_secs(30));
+    let out = host.query(&cmd).await?;
+    if out.status != 0 {
+        bail!(
+            "`{cmd}` exited with status {}: {}",
+            out.status,
+            out.stderr.trim()
+        );
+    }
+    rules::parse_save(&out.stdout).map_err(|e| anyhow!("cannot parse the output of `{cmd}`: {e}"))
+}
+
+/// The filter table of the backend holding Docker's chains, or why there is none. When both
+/// the nft and the legacy programs exist, both are read (the legacy one only when its filter
+/// table exists, so that reading does not load legacy modules on an nft machine).
+async fn observe_docker(
+    host: &Host,
+    fam: Family,
+) -> Result<(Option<(Backend, FilterTable)>, Option<String>)> {
+    let nft = host.program_exists(&Backend::Nft.save(fam));
+    let legacy = host.program_exists(&Backend::Legacy.save(fam));
+    let candidates: Vec<Backend> = if nft && legacy {
+        let names = match fam {
+            Family::V4 => "/proc/net/ip_tables_names",
+            Family::V6 => "/proc/net/ip6_tables_names",
+        };
+        let legacy_filter = host
+            .read_text(Path::new(names))?
+            .is_some_and(|t| t.lines().any(|l| l.trim() == "filter"));
+        if legacy_filter {
+            vec![Backend::Nft, Backend::Legacy]
+        } else {
+            vec![Backend::Nft]
+        }
+    } else if host.program_exists(&Backend::Default.save(fam)) {
+        vec![Backend::Default]
+    } else {
+        return Ok((
+            None,
+            Some(format!("{} is not installed", Backend::Default.save(fam))),
+        ));
+    };
+    let mut tables = Vec::new();
+    for b in candidates {
+        tables.push((b, save(host, b, fam).await?));
+    }
+    let refs: Vec<(Backend, &FilterTable)> = tables.iter().map(|(b, t)| (*b, t)).collect();
+    let Some((chosen, note)) = rules::choose_backend(&refs) else {
+        return Ok((None, None));
+    };
+    let table = tables
+        .into_iter()
+        .find(|(b, _)| *b == chosen)
+        .map(|(_, t)| t)
+        .expect("chosen among the candidates");
+    Ok((Some((chosen, table)), note))
+}
+
+impl Firewall {
+    async fn fetch_lists(&self, host: &Host, fams: &[Family]) -> Vec<Fetched> {
+        let mut cache = self.fetched.lock().await;
+        let missing: Vec<Family> = fams
+            .iter()
+            .copied()
+            .filter(|f| !cache.iter().any(|c| c.family == *f))
+            .collect();
+        if !missing.is_empty() {
+            let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+            let client = match &self.cfg.ca_file {
+                Some(p) => match host.read(&p.0) {
+                    Ok(Some(f)) => {
+                        lists::client(self.cfg.fetch_timeout.0, Some((&p.0, &f.content)))
+                    }
+                    Ok(None) => Err(format!("firewall.ca_file {} does not exist", p.0.display())),
+                    Err(e) => Err(format!("firewall.ca_file: {e:#}")),
+                },
+                None => lists::client(self.cfg.fetch_timeout.0, None),
+            };
+            let results = match &client {
+                Ok(c) => {
+                    futures_util::future::join_all(missing.iter().map(|f| {
+                        lists::fetch(
+                            c,
+                            self.url(*f),
+                            *f,
+                            self.cfg.max_list_bytes,
+                            self.cfg.max_entries,
+                        )
+                    }))
+                    .await
+                }
+                Err(e) => missing.iter().map(|_| Err(e.clone())).collect(),
+            };
+            for (f, result) in missing.iter().zip(results) {
+                cache.push(Fetched {
+                    family: *f,
+                    url: self.url(*f).to_string(),
+                    at: at.clone(),
+                    result,
+                });
+            }
+        }
+        cache
+            .iter()
+            .filter(|c| fams.contains(&c.family))
+            .cloned()
+            .collect()
+    }
+}
+
+// ---- apply ----------------------------------------------------------------------------------
+
+impl Firewall {
+    async fn apply_chain(
+        &self,
+        host: &Host,
+        fam: Family,
+        backend: Backend,
+        want: &[Rule],
+        restore: &str,
+    ) -> Result<()> {
+        let cmd = Cmd::new(&backend.restore(fam))
+            .args(["--noflush", "--wait", XTABLES_WAIT_SECS])
+            .stdin(restore)
+            .timeout(Duration::from_secs(60));
+        host.run(&cmd).await.with_context(|| {
+            format!(
+                "the {} {CHAIN} chain was not replaced and is as it was",
+                fam.label()
+            )
+        })?;
+        // Read it back: the transaction only counts if the kernel holds what was meant.
+        let t = save(host, backend, fam).await?;
+        let have = t.has_chain(CHAIN).then(|| t.rules_of(CHAIN));
+        if let Some(d) = rules::drift(have.as_deref(), want) {
+            bail!("after `{cmd}`, {d}");
+        }
+        let jump = ForwardJump::of(&t);
+        if !jump.first() {
+            bail!("after `{cmd}`, {}", jump.describe());
+        }
+        Ok(())
+    }
+
+    fn store(&self, host: &Host, fam: Family, url: &str, at: &str, nets: &[IpNet]) -> Result<()> {
+        let dir = &self.state_dir;
+        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        for d in missing.into_iter().rev() {
+            host.ensure_dir(d, FileSpec::root(0o755))?;
+        }
+        let body = lists::render_list(nets);
+        let meta = lists::ListMeta {
+            family: fam,
+            source: url.to_string(),
+            fetched_at: at.to_string(),
+            sha256: lists::sha256_hex(body.as_bytes()),
+            count: nets.len(),
+        };
+        let mut json = serde_json::to_vec_pretty(&meta)?;
+        json.push(b'\n');
+        host.write(
+            &lists::list_path(dir, fam),
+            body.as_bytes(),
+            FileSpec::root(0o644),
+            false,
+        )?;
+        host.write(
+            &lists::meta_path(dir, fam),
+            &json,
+            FileSpec::root(0o644),
+            false,
+        )
+    }
+}
+
+#[async_trait]
+impl Resource for Firewall {
+    type State = State;
+    type Step = Step;
+
+    fn name(&self) -> Name {
+        Name::Firewall
+    }
+
+    fn depends_on(&self) -> &'static [Name] {
+        &[Name::Docker]
+    }
+
+    async fn observe(&self, host: &Host) -> Result<State> {
+        let now = SystemTime::now();
+        if !self.cfg.enabled {
+            return Ok(State {
+                families: vec![],
+                now,
+            });
+        }
+        let (d4, d6) = futures_util::future::join(
+            observe_docker(host, Family::V4),
+            observe_docker(host, Family::V6),
+        )
+        .await;
+        let mut families = Vec::new();
+        for (fam, d) in [(Family::V4, d4?), (Family::V6, d6?)] {
+            let (docker, backend_note) = d;
+            let path = lists::list_path(&self.state_dir, fam);
+            let txt = host.read_text(&path)?;
+            let meta = host.read_text(&lists::meta_path(&self.state_dir, fam))?;
+            let last_good = lists::read_last_good(
+                fam,
+                txt.as_deref(),
+                meta.as_deref(),
+                self.cfg.max_entries,
+                &path,
+            );
+            families.push(FamilyState {
+                family: fam,
+                docker,
+                backend_note,
+                last_good,
+                fetched: None,
+                route_iface: None,
+            });
+        }
+        let managed: Vec<Family> = families
+            .iter()
+            .filter(|f| f.docker.is_some())
+            .map(|f| f.family)
+            .collect();
+        if !managed.is_empty() {
+            let r4 = host
+                .read_text(Path::new(PROC_ROUTE_V4))?
+                .unwrap_or_default();
+            let r6 = host
+                .read_text(Path::new(PROC_ROUTE_V6))?
+                .unwrap_or_default();
+            families[0].route_iface = rules::default_iface_v4(&r4);
+            families[1].route_iface = rules::default_iface_v6(&r6);
+            if self.online {
+                for fetched in self.fetch_lists(host, &managed).await {
+                    if let Some(f) = families.iter_mut().find(|f| f.family == fetched.family) {
+                        f.fetched = Some(fetched);
+                    }
+                }
+            }
+        }
+        Ok(State { families, now })
+    }
+
+    fn plan(&self, s: &State) -> Result<Plan<Step>> {
+        let mut plan = Plan::default();
+        if !self.cfg.enabled {
+            plan.notes
+                .push("firewall management disabled (firewall.enabled = false)".into());
+            return Ok(plan);
+        }
+        if s.families.iter().all(|f| f.docker.is_none()) {
+            plan.notes.push(format!(
+                "Docker's iptables chains do not exist (dockerd not running or not installed): nothing to change; {UNIT} applies the rules when Docker starts"
+            ));
+            return Ok(plan);
+        }
+        for f in &s.families {
+            let Some((backend, table)) = &f.docker else {
+                plan.notes.push(Self::unmanaged_note(f));
+                continue;
+            };
+            let (choice, _wan, want) = self.want(s, f)?;
+            plan.notes.extend(choice.notes.iter().cloned());
+            plan.notes.extend(f.backend_note.iter().cloned());
+            let have = table.has_chain(CHAIN).then(|| table.rules_of(CHAIN));
+            let jump = ForwardJump::of(table);
+            if rules::drift(have.as_deref(), &want).is_some() || !jump.first() {
+                plan.steps.push(Step::Chain {
+                    family: f.family,
+                    backend: *backend,
+                    restore: rules::restore_text(&want, &jump),
+                    have,
+                    want,
+                    jump,
+                });
+            }
+            if let Some(st) = choice.store {
+                plan.steps.push(st);
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {
+        let mut failed = Vec::new();
+        for step in steps {
+            if let Step::Chain {
+                family,
+                backend,
+                want,
+                restore,
+                ..
+            } = step
+                && let Err(e) = self
+                    .apply_chain(host, *family, *backend, want, restore)
+                    .await
+            {
+                failed.push(format!("{}: {e:#}", family.label()));
+            }
+        }
+        if !failed.is_empty() {
+            bail!(
+                "{}{}",
+                failed.join("; "),
+                if steps.iter().any(|s| matches!(s, Step::StoreList { .. })) {
+                    " (the fetched lists were not stored)"
+                } else {
+                    ""
+                }
+            );
+        }
+        for step in steps {
+            if let Step::StoreList {
+                family,
+                url,
+                at,
+                nets,
+                ..
+            } = step
+            {
+                self.store(host, *family, url, at, nets)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checks(&self, s: &State) -> Vec<Check> {
+        if !self.cfg.enabled {
+            return vec![Check::new(
+                "docker-user",
+                Level::Warn,
+                "not managed (firewall.enabled = false): Docker-published :443 is open to every address",
+                "set firewall.enabled = true in /etc/sapari-agent/agent.toml",
+            )];
+        }
+        let fix = "sapari-agent firewall apply";
+        let mut out = Vec::new();
+        for f in &s.families {
+            let fam = f.family.as_str();
+            let name = format!("docker-user {fam}");
+            let Some((_, table)) = &f.docker else {
+                out.push(match f.family {
+                    Family::V4 => Check::new(
+                        &name,
+                        Level::Warn,
+                        "Docker's iptables chains do not exist (dockerd not running?)",
+                        &format!("start Docker; {UNIT} then applies the rules"),
+                    ),
+                    Family::V6 => Check::new(
+                        &name,
+                        Level::Warn,
+                        "not filtered: Docker has no ip6tables chains",
+                        "enable ip6tables in /etc/docker/daemon.json, or keep :443 closed to IPv6",
+                    ),
+                });
+                continue;
+            };
+            let (choice, wan, want) = match self.want(s, f) {
+                Ok(x) => x,
+                Err(e) => {
+                    out.push(Check::new(&name, Level::Fail, format!("{e:#}"), fix));
+                    continue;
+                }
+            };
+            let have = table.has_chain(CHAIN).then(|| table.rules_of(CHAIN));
+            out.push(match rules::drift(have.as_deref(), &want) {
+                None => Check::new(
+                    &name,
+                    Level::Pass,
+                    format!(
+                        "{} on {wan}: only Cloudflare reaches :443",
+                        rules::summary(&want)
+                    ),
+                    fix,
+                ),
+                Some(d) => Check::new(&name, Level::Fail, d, fix),
+            });
+            let jump = ForwardJump::of(table);
+            out.push(Check::new(
+                &format!("forward jump {fam}"),
+                if jump.first() {
+                    Level::Pass
+                } else {
+                    Level::Fail
+                },
+                jump.describe(),
+                fix,
+            ));
+            let (level, detail) = match &choice.source {
+                Source::Fetched { url, since, .. } => (
+                    Level::Pass,
+                    format!(
+                        "{} ranges fetched from {url}{}, sha256 {}",
+                        choice.nets.len(),
+                        since
+                            .as_ref()
+                            .map(|t| format!(" (unchanged since {t})"))
+                            .unwrap_or_default(),
+                        lists::short(&choice.sha256)
+                    ),
+                ),
+                Source::LastGood(st) => {
+                    let when = st
+                        .meta
+                        .as_ref()
+                        .map(|m| {
+                            format!(
+                                "fetched {} ({}) from {}",
+                                m.fetched_at,
+                                age(s.now, &m.fetched_at).unwrap_or_else(|| "?".into()),
+                                m.source
+                            )
+                        })
+                        .unwrap_or_else(|| "source unknown".into());
+                    let failed = f.fetched.as_ref().and_then(|x| x.result.clone().err());
+                    match failed {
+                        Some(e) => (
+                            Level::Warn,
+                            format!(
+                                "last good list ({} ranges, {when}) in use: {e}",
+                                st.nets.len()
+                            ),
+                        ),
+                        None => (
+                            Level::Pass,
+                            format!("last good list: {} ranges, {when}", st.nets.len()),
+                        ),
+                    }
+                }
+                Source::BuiltIn => (
+                    Level::Warn,
+                    format!(
+                        "the list built into sapari-agent {} is in force ({} ranges){}",
+                        crate::VERSION,
+                        choice.nets.len(),
+                        f.fetched
+                            .as_ref()
+                            .and_then(|x| x.result.clone().err())
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ),
+                ),
+            };
+            out.push(Check::new(
+                &format!("cloudflare list {fam}"),
+                level,
+                detail,
+                &format!("check that this machine reaches {}", self.url(f.family)),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
