@@ -16,9 +16,17 @@ step() { printf '\n== %s\n' "$*"; }
 step "installing test dependencies"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# docker.io and openssh-server must not start their daemons on this machine: the tests run
+# their own, inside namespaces. policy-rc.d tells the packages' scripts not to start services.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get install -y -qq --no-install-recommends \
   musl-tools debootstrap systemd-container iproute2 util-linux e2fsprogs \
-  python3 ca-certificates file openssh-client sshpass >/dev/null
+  python3 ca-certificates file openssh-client sshpass \
+  iptables docker.io socat openssl busybox-static apt-utils >/dev/null
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
