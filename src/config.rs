@@ -29,6 +29,7 @@ pub struct Config {
     pub tailscale: TailscaleSettings,
     pub packages: PackagesSettings,
     pub docker: DockerSettings,
+    pub compose: ComposeSettings,
     pub ntp: NtpSettings,
 }
 
@@ -224,6 +225,64 @@ impl Default for FirewallSettings {
             fetch_timeout: Interval(Duration::from_secs(10)),
             max_list_bytes: 64 * 1024,
             max_entries: 1000,
+        }
+    }
+}
+
+/// Which resource profile sizes the compose services.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileChoice {
+    /// cpx62 on a box with at least 16 vCPUs and 30 GiB, staging otherwise.
+    Auto,
+    /// The runbook's production values for a CPX62 (16 vCPU, 32 GB).
+    Cpx62,
+    /// The compose file's own defaults.
+    Staging,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComposeSettings {
+    pub enabled: bool,
+    /// The checked-out application (Phase 3.1: `git clone ... ~/sapari`).
+    pub project_dir: AbsPath,
+    /// Relative to project_dir.
+    pub compose_file: String,
+    /// The operator's env file, relative to project_dir; read, never written.
+    pub env_file: String,
+    /// Compose project name; empty: compose's default (the directory name).
+    pub project_name: String,
+    pub profile: ProfileChoice,
+    /// Values that win over the profile, e.g. `WEB_MEMORY = "5g"`.
+    pub overrides: std::collections::BTreeMap<String, String>,
+    /// Memory kept free of container limits; more is a failure before anything changes.
+    pub memory_headroom: Size,
+    /// Relative to project_dir: a changed Caddyfile forces `up -d --force-recreate` of
+    /// `caddy_service` (the runbook's F1: the bind mount keeps the old inode).
+    pub caddyfile: String,
+    pub caddy_service: String,
+    /// Checked by `status` (the runbook's post-deploy checks).
+    pub health_urls: Vec<String>,
+}
+
+impl Default for ComposeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            project_dir: AbsPath(PathBuf::from("/home/deploy/sapari")),
+            compose_file: "docker-compose.prod.yml".into(),
+            env_file: ".env".into(),
+            project_name: String::new(),
+            profile: ProfileChoice::Auto,
+            overrides: Default::default(),
+            memory_headroom: Size(2 << 30),
+            caddyfile: "caddy/Caddyfile".into(),
+            caddy_service: "caddy".into(),
+            health_urls: vec![
+                "http://localhost:8000/health".into(),
+                "http://localhost:8000/health/ready".into(),
+            ],
         }
     }
 }
