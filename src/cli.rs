@@ -33,6 +33,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Cloudflare-only :443 in Docker's DOCKER-USER chain: apply, show or check it.
     Firewall(FirewallArgs),
+    /// Check an .env file against the production security validator (key names only).
+    EnvCheck(EnvCheckArgs),
+    /// The resource budget of the compose services for this machine and profile.
+    Budget(BudgetArgs),
     /// Print the agent version.
     Version,
 }
@@ -133,4 +137,24 @@ pub struct FirewallOpts {
 
 fn parse_name(s: &str) -> Result<Name, String> {
     s.parse()
+}
+
+#[derive(Debug, Args)]
+pub struct EnvCheckArgs {
+    /// The .env file to check (values are never printed).
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    /// Configuration file.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
 }

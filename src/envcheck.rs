@@ -272,7 +272,7 @@ pub fn render(findings: &[Finding]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The runbook's production template with real-looking values.

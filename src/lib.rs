@@ -69,6 +69,8 @@ pub async fn run(cli: Cli) -> i32 {
             println!("sapari-agent {VERSION}");
             exit::OK
         }
+        Command::EnvCheck(a) => env_check(&a.path, a.json),
+        Command::Budget(a) => budget(a.config.as_deref(), a.json).await,
         Command::Converge(a) => {
             let ctx = resources::RunContext::from_env(a.force);
             converge_or_plan(Mode::Converge, &a.sel, &a.ov, a.detailed_exitcodes, &ctx).await
@@ -403,4 +405,81 @@ pub fn render_checks(checks: &[Check], color: bool) -> String {
         }
     }
     out
+}
+
+fn env_check(path: &Path, json: bool) -> i32 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sapari-agent: cannot read {}: {e}", path.display());
+            return exit::FAILED;
+        }
+    };
+    let findings = envcheck::check(&envcheck::parse(&text));
+    let fails = findings
+        .iter()
+        .filter(|f| f.severity == envcheck::Severity::Fail)
+        .count();
+    let warns = findings.len() - fails;
+    if json {
+        let doc = serde_json::json!({
+            "file": path.display().to_string(),
+            "findings": findings,
+            "failures": fails,
+            "warnings": warns,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print!("{}", envcheck::render(&findings));
+        println!(
+            "{}: {fails} failure(s), {warns} warning(s){}",
+            path.display(),
+            if fails > 0 {
+                " - fix them before deploying"
+            } else {
+                ""
+            }
+        );
+    }
+    if fails > 0 { exit::FAILED } else { exit::OK }
+}
+
+async fn budget(config: Option<&Path>, json: bool) -> i32 {
+    let (cfg, _) = match config::load(config, euid()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sapari-agent: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let host = Host::new(Access::ReadOnly);
+    let (b, profile) = match resources::compose::budget_for(&cfg.compose, &cfg.agent, &host).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sapari-agent: {e:#}");
+            return exit::FAILED;
+        }
+    };
+    if json {
+        let doc = serde_json::json!({ "profile": profile, "budget": b,
+            "memory_overcommitted": b.memory_overcommitted(), "cpu_oversubscribed": b.cpu_oversubscribed() });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!("profile {profile}");
+        print!("{}", b.render());
+        if b.memory_overcommitted() {
+            println!(
+                "FAIL: memory limits exceed physical memory minus {} headroom",
+                cfg.compose.memory_headroom
+            );
+        }
+        if b.cpu_oversubscribed() {
+            println!("WARN: CPU limits exceed the vCPU count (accepted on shared vCPUs)");
+        }
+    }
+    if b.memory_overcommitted() {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
 }

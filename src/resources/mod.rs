@@ -129,6 +129,7 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
             &cfg.tailscale,
             &cfg.hostname.name.0,
         )),
+        Box::new(compose::Compose::new(&cfg.compose, &cfg.agent)),
     ]
 }
 

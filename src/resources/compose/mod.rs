@@ -1,4 +1,678 @@
-//! `compose`: the application stack under `docker compose` with box-sized limits.
-//! This version carries the sizing logic; the resource itself comes next.
+//! `compose`: the application stack under `docker compose up -d`, sized for the box (the
+//! runbook's CPX62 values, or the compose file's staging defaults), gated by the production
+//! security validator, and idempotent: a hash of everything that shapes the stack is kept,
+//! and nothing is recreated when it is unchanged and every service runs. A changed
+//! Caddyfile forces a recreate of caddy alone (the runbook's F1 gotcha).
 
 pub mod profile;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{AgentSettings, ComposeSettings, ProfileChoice};
+use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
+use crate::envcheck::{self, Severity};
+use crate::host::{Cmd, FileSpec, Host};
+use crate::resources::Name;
+use profile::{Budget, Profile};
+
+const STATE_FILE: &str = "compose-state.json";
+const AGENT_ENV: &str = "compose.env";
+
+pub struct Compose {
+    cfg: ComposeSettings,
+    state_dir: PathBuf,
+}
+
+impl Compose {
+    pub fn new(cfg: &ComposeSettings, agent: &AgentSettings) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            state_dir: agent.state_dir.clone(),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        &self.cfg.project_dir.0
+    }
+
+    fn agent_env_path(&self) -> PathBuf {
+        self.state_dir.join(AGENT_ENV)
+    }
+}
+
+/// Which compose answers here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The `docker compose` plugin.
+    V2,
+    /// The standalone Python `docker-compose` (Debian 12 ships 1.29).
+    V1,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Saved {
+    pub hash: String,
+    pub caddyfile_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub project: bool,
+    pub compose_text: Option<String>,
+    pub env_text: Option<String>,
+    pub caddyfile_sha256: Option<String>,
+    pub agent_env: Option<String>,
+    pub saved: Option<Saved>,
+    pub flavor: Option<Flavor>,
+    pub services: BTreeSet<String>,
+    pub running: BTreeSet<String>,
+    pub box_cpus: usize,
+    pub box_memory: u64,
+    pub health: Vec<(String, Result<u16, String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    WriteEnv { old: Option<String>, new: String },
+    Up { why: String },
+    RecreateCaddy,
+}
+
+impl Describe for Step {
+    fn change(&self) -> Change {
+        match self {
+            Step::WriteEnv { old, new } => {
+                Change::file("agent env file (compose.env)", old.as_deref(), new)
+            }
+            Step::Up { why } => Change::value("stack", Some(why.clone()), Some("up -d".into())),
+            Step::RecreateCaddy => Change::value(
+                "caddy",
+                Some("Caddyfile changed".into()),
+                Some("force-recreated".into()),
+            ),
+        }
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Compose {
+    fn profile(&self, s: &State) -> Profile {
+        match self.cfg.profile {
+            ProfileChoice::Cpx62 => Profile::Cpx62,
+            ProfileChoice::Staging => Profile::Staging,
+            ProfileChoice::Auto => Profile::auto(s.box_cpus, s.box_memory),
+        }
+    }
+
+    /// The agent's env file for this state, and the budget it implies.
+    pub fn resolve(&self, s: &State) -> (String, Budget) {
+        let (agent, all) = profile::resolve(
+            s.compose_text.as_deref().unwrap_or(""),
+            self.profile(s),
+            &self.cfg.overrides,
+        );
+        let mut env = format!(
+            "# Managed by sapari-agent: profile {} plus [compose.overrides]. Passed to compose after the operator's env file, so these values win.\n",
+            self.profile(s).name()
+        );
+        for (k, v) in &agent {
+            env.push_str(&format!("{k}={v}\n"));
+        }
+        (
+            env,
+            Budget::new(&all, s.box_memory, s.box_cpus, self.cfg.memory_headroom.0),
+        )
+    }
+
+    fn hash(&self, s: &State, agent_env: &str) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            s.compose_text.as_deref().unwrap_or(""),
+            s.env_text.as_deref().unwrap_or(""),
+            agent_env,
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The compose invocation for this project, with both env files.
+    fn cmd(&self, flavor: Flavor) -> Cmd {
+        let dir = self.dir();
+        let mut c = match flavor {
+            Flavor::V2 => Cmd::new("docker").arg("compose"),
+            // --compatibility turns deploy.resources.limits into real limits in v1.
+            Flavor::V1 => Cmd::new("docker-compose").arg("--compatibility"),
+        };
+        if !self.cfg.project_name.is_empty() {
+            c = c.args(["-p", &self.cfg.project_name]);
+        }
+        c = c
+            .args(["--project-directory", &dir.to_string_lossy()])
+            .args(["-f", &dir.join(&self.cfg.compose_file).to_string_lossy()])
+            .args([
+                "--env-file",
+                &dir.join(&self.cfg.env_file).to_string_lossy(),
+            ]);
+        if flavor == Flavor::V2 {
+            c = c.args(["--env-file", &self.agent_env_path().to_string_lossy()]);
+        }
+        c.timeout(Duration::from_secs(900))
+    }
+
+    /// v1 reads a single env file: the agent's values go in the process environment, which
+    /// every compose version ranks above env files.
+    fn with_agent_env(&self, mut c: Cmd, flavor: Flavor, agent_env: &str) -> Cmd {
+        if flavor == Flavor::V1 {
+            for (k, v) in envcheck::parse(agent_env) {
+                c = c.env(&k, &v);
+            }
+        }
+        c
+    }
+}
+
+async fn detect(host: &Host) -> Option<Flavor> {
+    if host.program_exists("docker")
+        && host
+            .query(
+                &Cmd::new("docker")
+                    .args(["compose", "version"])
+                    .timeout(Duration::from_secs(20)),
+            )
+            .await
+            .is_ok_and(|o| o.status == 0)
+    {
+        return Some(Flavor::V2);
+    }
+    host.program_exists("docker-compose").then_some(Flavor::V1)
+}
+
+fn lines(s: &str) -> BTreeSet<String> {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn health(url: &str) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    client
+        .get(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+#[async_trait]
+impl Resource for Compose {
+    type State = State;
+    type Step = Step;
+
+    fn name(&self) -> Name {
+        Name::Compose
+    }
+
+    fn depends_on(&self) -> &'static [Name] {
+        &[Name::Docker]
+    }
+
+    async fn observe(&self, host: &Host) -> Result<State> {
+        let dir = self.dir();
+        let mem = host.memory()?;
+        let box_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut s = State {
+            project: dir.is_dir(),
+            compose_text: None,
+            env_text: None,
+            caddyfile_sha256: None,
+            agent_env: host.read_text(&self.agent_env_path())?,
+            saved: host
+                .read_text(&self.state_dir.join(STATE_FILE))?
+                .and_then(|t| serde_json::from_str(&t).ok()),
+            flavor: None,
+            services: BTreeSet::new(),
+            running: BTreeSet::new(),
+            box_cpus,
+            box_memory: mem.total,
+            health: Vec::new(),
+        };
+        if !self.cfg.enabled || !s.project {
+            return Ok(s);
+        }
+        s.compose_text = host.read_text(&dir.join(&self.cfg.compose_file))?;
+        s.env_text = host.read_text(&dir.join(&self.cfg.env_file))?;
+        s.caddyfile_sha256 = host
+            .read(&dir.join(&self.cfg.caddyfile))?
+            .map(|f| sha256_hex(&f.content));
+        s.flavor = detect(host).await;
+        if let (Some(flavor), Some(_), Some(_)) = (s.flavor, &s.compose_text, &s.env_text) {
+            let agent_env = s.agent_env.clone().unwrap_or_default();
+            // Without the agent's env file yet, compose still lists the services.
+            let base = |args: &[&str]| {
+                self.with_agent_env(
+                    self.cmd(flavor).args(args.iter().copied()),
+                    flavor,
+                    &agent_env,
+                )
+            };
+            let services = base(&["config", "--services"]);
+            let running = base(&["ps", "--services", "--filter", "status=running"]);
+            let (a, b) = tokio::join!(host.query(&services), host.query(&running));
+            if let Ok(o) = a
+                && o.status == 0
+            {
+                s.services = lines(&o.stdout);
+            }
+            if let Ok(o) = b
+                && o.status == 0
+            {
+                s.running = lines(&o.stdout);
+            }
+            if !s.running.is_empty() {
+                for url in &self.cfg.health_urls {
+                    s.health.push((url.clone(), health(url).await));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    fn plan(&self, s: &State) -> Result<Plan<Step>> {
+        let mut plan = Plan::default();
+        if !self.cfg.enabled {
+            plan.notes
+                .push("compose management disabled (compose.enabled = false)".into());
+            return Ok(plan);
+        }
+        let dir = self.dir().display();
+        if !s.project {
+            plan.notes.push(format!(
+                "{dir} does not exist yet: clone the application there (runbook Phase 3.1), then converge"
+            ));
+            return Ok(plan);
+        }
+        if s.compose_text.is_none() {
+            bail!(
+                "{dir}/{} is missing (compose.compose_file)",
+                self.cfg.compose_file
+            );
+        }
+        let Some(env_text) = &s.env_text else {
+            bail!(
+                "{dir}/{} is missing: copy backend/.env.production.example there and fill in every value (runbook Phase 3.1)",
+                self.cfg.env_file
+            );
+        };
+        let Some(flavor) = s.flavor else {
+            bail!(
+                "no compose command: neither `docker compose` nor `docker-compose` answers (the docker resource installs it)"
+            );
+        };
+        let (agent_env, budget) = self.resolve(s);
+        plan.notes.push(format!(
+            "profile {}, {}; budget for this box:\n{}",
+            self.profile(s).name(),
+            if flavor == Flavor::V2 {
+                "docker compose (v2)"
+            } else {
+                "docker-compose (v1)"
+            },
+            budget.render().trim_end()
+        ));
+        if budget.memory_overcommitted() {
+            bail!(
+                "memory limits add up to {:.2} GiB, more than this box's {:.2} GiB minus {} headroom: lower them in [compose.overrides] or compose.profile; no container was changed",
+                budget.memory_total as f64 / (1u64 << 30) as f64,
+                budget.box_memory as f64 / (1u64 << 30) as f64,
+                self.cfg.memory_headroom
+            );
+        }
+        if budget.cpu_oversubscribed() {
+            plan.notes.push(format!(
+                "CPU limits add up to {:.2} for {} vCPUs (oversubscribed; the runbook accepts this on shared vCPUs)",
+                budget.cpus_total, budget.box_cpus
+            ));
+        }
+        let operator = envcheck::parse(env_text);
+        let shadowed: Vec<String> = envcheck::parse(&agent_env)
+            .into_keys()
+            .filter(|k| operator.contains_key(k))
+            .collect();
+        if !shadowed.is_empty() {
+            let names: Vec<&str> = shadowed.iter().map(String::as_str).collect();
+            plan.notes.push(format!(
+                "set in {} but overridden by the agent's values (use [compose.overrides] to change them): {}",
+                self.cfg.env_file,
+                names.join(", ")
+            ));
+        }
+        let findings = envcheck::check(&operator);
+        let fails: Vec<String> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Fail)
+            .map(|f| format!("{}: {}", f.key, f.problem))
+            .collect();
+        if !fails.is_empty() {
+            bail!(
+                "{} fails the production security check, so the stack was not started or changed: {}",
+                self.cfg.env_file,
+                fails.join("; ")
+            );
+        }
+        for f in findings.iter().filter(|f| f.severity == Severity::Warn) {
+            plan.notes
+                .push(format!("env warning: {}: {}", f.key, f.problem));
+        }
+        if s.agent_env.as_deref() != Some(agent_env.as_str()) {
+            plan.steps.push(Step::WriteEnv {
+                old: s.agent_env.clone(),
+                new: agent_env.clone(),
+            });
+        }
+        let hash = self.hash(s, &agent_env);
+        let stopped: Vec<&String> = s.services.difference(&s.running).collect();
+        let why = if s.saved.as_ref().is_none_or(|v| v.hash != hash) {
+            Some("configuration changed".to_string())
+        } else if s.services.is_empty() {
+            Some("no service found".to_string())
+        } else if !stopped.is_empty() {
+            Some(format!(
+                "not running: {}",
+                stopped
+                    .iter()
+                    .map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            plan.steps.push(Step::Up { why });
+        }
+        if let (Some(saved), Some(now)) = (&s.saved, &s.caddyfile_sha256)
+            && saved
+                .caddyfile_sha256
+                .as_ref()
+                .is_some_and(|old| old != now)
+            && s.services.contains(&self.cfg.caddy_service)
+        {
+            plan.steps.push(Step::RecreateCaddy);
+        }
+        Ok(plan)
+    }
+
+    async fn apply(&self, host: &Host, s: &State, steps: &[Step]) -> Result<()> {
+        let Some(flavor) = s.flavor else {
+            bail!("no compose command")
+        };
+        let (agent_env, _) = self.resolve(s);
+        for step in steps {
+            if let Step::WriteEnv { new, .. } = step {
+                if !self.state_dir.is_dir() {
+                    std::fs::create_dir_all(&self.state_dir)?;
+                }
+                host.write(
+                    &self.agent_env_path(),
+                    new.as_bytes(),
+                    FileSpec::root(0o600),
+                    false,
+                )?;
+            }
+        }
+        let run = |args: &[&str]| {
+            self.with_agent_env(
+                self.cmd(flavor).args(args.iter().copied()),
+                flavor,
+                &agent_env,
+            )
+        };
+        // The merged configuration must be valid before anything is started.
+        host.run(&run(&["config", "-q"])).await?;
+        if steps.iter().any(|st| matches!(st, Step::Up { .. })) {
+            crate::progress(Name::Compose, "docker compose up -d");
+            host.run(&run(&["up", "-d"])).await?;
+        }
+        if steps.contains(&Step::RecreateCaddy) {
+            crate::progress(
+                Name::Compose,
+                &format!("Caddyfile changed: recreating {}", self.cfg.caddy_service),
+            );
+            host.run(&run(&[
+                "up",
+                "-d",
+                "--no-deps",
+                "--force-recreate",
+                &self.cfg.caddy_service,
+            ]))
+            .await?;
+        }
+        let saved = Saved {
+            hash: self.hash(s, &agent_env),
+            caddyfile_sha256: s.caddyfile_sha256.clone(),
+        };
+        host.write(
+            &self.state_dir.join(STATE_FILE),
+            serde_json::to_string_pretty(&saved)?.as_bytes(),
+            FileSpec::root(0o644),
+            false,
+        )?;
+        Ok(())
+    }
+
+    fn checks(&self, s: &State) -> Vec<Check> {
+        if !self.cfg.enabled || !s.project {
+            return vec![];
+        }
+        let fix = "sapari-agent converge --only compose";
+        let stopped: Vec<&str> = s
+            .services
+            .difference(&s.running)
+            .map(String::as_str)
+            .collect();
+        let mut c = vec![Check::new(
+            "compose services",
+            if !s.services.is_empty() && stopped.is_empty() {
+                Level::Pass
+            } else {
+                Level::Fail
+            },
+            if s.services.is_empty() {
+                "none found".to_string()
+            } else if stopped.is_empty() {
+                format!("{} running", s.services.len())
+            } else {
+                format!("not running: {}", stopped.join(", "))
+            },
+            fix,
+        )];
+        for (url, r) in &s.health {
+            c.push(Check::new(
+                url,
+                if matches!(r, Ok(200)) {
+                    Level::Pass
+                } else {
+                    Level::Fail
+                },
+                match r {
+                    Ok(code) => format!("HTTP {code}"),
+                    Err(e) => e.clone(),
+                },
+                "docker compose logs web",
+            ));
+        }
+        c
+    }
+}
+
+/// Read what `budget` needs from a config without running a converge.
+pub async fn budget_for(
+    cfg: &ComposeSettings,
+    agent: &AgentSettings,
+    host: &Host,
+) -> Result<(Budget, String)> {
+    let c = Compose::new(cfg, agent);
+    let s = c.observe(host).await?;
+    let (_, b) = c.resolve(&s);
+    Ok((b, c.profile(&s).name().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMPOSE: &str = "services:\n  web:\n    mem_limit: ${WEB_MEMORY:-4g}\n  caddy:\n    mem_limit: ${CADDY_MEMORY:-128m}\n";
+
+    fn env() -> String {
+        crate::envcheck::tests::GOOD.to_string()
+    }
+
+    fn res(profile: ProfileChoice) -> Compose {
+        Compose::new(
+            &ComposeSettings {
+                profile,
+                ..ComposeSettings::default()
+            },
+            &AgentSettings::default(),
+        )
+    }
+
+    fn state() -> State {
+        State {
+            project: true,
+            compose_text: Some(COMPOSE.into()),
+            env_text: Some(env()),
+            caddyfile_sha256: Some("aa".into()),
+            agent_env: None,
+            saved: None,
+            flavor: Some(Flavor::V2),
+            services: ["web", "caddy"].iter().map(|s| s.to_string()).collect(),
+            running: BTreeSet::new(),
+            box_cpus: 16,
+            box_memory: 32 << 30,
+            health: vec![],
+        }
+    }
+
+    fn converged(r: &Compose) -> State {
+        let mut s = state();
+        let (env, _) = r.resolve(&s);
+        s.saved = Some(Saved {
+            hash: r.hash(&s, &env),
+            caddyfile_sha256: Some("aa".into()),
+        });
+        s.agent_env = Some(env);
+        s.running = s.services.clone();
+        s
+    }
+
+    #[test]
+    fn first_run_writes_env_and_ups() {
+        let r = res(ProfileChoice::Cpx62);
+        let p = r.plan(&state()).unwrap();
+        assert!(
+            matches!(&p.steps[0], Step::WriteEnv { new, .. } if new.contains("WEB_MEMORY=6g\n"))
+        );
+        assert!(matches!(&p.steps[1], Step::Up { .. }));
+        assert!(
+            p.notes[0].contains("profile cpx62") && p.notes[0].contains("total"),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn converged_plans_nothing_and_caddyfile_change_recreates_caddy_only() {
+        let r = res(ProfileChoice::Cpx62);
+        let mut s = converged(&r);
+        assert!(r.plan(&s).unwrap().steps.is_empty());
+        s.caddyfile_sha256 = Some("bb".into());
+        assert_eq!(r.plan(&s).unwrap().steps, vec![Step::RecreateCaddy]);
+    }
+
+    #[test]
+    fn stopped_service_or_changed_env_brings_the_stack_up() {
+        let r = res(ProfileChoice::Cpx62);
+        let mut s = converged(&r);
+        s.running.remove("web");
+        assert!(
+            matches!(&r.plan(&s).unwrap().steps[..], [Step::Up { why }] if why.contains("web"))
+        );
+        let mut s = converged(&r);
+        s.env_text = Some(format!("{}EXTRA=1\n", s.env_text.unwrap()));
+        assert!(
+            matches!(&r.plan(&s).unwrap().steps[..], [Step::Up { why }] if why.contains("changed"))
+        );
+    }
+
+    #[test]
+    fn overcommitted_memory_fails_before_anything() {
+        let mut cfg = ComposeSettings {
+            profile: ProfileChoice::Cpx62,
+            ..ComposeSettings::default()
+        };
+        cfg.overrides.insert("WEB_MEMORY".into(), "64g".into());
+        let r = Compose::new(&cfg, &AgentSettings::default());
+        let e = r.plan(&state()).unwrap_err().to_string();
+        assert!(e.contains("no container was changed"), "{e}");
+    }
+
+    #[test]
+    fn failing_env_blocks_up_and_names_keys_only() {
+        let r = res(ProfileChoice::Staging);
+        let mut s = state();
+        s.env_text = Some(env().replace("ADMIN_USERNAME=vitoria", "ADMIN_USERNAME=admin"));
+        let e = r.plan(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("ADMIN_USERNAME") && e.contains("not started"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_project_yet_is_a_note() {
+        let r = res(ProfileChoice::Auto);
+        let mut s = state();
+        s.project = false;
+        let p = r.plan(&s).unwrap();
+        assert!(p.steps.is_empty() && p.notes[0].contains("Phase 3.1"));
+    }
+
+    #[test]
+    fn v1_gets_agent_values_in_its_environment_v2_a_second_env_file() {
+        let r = res(ProfileChoice::Cpx62);
+        let v2 = r.cmd(Flavor::V2).to_string();
+        assert!(
+            v2.contains(
+                "--env-file /home/deploy/sapari/.env --env-file /var/lib/sapari-agent/compose.env"
+            ),
+            "{v2}"
+        );
+        let v1 = r.cmd(Flavor::V1).to_string();
+        assert!(
+            v1.starts_with("docker-compose --compatibility") && !v1.contains("compose.env"),
+            "{v1}"
+        );
+    }
+}

@@ -151,7 +151,8 @@ impl Budget {
             .collect();
         Budget {
             memory_total: lines.iter().filter_map(|l| l.memory).sum(),
-            cpus_total: lines.iter().filter_map(|l| l.cpus).sum(),
+            // An empty f64 sum is -0.0, which would print as "-0.00".
+            cpus_total: lines.iter().filter_map(|l| l.cpus).sum::<f64>() + 0.0,
             lines,
             box_memory,
             box_cpus,
