@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::report::{json, out_str, resource};
+
 use std::time::{Duration, Instant};
 
 use common::TestBox;
@@ -23,28 +25,6 @@ fn config(extra: &str) -> String {
 fn install_config(b: &TestBox, text: &str) {
     b.nsenter("mkdir -p /etc/sapari-agent && chmod 755 /etc/sapari-agent");
     b.write("/etc/sapari-agent/agent.toml", text.as_bytes(), 0o600);
-}
-
-fn out_str(o: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &std::process::Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
-}
-
-fn resource<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in report"))
 }
 
 fn text(b: &TestBox, path: &str) -> String {

@@ -5,37 +5,16 @@
 
 mod common;
 
+use common::report::{json, out_str, resource};
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{TestBox, sh_quote};
-use serde_json::Value;
 
 const REPO_IP: &str = "198.18.1.10";
 const PACKAGES: &[&str] = &["fail2ban", "unattended-upgrades", "python3-systemd"];
-
-fn out_str(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
-}
-
-fn pk(r: &Value) -> &Value {
-    r["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["name"] == "packages")
-        .unwrap()
-}
 
 fn repo_dir() -> PathBuf {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/build-debs.sh");
@@ -110,8 +89,8 @@ fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
     let r = json(&o);
-    assert_eq!(pk(&r)["status"], "changed", "{r:#}");
-    let changes = pk(&r)["changes"].to_string();
+    assert_eq!(resource(&r, "packages")["status"], "changed", "{r:#}");
+    let changes = resource(&r, "packages")["changes"].to_string();
     assert!(
         changes.contains("package lists") && changes.contains("fail2ban python3-systemd"),
         "{changes}"
@@ -156,7 +135,12 @@ fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
     );
 
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
-    assert_eq!(pk(&json(&o))["status"], "unchanged", "{}", out_str(&o));
+    assert_eq!(
+        resource(&json(&o), "packages")["status"],
+        "unchanged",
+        "{}",
+        out_str(&o)
+    );
 }
 
 #[test]
@@ -170,7 +154,10 @@ fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
     std::thread::sleep(Duration::from_millis(1500));
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
-    let e = pk(&json(&o))["error"].as_str().unwrap().to_string();
+    let e = resource(&json(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("dpkg lock") && e.contains("python3 (pid"),
         "must name the holder: {e}"

@@ -4,38 +4,17 @@
 
 mod common;
 
+use common::report::{json, out_str, resource};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{Peer, TestBox, sh_quote};
-use serde_json::Value;
 
 const SERVER: &str = "203.0.113.10";
 const ROOT_PW: &str = "Root-pw-4711";
 const ALICE_PW: &str = "Alice-pw-4711";
-
-fn out_str(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
-}
-
-fn resource<'a>(r: &'a Value, name: &str) -> &'a Value {
-    r["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["name"] == name)
-        .unwrap()
-}
 
 struct Keys {
     _dir: tempfile::TempDir,

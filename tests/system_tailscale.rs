@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::process::Output;
+use common::report::{json, out_str, resource};
+
 
 use common::TestBox;
 use serde_json::Value;
@@ -50,28 +51,6 @@ else:
 json.dump(st, open(D + "/state.json", "w"))
 "#;
 
-fn out_str(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
-}
-
-fn ts(r: &Value) -> &Value {
-    r["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["name"] == "tailscale")
-        .unwrap()
-}
-
 fn config(b: &TestBox, hostname: &str) {
     b.write(
         "/etc/sapari-agent/agent.toml",
@@ -104,9 +83,11 @@ fn joins_once_renames_with_set_and_never_shows_the_key() {
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
     let r = json(&o);
-    assert_eq!(ts(&r)["status"], "changed", "{r:#}");
+    assert_eq!(resource(&r, "tailscale")["status"], "changed", "{r:#}");
     assert!(
-        ts(&r)["notes"].to_string().contains("100.101.102.103"),
+        resource(&r, "tailscale")["notes"]
+            .to_string()
+            .contains("100.101.102.103"),
         "tailnet IP reported: {r:#}"
     );
     let state: Value =
@@ -116,7 +97,12 @@ fn joins_once_renames_with_set_and_never_shows_the_key() {
     assert_eq!(state["Tags"], serde_json::json!(["tag:server"]));
 
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
-    assert_eq!(ts(&json(&o))["status"], "unchanged", "{}", out_str(&o));
+    assert_eq!(
+        resource(&json(&o), "tailscale")["status"],
+        "unchanged",
+        "{}",
+        out_str(&o)
+    );
 
     // A new name on a running node goes through `set` (re-running `up` would be refused).
     config(&b, "web-02");
@@ -172,7 +158,10 @@ fn a_key_file_others_can_read_is_refused() {
     config(&b, "");
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
-    let e = ts(&json(&o))["error"].as_str().unwrap().to_string();
+    let e = resource(&json(&o), "tailscale")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         e.contains("chmod 600 /etc/sapari-agent/tailscale.key"),
         "{e}"

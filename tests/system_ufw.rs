@@ -4,35 +4,13 @@
 
 mod common;
 
-use std::process::Output;
+use common::report::{json, out_str, resource};
+
 
 use common::{Peer, TestBox, sh_quote};
-use serde_json::Value;
 
 const SERVER: &str = "203.0.113.10";
 const TS_SERVER: &str = "100.100.0.1";
-
-fn out_str(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out_str(o)))
-}
-
-fn resource<'a>(r: &'a Value, name: &str) -> &'a Value {
-    r["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["name"] == name)
-        .unwrap()
-}
 
 /// TCP and UDP services inside the container: 443 (tcp+udp) and 80 (tcp), dual-stack.
 const SERVICES: &str = r#"

@@ -6,6 +6,8 @@
 //! because swap is kernel-global. See tests/harness/README.md.
 #![allow(dead_code)] // each integration-test crate uses a different subset
 
+pub mod report;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::fs;
