@@ -207,18 +207,26 @@ fn print_quiet_skips(results: &[ResourceReport]) {
     }
 }
 
+/// Per-resource outcome for the journal (RESOURCE= and STATUS= fields). The human report on
+/// stdout already shows it, so the stderr logger leaves this target out.
+pub const REPORT_TARGET: &str = "sapari_agent::report";
+
 fn log_resource(r: &ResourceReport) {
     let status = r.status.as_str();
+    let name = r.name.as_str();
     match &r.error {
-        Some(e) => log::error!(resource = r.name.as_str(), status = status; "{}: {e}", r.name),
+        Some(e) => {
+            log::error!(target: REPORT_TARGET, resource = name, status = status; "{name}: {e}")
+        }
         None if r.status == Status::Changed => log::info!(
-            resource = r.name.as_str(), status = status;
-            "{}: {} change(s): {}",
-            r.name,
+            target: REPORT_TARGET, resource = name, status = status;
+            "{name}: {} change(s): {}",
             r.changes.len(),
             r.changes.iter().map(|c| c.what.as_str()).collect::<Vec<_>>().join(", ")
         ),
-        None => log::info!(resource = r.name.as_str(), status = status; "{}: {status}", r.name),
+        None => {
+            log::info!(target: REPORT_TARGET, resource = name, status = status; "{name}: {status}")
+        }
     }
 }
 

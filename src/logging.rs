@@ -13,7 +13,7 @@ struct Stderr {
 
 impl Log for Stderr {
     fn enabled(&self, m: &Metadata) -> bool {
-        m.level() <= self.level
+        m.level() <= self.level && m.target() != crate::REPORT_TARGET
     }
 
     fn log(&self, r: &Record) {
