@@ -666,6 +666,22 @@ impl Edge {
     }
 
     pub fn up_with(opts: EdgeOptions) -> Edge {
+        Self::up_parts(opts.docker, opts.docker, true)
+    }
+
+    /// For the compose tests: the topology and dockerd with the imported image, but no `web`
+    /// container and no list server (the compose project brings its own containers).
+    pub fn up_compose() -> Edge {
+        Self::up_parts(true, false, false)
+    }
+
+    /// The topology alone (the agent runs in srv, e.g. for file-only subcommands).
+    pub fn up_bare() -> Edge {
+        Self::up_parts(false, false, false)
+    }
+
+    fn up_parts(docker: bool, web: bool, lists: bool) -> Edge {
+        let opts = EdgeOptions { docker };
         let uid = fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
@@ -718,17 +734,23 @@ impl Edge {
         };
         e.topology();
         step("netns");
-        e.pki_and_lists();
-        e.write_config("");
-        step("pki+lists");
+        if lists {
+            e.pki_and_lists();
+            e.write_config("");
+            step("pki+lists");
+        }
         if opts.docker {
             e.build_image_rootfs();
             e.start_dockerd();
             step("dockerd");
             e.import_image();
-            e.run_container();
-            e.wait_wan();
-            step("container");
+            if web {
+                e.run_container();
+                e.wait_wan();
+                step("container");
+            } else {
+                step("image");
+            }
         }
         eprintln!(
             "netfw: {} up in {:.1?} ({})",
@@ -1074,6 +1096,17 @@ impl Edge {
     /// Runs the agent in srv's network namespace, in a private mount namespace with a tmpfs
     /// /run (its lock, no journald), without SSH_* in the environment.
     pub fn agent(&self, args: &[&str]) -> AgentRun {
+        self.agent_with(args, &[], Duration::from_secs(90))
+    }
+
+    /// Like [`agent`](Self::agent) with extra environment (e.g. [`docker_env`](Self::docker_env))
+    /// and its own deadline.
+    pub fn agent_with(
+        &self,
+        args: &[&str],
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> AgentRun {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(Host::Srv)])
             .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
@@ -1083,9 +1116,10 @@ impl Edge {
             .args(args)
             .env_clear()
             .env("PATH", PATH_ENV)
-            .env("LANG", "C.UTF-8");
+            .env("LANG", "C.UTF-8")
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let t0 = Instant::now();
-        let o = run(&mut c, None, Duration::from_secs(90));
+        let o = run(&mut c, None, timeout);
         AgentRun {
             args: args.iter().map(|s| s.to_string()).collect(),
             code: code_of(&o),
@@ -1335,6 +1369,44 @@ impl Edge {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// The environment that points a docker client (or the agent) at our daemon: DOCKER_HOST
+    /// with our socket, and a private DOCKER_CONFIG so nothing reads or writes ~/.docker.
+    pub fn docker_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "DOCKER_HOST".into(),
+                format!("unix://{}", self.docker_sock().display()),
+            ),
+            (
+                "DOCKER_CONFIG".into(),
+                self.dockerd_dir()
+                    .join("cli")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        ]
+    }
+
+    /// Debian's standalone `docker-compose` (v1), run in srv's network namespace against our
+    /// daemon from `dir`, with only PATH, the [`docker_env`](Self::docker_env) and `env`.
+    pub fn docker_compose(&self, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let bin = which(&["docker-compose"]).expect("docker-compose (apt: docker-compose)");
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(Host::Srv)])
+            .arg(bin)
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", PATH_ENV)
+            .env("LANG", "C.UTF-8")
+            .envs(self.docker_env())
+            .envs(env.iter().copied());
+        run(&mut c, None, Duration::from_secs(180))
+    }
+
+    /// The image every test container runs (busybox and socat, imported, no registry).
+    pub const IMAGE: &'static str = "sfw-echo:1";
+
     fn build_image_rootfs(&self) {
         let r = self.dockerd_dir().join("rootfs");
         fs::create_dir_all(r.join("bin")).unwrap();
@@ -1580,6 +1652,17 @@ exec dockerd --config-file "$D/daemon.json" --data-root "$D/data" --exec-root "$
         self.stop_lists();
         if self.docker && self.dockerd.lock().map(|g| g.is_some()).unwrap_or(false) {
             let _ = self.docker(&["rm", "-f", "web"]);
+            // Whatever else the test made (compose projects): killed now, not at shutdown.
+            let o = self.docker(&["ps", "-aq"]);
+            let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let mut a = vec!["rm", "-f"];
+                a.extend(ids.iter().map(String::as_str));
+                let _ = self.docker(&a);
+            }
             self.stop_dockerd();
         }
         // Whatever is still inside our namespaces (shims, docker-proxy, probes) or cgroups.

@@ -348,6 +348,18 @@ impl Resource for Compose {
                 self.cfg.memory_headroom
             );
         }
+        let too_wide = budget.cpu_limit_above_box();
+        if !too_wide.is_empty() {
+            let list: Vec<String> = too_wide
+                .iter()
+                .map(|l| format!("{} {:.2}", l.group, l.cpus.unwrap_or_default()))
+                .collect();
+            bail!(
+                "CPU limits above this box's {} vCPUs, which Docker refuses to create: {}; lower the *_CPUS values in [compose.overrides] or pick another compose.profile; no container was changed",
+                budget.box_cpus,
+                list.join(", ")
+            );
+        }
         if budget.cpu_oversubscribed() {
             plan.notes.push(format!(
                 "CPU limits add up to {:.2} for {} vCPUs (oversubscribed; the runbook accepts this on shared vCPUs)",
@@ -355,9 +367,11 @@ impl Resource for Compose {
             ));
         }
         let operator = envcheck::parse(env_text);
+        // Only keys whose value the agent actually changes are worth a line.
         let shadowed: Vec<String> = envcheck::parse(&agent_env)
-            .into_keys()
-            .filter(|k| operator.contains_key(k))
+            .into_iter()
+            .filter(|(k, v)| operator.get(k).is_some_and(|o| o != v))
+            .map(|(k, _)| k)
             .collect();
         if !shadowed.is_empty() {
             let names: Vec<&str> = shadowed.iter().map(String::as_str).collect();
@@ -636,6 +650,18 @@ mod tests {
         let r = Compose::new(&cfg, &AgentSettings::default());
         let e = r.plan(&state()).unwrap_err().to_string();
         assert!(e.contains("no container was changed"), "{e}");
+    }
+
+    #[test]
+    fn a_cpu_limit_above_the_box_fails_before_anything() {
+        let r = res(ProfileChoice::Cpx62);
+        let mut s = state();
+        s.box_cpus = 2;
+        let e = r.plan(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("web 4.00") && e.contains("no container was changed"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -166,6 +166,15 @@ impl Budget {
         self.memory_total > self.box_memory.saturating_sub(self.headroom)
     }
 
+    /// Groups whose own CPU limit exceeds the vCPU count: Docker refuses to create such a
+    /// container, so a converge would stop the service and fail half-way.
+    pub fn cpu_limit_above_box(&self) -> Vec<&Line> {
+        self.lines
+            .iter()
+            .filter(|l| l.cpus.is_some_and(|c| c > self.box_cpus as f64))
+            .collect()
+    }
+
     /// CPU limits above the vCPU count: accepted by the runbook (shared vCPUs), reported.
     pub fn cpu_oversubscribed(&self) -> bool {
         self.cpus_total > self.box_cpus as f64
@@ -196,8 +205,8 @@ impl Budget {
         ));
         let left = self.box_memory as i128 - self.memory_total as i128;
         s.push_str(&format!(
-            "{:<10} {:>12} {:>6.2}   (memory kept free: {})\n",
-            "headroom",
+            "{:<10} {:>12} {:>6.2}   (required free memory: {})\n",
+            "unallocated",
             if left < 0 {
                 format!("-{}", gib((-left) as u64))
             } else {
@@ -250,6 +259,14 @@ mod tests {
         let b = Budget::new(&Profile::Cpx62.values(), 16 << 30, 4, 2 << 30);
         assert!(b.memory_overcommitted());
         assert!(b.cpu_oversubscribed());
+        assert!(b.cpu_limit_above_box().is_empty(), "4.0 fits 4 vCPUs");
+        let b = Budget::new(&Profile::Cpx62.values(), 24 << 30, 2, 2 << 30);
+        let over: Vec<&str> = b
+            .cpu_limit_above_box()
+            .iter()
+            .map(|l| l.group.as_str())
+            .collect();
+        assert_eq!(over, ["web", "render", "proxy"]);
     }
 
     #[test]
