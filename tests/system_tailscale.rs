@@ -7,7 +7,6 @@ mod common;
 
 use common::report::{json, out_str, resource};
 
-
 use common::TestBox;
 use serde_json::Value;
 

@@ -6,7 +6,6 @@ mod common;
 
 use common::report::{json, out_str, resource};
 
-
 use common::{Peer, TestBox, sh_quote};
 
 const SERVER: &str = "203.0.113.10";
