@@ -40,8 +40,10 @@ fn observable_state(b: &TestBox) -> (std::collections::BTreeMap<String, String>,
         "/run/sapari-agent.lock",
     ]);
     let hostname = String::from_utf8_lossy(&b.exec("hostname").stdout).into_owned();
+    // Rules without counters: traffic must not count as a change.
+    let firewall = b.nsenter_ok("iptables -S; ip6tables -S");
     let swaps = text(b, "/proc/swaps");
-    (files, hostname, swaps)
+    (files, hostname + &firewall, swaps)
 }
 
 /// Ask the kernel directly (not through the agent) whether the clock is synchronized.
