@@ -548,6 +548,16 @@ pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>),
     let text = std::fs::read_to_string(&path)
         .map_err(|e| ConfigError::plain(Some(&path), format!("cannot read: {e}")))?;
     let cfg = parse(&text, Some(&path))?;
+    // Files the config points to decide what root does too (a CA decides which list server
+    // is believed): the same ownership rule applies.
+    if let Some(ca) = &cfg.firewall.ca_file
+        && let Ok(m) = std::fs::metadata(&ca.0)
+    {
+        check_ownership(&ca.0, own(&m), euid).map_err(|mut e| {
+            e.field = Some("firewall.ca_file".into());
+            e
+        })?;
+    }
     Ok((cfg, Some(path)))
 }
 
@@ -910,6 +920,28 @@ mod tests {
         }
         assert!("".parse::<AuthorizedKey>().is_err());
         assert!("root".parse::<Username>().is_err());
+    }
+
+    #[test]
+    fn a_ca_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca.pem");
+        std::fs::write(&ca, b"x").unwrap();
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let cfg = d.path().join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!("[firewall]\nca_file = \"{}\"\n", ca.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let euid = nix::unistd::geteuid().as_raw();
+        let e = load(Some(&cfg), euid).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("firewall.ca_file"), "{e}");
+        assert!(e.to_string().contains("chmod go-w"), "{e}");
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load(Some(&cfg), euid).is_ok());
     }
 
     #[test]
