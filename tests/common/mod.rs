@@ -163,7 +163,7 @@ pub struct TimedOut {
 
 /// Runs `cmd` to completion with piped stdout/stderr, or kills its whole process group at the deadline.
 /// The own process group also keeps a terminal Ctrl-C away from it; the watchdog cleans up then.
-fn run_bounded(
+pub fn run_bounded(
     cmd: &mut Command,
     stdin: Option<&[u8]>,
     timeout: Duration,

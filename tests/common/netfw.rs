@@ -37,7 +37,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -280,68 +279,16 @@ pub struct Edge {
 // ---------------------------------------------------------------------------------------------
 // Small process helpers
 
-/// Runs a command with piped output and a deadline; the whole process group is killed at the
-/// deadline and the output so far is returned with status "killed" (code 137).
+/// Runs a command with piped output and a deadline (the harness's runner); at the deadline the
+/// whole process group is killed and the output so far is returned as killed by SIGKILL.
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
+    use std::os::unix::process::ExitStatusExt;
+    super::common::run_bounded(cmd, stdin, timeout).unwrap_or_else(|t| Output {
+        // The wait status of a process killed by SIGKILL (9).
+        status: std::process::ExitStatus::from_raw(9),
+        stdout: t.stdout,
+        stderr: t.stderr,
     })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-    if let Some(data) = stdin {
-        let mut w = child.stdin.take().unwrap();
-        let data = data.to_vec();
-        thread::spawn(move || {
-            let _ = w.write_all(&data);
-        });
-    }
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let ot = thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = so.read_to_end(&mut b);
-        b
-    });
-    let et = thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = se.read_to_end(&mut b);
-        b
-    });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if t0.elapsed() >= timeout {
-            signal_group(child.id(), "KILL");
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    // A descendant that escaped the group (dockerd's shims daemonize) must not hang us.
-    let join = |h: thread::JoinHandle<Vec<u8>>| {
-        let t = Instant::now();
-        while !h.is_finished() && t.elapsed() < Duration::from_secs(5) {
-            thread::sleep(Duration::from_millis(5));
-        }
-        if h.is_finished() {
-            h.join().unwrap_or_default()
-        } else {
-            b"<output still open>".to_vec()
-        }
-    };
-    Output {
-        status,
-        stdout: join(ot),
-        stderr: join(et),
-    }
 }
 
 fn signal_group(pgid: u32, sig: &str) {
