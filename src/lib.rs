@@ -9,6 +9,7 @@ pub mod engine;
 pub mod envcheck;
 pub mod host;
 pub mod logging;
+pub mod openpgp;
 pub mod resources;
 
 use std::io::{IsTerminal, Write};

@@ -65,6 +65,20 @@ impl Host {
         })
     }
 
+    /// `ID` and `VERSION_CODENAME` from /etc/os-release (empty when absent).
+    pub fn os_release(&self) -> Result<(String, String)> {
+        let text = self
+            .read_text(Path::new("/etc/os-release"))?
+            .unwrap_or_default();
+        let var = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        Ok((var("ID"), var("VERSION_CODENAME")))
+    }
+
     pub fn hostname(&self) -> Result<String> {
         sys::hostname()
     }

@@ -13,6 +13,11 @@ use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, Host};
 use crate::resources::Name;
 
+/// Tailscale's package repository signing key, as Tailscale publishes it.
+pub const TAILSCALE_FINGERPRINT: &str = "2596A99EAAB33821893C0A79458CA832957F5868";
+const KEYRING: &str = "/usr/share/keyrings/tailscale-archive-keyring.gpg";
+const SOURCES: &str = "/etc/apt/sources.list.d/tailscale.list";
+
 pub struct Tailscale {
     cfg: TailscaleSettings,
     hostname: String,
@@ -75,6 +80,8 @@ pub enum KeyFile {
 #[derive(Debug, Clone)]
 pub struct State {
     pub installed: bool,
+    pub os_id: String,
+    pub codename: String,
     /// `tailscale status --json`, or why it could not be read (daemon down).
     pub status: Result<Status, String>,
     pub key_file: KeyFile,
@@ -82,6 +89,7 @@ pub struct State {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
+    Install { os_id: String, codename: String },
     StartDaemon,
     Up,
     SetHostname { from: String },
@@ -90,6 +98,13 @@ pub enum Step {
 impl Describe for Step {
     fn change(&self) -> Change {
         match self {
+            Step::Install { os_id, codename } => Change::value(
+                "tailscale package",
+                Some("absent".into()),
+                Some(format!(
+                    "installed from Tailscale's {os_id} {codename} repository"
+                )),
+            ),
             Step::StartDaemon => {
                 Change::value("tailscaled", Some("stopped".into()), Some("running".into()))
             }
@@ -121,6 +136,10 @@ impl Resource for Tailscale {
         Name::Tailscale
     }
 
+    fn depends_on(&self) -> &'static [Name] {
+        &[Name::Packages]
+    }
+
     async fn observe(&self, host: &Host) -> Result<State> {
         let installed = host.program_exists("tailscale");
         let status = if installed {
@@ -144,8 +163,11 @@ impl Resource for Tailscale {
             )),
             Ok(_) => KeyFile::Ok,
         };
+        let (os_id, codename) = host.os_release()?;
         Ok(State {
             installed,
+            os_id,
+            codename,
             status,
             key_file,
         })
@@ -159,9 +181,17 @@ impl Resource for Tailscale {
             return Ok(plan);
         }
         if !s.installed {
-            bail!(
-                "tailscale is not installed (Hetzner's Ubuntu images ship it); install it from Tailscale's repository, or set tailscale.enabled = false"
-            );
+            if !matches!(s.os_id.as_str(), "ubuntu" | "debian") || s.codename.is_empty() {
+                bail!(
+                    "tailscale is not installed and Tailscale's apt repository needs Ubuntu or Debian (found ID={:?} VERSION_CODENAME={:?}); install it by hand or set tailscale.enabled = false",
+                    s.os_id,
+                    s.codename
+                );
+            }
+            plan.steps.push(Step::Install {
+                os_id: s.os_id.clone(),
+                codename: s.codename.clone(),
+            });
         }
         let key = self.cfg.auth_key_file.to_string();
         let need_key = || -> Result<()> {
@@ -208,6 +238,7 @@ impl Resource for Tailscale {
     async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {
         for step in steps {
             match step {
+                Step::Install { os_id, codename } => install(host, os_id, codename).await?,
                 Step::StartDaemon => {
                     host.run(&Cmd::new("systemctl").args([
                         "enable",
@@ -252,6 +283,57 @@ impl Resource for Tailscale {
     }
 }
 
+/// Tailscale's repository, trusted only through its pinned key: the key is downloaded over
+/// HTTPS and written only if its OpenPGP fingerprint is Tailscale's published one.
+async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
+    let base = format!("https://pkgs.tailscale.com/stable/{os_id}");
+    let url = format!("{base}/{codename}.noarmor.gpg");
+    crate::progress(
+        Name::Tailscale,
+        &format!("fetching Tailscale's signing key from {url}"),
+    );
+    let key = async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        let resp = client.get(&url).send().await?.error_for_status()?;
+        anyhow::Ok(resp.bytes().await?.to_vec())
+    }
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot fetch Tailscale's signing key from {url}: {e:#}"))?;
+    if key.len() > 64 * 1024 {
+        bail!(
+            "{url} returned {} bytes, not a signing key; nothing written",
+            key.len()
+        );
+    }
+    let fp = crate::openpgp::fingerprint(&key)
+        .map_err(|e| anyhow::anyhow!("{url} is not an OpenPGP key ({e}); nothing written"))?;
+    if fp != TAILSCALE_FINGERPRINT {
+        bail!(
+            "the key from {url} has fingerprint {fp}, not Tailscale's {TAILSCALE_FINGERPRINT}; nothing written"
+        );
+    }
+    let spec = crate::host::FileSpec::root(0o644);
+    host.write(std::path::Path::new(KEYRING), &key, spec, false)?;
+    let list = format!(
+        "# Managed by sapari-agent: Tailscale's repository, pinned to key {TAILSCALE_FINGERPRINT}.\ndeb [signed-by={KEYRING}] {base} {codename} main\n"
+    );
+    host.write(std::path::Path::new(SOURCES), list.as_bytes(), spec, false)?;
+    crate::resources::packages::wait_for_dpkg(host, std::time::Duration::from_secs(600)).await?;
+    let apt = |args: &[&str]| {
+        Cmd::new("apt-get")
+            .args(["-q", "-y", "-o", "DPkg::Lock::Timeout=120"])
+            .args(args.iter().copied())
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .timeout(std::time::Duration::from_secs(1800))
+    };
+    host.run(&apt(&["update"])).await?;
+    host.run(&apt(&["install", "--no-install-recommends", "tailscale"]))
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +348,8 @@ mod tests {
     fn state(status: Result<&str, &str>, key: KeyFile) -> State {
         State {
             installed: true,
+            os_id: "ubuntu".into(),
+            codename: "noble".into(),
             status: status
                 .map(|j| serde_json::from_str(j).unwrap())
                 .map_err(str::to_string),
@@ -362,9 +446,22 @@ mod tests {
             },
             "x",
         );
-        let mut s = state(Err("not installed"), KeyFile::Missing);
+        let mut s = state(Err("not installed"), KeyFile::Ok);
         s.installed = false;
         assert!(r.plan(&s).unwrap().steps.is_empty());
+        let p = res().plan(&s).unwrap();
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Install {
+                    os_id: "ubuntu".into(),
+                    codename: "noble".into()
+                },
+                Step::StartDaemon,
+                Step::Up
+            ]
+        );
+        s.os_id = "fedora".into();
         assert!(
             res()
                 .plan(&s)

@@ -6,10 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use async_trait::async_trait;
-use base64ct::{Base64, Encoding};
-use sha1::{Digest, Sha1};
 
 use crate::config::{DockerSettings, DockerSource};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
@@ -31,39 +29,9 @@ const OFFICIAL: &[&str] = &[
     "docker-compose-plugin",
 ];
 
-/// The OpenPGP v4 fingerprint of the first (primary) key in an ASCII-armored block:
-/// SHA-1 over 0x99, the two-byte body length and the public-key packet body (RFC 4880 12.2).
+/// The OpenPGP fingerprint of an armored key.
 pub fn fingerprint(armored: &str) -> Result<String> {
-    let b64: String = armored
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK"))
-        .skip(1)
-        .skip_while(|l| !l.trim().is_empty())
-        .skip(1)
-        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----END"))
-        .collect();
-    let bytes =
-        Base64::decode_vec(&b64).map_err(|e| anyhow::anyhow!("key is not valid base64: {e}"))?;
-    let tag = *bytes.first().context("empty key")?;
-    let (body_start, len) = match tag {
-        // Old-format public-key packet (tag 6) with a 2-byte length.
-        0x99 => (3, u16::from_be_bytes([bytes[1], bytes[2]]) as usize),
-        // New-format packet, tag 6, two-octet or one-octet length.
-        0xC6 => match bytes[1] {
-            l @ 0..=191 => (2, l as usize),
-            l @ 192..=223 => (3, ((l as usize - 192) << 8) + bytes[2] as usize + 192),
-            _ => bail!("unsupported packet length"),
-        },
-        t => bail!("first packet is not a public key (tag byte {t:#x})"),
-    };
-    let body = bytes
-        .get(body_start..body_start + len)
-        .context("truncated key")?;
-    let mut h = Sha1::new();
-    h.update([0x99]);
-    h.update((len as u16).to_be_bytes());
-    h.update(body);
-    Ok(h.finalize().iter().map(|b| format!("{b:02X}")).collect())
+    crate::openpgp::fingerprint(armored.as_bytes())
 }
 
 pub struct Docker {
@@ -135,13 +103,6 @@ impl Describe for Step {
     }
 }
 
-fn os_release(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(|v| v.trim_matches('"').to_string())
-        .unwrap_or_default()
-}
-
 #[async_trait]
 impl Resource for Docker {
     type State = State;
@@ -156,9 +117,7 @@ impl Resource for Docker {
     }
 
     async fn observe(&self, host: &Host) -> Result<State> {
-        let os = host
-            .read_text(Path::new("/etc/os-release"))?
-            .unwrap_or_default();
+        let (os_id, codename) = host.os_release()?;
         let booted = host.systemd_booted();
         let unit = host.unit_installed("docker.service");
         let (enabled, active) = if unit {
@@ -192,8 +151,8 @@ impl Resource for Docker {
             compose = Some("docker-compose".to_string());
         }
         Ok(State {
-            os_id: os_release(&os, "ID"),
-            codename: os_release(&os, "VERSION_CODENAME"),
+            os_id,
+            codename,
             installed: installed(
                 &host
                     .read_text(Path::new("/var/lib/dpkg/status"))?
