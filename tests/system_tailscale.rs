@@ -66,18 +66,24 @@ fn assert_no_secret(what: &str, text: &str) {
     );
 }
 
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn joins_once_renames_with_set_and_never_shows_the_key() {
+/// A container with the stub on PATH, the auth key in a file of `key_mode`, and a config.
+fn boot_with_stub(key_mode: u32) -> TestBox {
     let b = TestBox::boot();
     b.nsenter_ok("mkdir -p /etc/sapari-agent");
     b.write("/usr/local/bin/tailscale", STUB.as_bytes(), 0o755);
     b.write(
         "/etc/sapari-agent/tailscale.key",
         format!("{SECRET}\n").as_bytes(),
-        0o600,
+        key_mode,
     );
     config(&b, "");
+    b
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn joins_once_renames_with_set_and_never_shows_the_key() {
+    let b = boot_with_stub(0o600);
 
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
@@ -146,15 +152,7 @@ fn joins_once_renames_with_set_and_never_shows_the_key() {
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn a_key_file_others_can_read_is_refused() {
-    let b = TestBox::boot();
-    b.nsenter_ok("mkdir -p /etc/sapari-agent");
-    b.write("/usr/local/bin/tailscale", STUB.as_bytes(), 0o755);
-    b.write(
-        "/etc/sapari-agent/tailscale.key",
-        format!("{SECRET}\n").as_bytes(),
-        0o644,
-    );
-    config(&b, "");
+    let b = boot_with_stub(0o644);
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
     let e = resource(&json(&o), "tailscale")["error"]

@@ -520,24 +520,27 @@ pub fn cleanup_stale() {
 /// Ctrl-C, abort), this cleans up within about a second, so no swap or container outlives it.
 fn start_watchdog() {
     static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let me = std::process::id();
-        let script = format!("while [ -d /proc/{me} ]; do sleep 1; done\n{CLEANUP_SH}");
-        let spawned = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(harness_tmp_root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null()) // must not hold the test runner's capture pipes open
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn();
-        if let Err(e) = spawned {
-            eprintln!("harness: could not start cleanup watchdog: {e}");
-        }
-        // Not waited: it outlives us by design and is reaped by init.
-    });
+    STARTED.get_or_init(|| spawn_watchdog("harness", CLEANUP_SH));
+}
+
+/// Run `cleanup_sh` (with the harness temp root as $1) once this test process is gone.
+pub fn spawn_watchdog(tag: &str, cleanup_sh: &str) {
+    let me = std::process::id();
+    let script = format!("while [ -d /proc/{me} ]; do sleep 1; done\n{cleanup_sh}");
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(harness_tmp_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null()) // must not hold the test runner's capture pipes open
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("{tag}: could not start cleanup watchdog: {e}");
+    }
+    // Not waited: it outlives us by design and is reaped by init.
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -508,23 +508,7 @@ pub fn cleanup_stale() {
 /// One per test process: cleans up within about a second if the process dies without Drop.
 fn start_watchdog() {
     static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let me = std::process::id();
-        let script = format!("while [ -d /proc/{me} ]; do sleep 1; done\n{CLEANUP_SH}");
-        let r = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(harness_tmp_root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn();
-        if let Err(e) = r {
-            eprintln!("netfw: could not start the cleanup watchdog: {e}");
-        }
-    });
+    STARTED.get_or_init(|| super::common::spawn_watchdog("netfw", CLEANUP_SH));
 }
 
 // ---------------------------------------------------------------------------------------------
