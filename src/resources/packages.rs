@@ -331,11 +331,19 @@ impl Resource for Packages {
                     if s.systemd_booted {
                         cmd = cmd.arg("--now");
                     }
-                    host.run(&cmd.arg(unit.as_str())).await?;
-                    if s.systemd_booted {
-                        // Picks up a new jail; a no-op restart for a unit that just started.
-                        host.run(&Cmd::new("systemctl").args(["restart", unit.as_str()]))
-                            .await?;
+                    // fail2ban can take a while to start or stop on a busy box.
+                    let slow = Duration::from_secs(180);
+                    host.run(&cmd.arg(unit.as_str()).timeout(slow)).await?;
+                    let was_running = s.active.iter().any(|(u, a)| u == unit && a == "active");
+                    if s.systemd_booted && was_running {
+                        // Already running: only a restart loads a changed jail. A unit that
+                        // was stopped has just started with the new files.
+                        host.run(
+                            &Cmd::new("systemctl")
+                                .args(["restart", unit.as_str()])
+                                .timeout(slow),
+                        )
+                        .await?;
                     }
                 }
             }
