@@ -37,6 +37,14 @@ pub enum Command {
     EnvCheck(EnvCheckArgs),
     /// The resource budget of the compose services for this machine and profile.
     Budget(BudgetArgs),
+    /// Make the change of a `converge --confirm` permanent (run it from a new SSH session).
+    Confirm(ConfirmArgs),
+    /// Restore the state saved by `converge --confirm` (run by the rollback timer).
+    #[command(hide = true)]
+    Rollback(RollbackArgs),
+    /// Cloud-init user-data that installs the agent on a new server and converges it.
+    #[command(name = "cloud-init")]
+    CloudInit(CloudInitArgs),
     /// Print the agent version.
     Version,
 }
@@ -83,6 +91,10 @@ pub struct ConvergeArgs {
     /// Apply even a firewall rule set that would not admit the SSH client this run came from.
     #[arg(long)]
     pub force: bool,
+    /// Commit confirmed: keep the previous sshd drop-in, UFW rules and DOCKER-USER chain and
+    /// restore them unless `sapari-agent confirm` runs within SECONDS (10-3600).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(10..=3600))]
+    pub confirm: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -157,4 +169,50 @@ pub struct BudgetArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfirmArgs {
+    /// Configuration file (for agent.state_dir).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Configuration file (for agent.state_dir).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The pending change to roll back (its id is in the pending file).
+    #[arg(long, value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CloudInitArgs {
+    #[command(subcommand)]
+    pub action: CloudInitAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudInitAction {
+    /// Print #cloud-config user-data for a new server: writes the config, downloads the agent,
+    /// verifies its sha256, installs it, runs one converge and enables the timer.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The agent.toml the server gets (validated before anything is printed).
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
+    /// Where the server downloads the agent: a .deb or the static binary.
+    #[arg(long, value_name = "URL")]
+    pub artifact_url: String,
+    /// The artifact's sha256 (64 hex digits); the server refuses anything else.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: String,
 }

@@ -4,7 +4,9 @@
 
 pub mod authorized_keys;
 pub mod cli;
+pub mod cloudinit;
 pub mod config;
+pub mod confirm;
 pub mod engine;
 pub mod envcheck;
 pub mod host;
@@ -82,6 +84,11 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Command::Status(a) => status(&a.sel).await,
         Command::Firewall(a) => firewall(a.action).await,
+        Command::Confirm(a) => confirm::confirm(&a).await,
+        Command::Rollback(a) => confirm::rollback(&a).await,
+        Command::CloudInit(a) => match a.action {
+            cli::CloudInitAction::Render(r) => cloudinit::render(&r),
+        },
     }
 }
 
