@@ -26,7 +26,8 @@ fi
 apt-get install -y -qq --no-install-recommends \
   musl-tools debootstrap systemd-container iproute2 util-linux e2fsprogs \
   python3 ca-certificates file openssh-client sshpass \
-  iptables docker.io docker-compose socat openssl busybox-static apt-utils >/dev/null
+  iptables docker.io docker-compose socat openssl busybox-static apt-utils \
+  dpkg-dev help2man lintian >/dev/null
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
