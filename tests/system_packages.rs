@@ -7,70 +7,15 @@ mod common;
 
 use common::report::{json, out_str, resource};
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::apt_repo::{self, Repo};
 use common::{TestBox, sh_quote};
 
-const REPO_IP: &str = "198.18.1.10";
 const PACKAGES: &[&str] = &["fail2ban", "unattended-upgrades", "python3-systemd"];
 
-fn repo_dir() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/build-debs.sh");
-    let o = Command::new(script)
-        .arg(common::rootfs())
-        .args(PACKAGES)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "build-debs.sh: {}", out_str(&o));
-    PathBuf::from(
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
-/// The HTTP server of the local repository; stopped with the test.
-struct Repo(Child);
-
-impl Drop for Repo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn boot_with_repo() -> (TestBox, Repo) {
-    let dir = repo_dir();
-    let b = TestBox::boot();
-    let peer = b.add_peer("repo", "203.0.113.10/24", &format!("{REPO_IP}/24"));
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &peer.netns,
-            "python3",
-            "-m",
-            "http.server",
-            "8080",
-            "--bind",
-            REPO_IP,
-            "--directory",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let repo = Repo(server);
-    std::thread::sleep(Duration::from_millis(800));
-    b.nsenter_ok(&format!(
-        "echo > /etc/apt/sources.list; rm -f /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] http://{REPO_IP}:8080/ ./' > /etc/apt/sources.list.d/local.list; rm -rf /var/lib/apt/lists/*_Packages; mkdir -p /etc/sapari-agent"
-    ));
-    (b, repo)
+    apt_repo::boot_with_repo(PACKAGES)
 }
 
 fn config(b: &TestBox, extra: &str) {

@@ -17,7 +17,7 @@ use crate::resources::Name;
 
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 const DPKG_LOCK: &str = "/var/lib/dpkg/lock-frontend";
-const APT_LISTS: &str = "/var/lib/apt/lists";
+pub const APT_LISTS: &str = "/var/lib/apt/lists";
 const AUTO_UPGRADES: &str = "/etc/apt/apt.conf.d/20auto-upgrades";
 const AUTO_UPGRADES_CONTENT: &str = "// Managed by sapari-agent: daily package lists and unattended security upgrades.\nAPT::Periodic::Update-Package-Lists \"1\";\nAPT::Periodic::Unattended-Upgrade \"1\";\n";
 const JAIL: &str = "/etc/fail2ban/jail.d/sapari-agent.local";
@@ -124,7 +124,7 @@ fn lists_age(dir: &Path) -> Option<Duration> {
 }
 
 /// Packages no list in `dir` mentions (read only when something is missing).
-fn unknown_in_lists(dir: &Path, wanted: &[String]) -> Vec<String> {
+pub fn unknown_in_lists(dir: &Path, wanted: &[String]) -> Vec<String> {
     let mut left: BTreeSet<&str> = wanted.iter().map(String::as_str).collect();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd

@@ -6,6 +6,7 @@
 //! because swap is kernel-global. See tests/harness/README.md.
 #![allow(dead_code)] // each integration-test crate uses a different subset
 
+pub mod apt_repo;
 pub mod report;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -9,6 +9,11 @@ CACHE=${SAPARI_TEST_CACHE:-/var/cache/sapari-agent-tests}
 KEY=$({ echo "$*"; cat "$ROOTFS/var/lib/dpkg/status" "$0"; } | sha256sum | cut -c1-16)
 REPO="$CACHE/debs-$KEY"
 if [ -f "$REPO/Packages" ]; then echo "$REPO"; exit 0; fi
+# Tests run in parallel: one download per list, the others wait and reuse it.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.debs.lock"
+flock 9
+if [ -f "$REPO/Packages" ]; then echo "$REPO"; exit 0; fi
 command -v apt-ftparchive >/dev/null || { echo "build-debs: apt-ftparchive missing (apt-get install apt-utils)" >&2; exit 1; }
 TMP=$(mktemp -d "$CACHE/.debs-XXXXXX"); trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$TMP/partial"

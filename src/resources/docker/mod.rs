@@ -13,7 +13,7 @@ use crate::config::{DockerSettings, DockerSource};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, FileSpec, Host, systemd};
 use crate::resources::Name;
-use crate::resources::packages::{installed, wait_for_dpkg};
+use crate::resources::packages::{APT_LISTS, installed, unknown_in_lists, wait_for_dpkg};
 
 /// Docker's release signing key, as Docker publishes it.
 pub const DOCKER_KEY: &str = include_str!("docker.asc");
@@ -267,12 +267,9 @@ impl Resource for Docker {
                             .env("DEBIAN_FRONTEND", "noninteractive")
                             .timeout(Duration::from_secs(1800))
                     };
-                    if update
-                        || self.cfg.source == DockerSource::Distro
-                            && !Path::new("/var/lib/apt/lists")
-                                .read_dir()
-                                .is_ok_and(|mut d| d.next().is_some())
-                    {
+                    // Also when the lists do not know a package: never downloaded (a fresh
+                    // image keeps only `partial/` and `lock` there) or from before it existed.
+                    if update || !unknown_in_lists(Path::new(APT_LISTS), p).is_empty() {
                         crate::progress(Name::Docker, "updating package lists");
                         host.run(&apt(vec!["update"])).await?;
                     }
