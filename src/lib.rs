@@ -44,6 +44,30 @@ pub fn progress(resource: Name, msg: &str) {
     log::info!(resource = resource.as_str(); "{msg}");
 }
 
+/// An error with its sources, for messages.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Why a request failed (connection refused, timed out, certificate): reqwest's own top
+/// line, "error sending request for url (...)", only repeats the URL.
+pub(crate) fn request_error(e: &reqwest::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(src) => error_chain(src),
+        None => e.to_string(),
+    }
+}
+
 fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }

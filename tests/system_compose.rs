@@ -90,17 +90,35 @@ const EXPECTED_NANO_CPUS: [(&str, i64); 8] = [
 // The project
 
 fn compose_yml() -> String {
+    compose_yml_with(false)
+}
+
+/// The compose file; with `web_serves_health`, web runs [`HEALTH_SH`] behind socat on :8000,
+/// published on the server's 127.0.0.1 as the application's web is.
+fn compose_yml_with(web_serves_health: bool) -> String {
     let mut s = String::from(
         "# Shaped like the application's docker-compose.prod.yml: every limit comes from the\n\
          # environment, with defaults sized for staging.\n\
          services:\n",
     );
     for (svc, g, mem, cpus, res) in SHAPE {
+        let command = if svc == "web" && web_serves_health {
+            // one shell per connection, so every request gets an answer
+            r#"["socat", "TCP-LISTEN:8000,fork,reuseaddr", "EXEC:/bin/sh /srv/health.sh"]"#
+        } else {
+            r#"["sleep", "3600"]"#
+        };
         s.push_str(&format!(
-            "  {svc}:\n    image: {img}\n    command: [\"sleep\", \"3600\"]\n    init: true\n    \
+            "  {svc}:\n    image: {img}\n    command: {command}\n    init: true\n    \
              stop_grace_period: 2s\n    restart: unless-stopped\n",
             img = Edge::IMAGE
         ));
+        if svc == "web" && web_serves_health {
+            s.push_str(
+                "    ports:\n      - \"127.0.0.1:8000:8000\"\n    volumes:\n      \
+                 - ./web/health.sh:/srv/health.sh:ro\n",
+            );
+        }
         match svc {
             "web" => s.push_str(
                 "    environment:\n      WEB_WORKERS: ${WEB_WORKERS:-2}\n      \
@@ -298,6 +316,39 @@ fn secret_values(env: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// web's HTTP server with [`compose_yml_with`]: one exchange on stdin/stdout (socat starts it
+/// per connection). `/health` and `/health/ready` answer 200, or the status written to
+/// `/tmp/health.code` / `/tmp/ready.code` in the container; `/old-health` is a 301 to `/health`
+/// (a redirect to a healthy page); anything else is a 404.
+const HEALTH_SH: &str = r#"cr=$(printf '\r')
+read -r method path rest
+# Read the headers up to the empty line: closing with unread data would reset the connection
+# under the answer.
+while read -r line && [ -n "${line%"$cr"}" ]; do :; done
+f= code=404 location=
+case "$path" in
+  /health) f=/tmp/health.code ;;
+  /health/ready) f=/tmp/ready.code ;;
+  /old-health) code=301 location=/health ;;
+esac
+if [ -n "$f" ]; then
+  code=200
+  if [ -s "$f" ]; then code=$(cat "$f"); fi
+fi
+case "$code" in
+  200) reason=OK ;;
+  301) reason="Moved Permanently" ;;
+  404) reason="Not Found" ;;
+  503) reason="Service Unavailable" ;;
+  *) reason=Status ;;
+esac
+body="$method $path: $code"
+printf 'HTTP/1.1 %s %s\r\n' "$code" "$reason"
+if [ -n "$location" ]; then printf 'Location: %s\r\n' "$location"; fi
+printf 'Content-Type: text/plain\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s\n' \
+  $((${#body} + 1)) "$body"
+"#;
+
 fn caddyfile(version: &str) -> String {
     format!(
         "# {version}\napi.sapari.io {{\n\treverse_proxy web:8000 {{\n\t\theader_up X-Forwarded-For {{http.request.header.CF-Connecting-IP}}\n\t}}\n}}\n"
@@ -333,6 +384,17 @@ impl Project {
         fs::read(self.env_path()).unwrap()
     }
 
+    /// web answers HTTP on the server's 127.0.0.1:8000 ([`HEALTH_SH`]).
+    fn serve_health(&self) {
+        fs::create_dir_all(self.dir.join("web")).unwrap();
+        fs::write(self.dir.join("web/health.sh"), HEALTH_SH).unwrap();
+        fs::write(
+            self.dir.join("docker-compose.prod.yml"),
+            compose_yml_with(true),
+        )
+        .unwrap();
+    }
+
     /// Replaces the Caddyfile the way `git reset --hard` does: a new file renamed over the old
     /// one (new inode), which a running container's bind mount does not see (the runbook's F1).
     fn replace_caddyfile(&self, text: &str) {
@@ -350,11 +412,32 @@ fn toml_str(s: &str) -> String {
 }
 
 /// `[agent]` in the edge's state dir, `[compose]` for the project with `profile` and
-/// `[compose.overrides]`.
+/// `[compose.overrides]`, and no health URL.
 fn write_config(e: &Edge, p: &Project, profile: &str, overrides: &[(&str, &str)]) {
+    write_config_with(e, p, profile, overrides, Some(&[]));
+}
+
+/// Like [`write_config`] with `compose.health_urls` set, or left out (None: the defaults).
+fn write_config_with(
+    e: &Edge,
+    p: &Project,
+    profile: &str,
+    overrides: &[(&str, &str)],
+    health_urls: Option<&[&str]>,
+) {
+    let health = match health_urls {
+        Some(urls) => format!(
+            "health_urls = [{}]\n",
+            urls.iter()
+                .map(|u| toml_str(u))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => String::new(),
+    };
     let mut t = format!(
         "# written by tests/system_compose.rs\n[agent]\nstate_dir = {}\nlock_timeout = \"20s\"\n\n\
-         [compose]\nproject_dir = {}\nprofile = {}\nhealth_urls = []\n\n[compose.overrides]\n",
+         [compose]\nproject_dir = {}\nprofile = {}\n{health}\n[compose.overrides]\n",
         toml_str(&e.state_dir().to_string_lossy()),
         toml_str(&p.dir.to_string_lossy()),
         toml_str(profile),
@@ -1197,4 +1280,235 @@ fn cpu_limit_above_vcpus_fails_before_any_container_changes() {
         "a converge that Docker was bound to refuse stopped {stopped:?}\nerror: {}",
         c["error"]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// status: the post-deploy health checks
+
+/// `compose.health_urls`' defaults, as the checks name them.
+const HEALTH_URL: &str = "http://localhost:8000/health";
+const READY_URL: &str = "http://localhost:8000/health/ready";
+/// A 301 to HEALTH_URL: a client that followed it would see 200.
+const REDIRECT_URL: &str = "http://localhost:8000/old-health";
+
+/// One `status --json` run: its checks by name as (level, detail, hint), and `result`.
+struct StatusRun {
+    run: AgentRun,
+    result: String,
+    checks: BTreeMap<String, (String, String, String)>,
+}
+
+impl StatusRun {
+    /// Asserts the check `name` has `level` and exactly `detail`.
+    fn expect(&self, name: &str, level: &str, detail: &str) {
+        let got = self
+            .checks
+            .get(name)
+            .unwrap_or_else(|| panic!("no check {name}\n{}", self.run));
+        assert_eq!(
+            (got.0.as_str(), got.1.as_str()),
+            (level, detail),
+            "check {name}\n{}",
+            self.run
+        );
+    }
+
+    /// The names of the URL checks, in order.
+    fn urls(&self) -> Vec<&str> {
+        self.checks
+            .keys()
+            .map(String::as_str)
+            .filter(|n| n.starts_with("http"))
+            .collect()
+    }
+}
+
+/// `sapari-agent status --only compose --config <ours> [--json]` against our dockerd.
+fn status_run(e: &Edge, json: bool) -> AgentRun {
+    let c = cfg(e);
+    let mut args = vec!["status", "--only", "compose", "--config", &c];
+    if json {
+        args.push("--json");
+    }
+    e.agent_with(&args, &e.docker_env(), Duration::from_secs(120))
+}
+
+fn status(e: &Edge) -> StatusRun {
+    let run = status_run(e, true);
+    let j = run.json();
+    let mut checks = BTreeMap::new();
+    for c in j["checks"].as_array().unwrap_or_else(|| panic!("{run}")) {
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+        let prev = checks.insert(s("name"), (s("level"), s("detail"), s("hint")));
+        assert!(prev.is_none(), "check {} twice\n{run}", s("name"));
+    }
+    let result = j["result"].as_str().unwrap_or("").to_string();
+    eprintln!(
+        "status: exit {} in {:.1?}, {result}: {:?}",
+        run.code, run.elapsed, checks
+    );
+    StatusRun {
+        run,
+        result,
+        checks,
+    }
+}
+
+/// The status code our own client (Python's http.client: no redirect followed) gets for `path`
+/// on the server's 127.0.0.1:8000, or None when nothing answers.
+fn http_status(e: &Edge, path: &str) -> Option<u16> {
+    let py = format!(
+        "import http.client\n\
+         c = http.client.HTTPConnection('127.0.0.1', 8000, timeout=3)\n\
+         c.request('GET', '{path}')\n\
+         print(c.getresponse().status)\n"
+    );
+    let o = e.sh_in(
+        netfw::Host::Srv,
+        &format!("timeout 5 python3 -c {}", common::sh_quote(&py)),
+        Duration::from_secs(10),
+    );
+    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+}
+
+/// Waits until `path` answers `code` to our own client (web was just started).
+fn wait_http(e: &Edge, path: &str, code: u16) {
+    let t0 = Instant::now();
+    loop {
+        let got = http_status(e, path);
+        if got == Some(code) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{path}: {got:?} after 30 s, want {code}\n{}",
+            netfw::describe(&e.docker(&["ps", "-a"]))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `status`'s post-deploy checks against a web service that really answers HTTP on
+/// 127.0.0.1:8000 (published by dockerd in the server's namespace), with the default
+/// `compose.health_urls`: both pass with HTTP 200 and status exits 0; a redirect to a healthy
+/// page is not followed and fails with its 301; /health/ready answering 503 fails that check
+/// alone with its code and status exits 1 (the text table too); with web stopped, both URL
+/// checks fail saying the connection was refused, next to `not running: web`; after a converge
+/// brings web back, status passes again. Our own HTTP client confirms each server state first.
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn status_health_checks_follow_the_real_web_service() {
+    let t0 = Instant::now();
+    let e = Edge::up_compose();
+    let p = Project::new(&e, &clean_env());
+    p.serve_health();
+    // health_urls left out: the defaults are what is checked.
+    write_config_with(&e, &p, "cpx62", &CPU_OVERRIDES, None);
+    let r = converge(&e);
+    expect_status(&r, "changed");
+    assert_eq!(r.code, 0, "{r}");
+    let cs = containers(&e);
+    assert_all_running(&cs);
+    let web = cs["web"].id.clone();
+
+    // The control: the server answers as designed, to a client that is not the agent.
+    wait_http(&e, "/health", 200);
+    assert_eq!(http_status(&e, "/health/ready"), Some(200));
+    assert_eq!(http_status(&e, "/old-health"), Some(301));
+    assert_eq!(http_status(&e, "/nothing-here"), Some(404));
+
+    // Healthy: exactly the two default URLs, both 200, exit 0.
+    let s = status(&e);
+    assert_eq!(s.urls(), [HEALTH_URL, READY_URL], "{}", s.run);
+    s.expect(HEALTH_URL, "PASS", "HTTP 200");
+    s.expect(READY_URL, "PASS", "HTTP 200");
+    s.expect("compose services", "PASS", "8 running");
+    assert_eq!(s.result, "PASS", "{}", s.run);
+    assert_eq!(s.run.code, 0, "{}", s.run);
+
+    // A redirect to the healthy page is not followed: its 301 fails, the others still pass.
+    write_config_with(
+        &e,
+        &p,
+        "cpx62",
+        &CPU_OVERRIDES,
+        Some(&[HEALTH_URL, READY_URL, REDIRECT_URL]),
+    );
+    let s = status(&e);
+    assert_eq!(s.urls(), [HEALTH_URL, READY_URL, REDIRECT_URL], "{}", s.run);
+    s.expect(REDIRECT_URL, "FAIL", "HTTP 301");
+    s.expect(HEALTH_URL, "PASS", "HTTP 200");
+    s.expect(READY_URL, "PASS", "HTTP 200");
+    assert_eq!(s.result, "FAIL", "{}", s.run);
+    assert_eq!(s.run.code, 1, "{}", s.run);
+    write_config_with(&e, &p, "cpx62", &CPU_OVERRIDES, None);
+
+    // /health/ready answers 503: that check alone fails, with the code; exit 1.
+    e.docker_ok(&["exec", &web, "sh", "-c", "echo 503 > /tmp/ready.code"]);
+    assert_eq!(http_status(&e, "/health/ready"), Some(503));
+    assert_eq!(http_status(&e, "/health"), Some(200));
+    let s = status(&e);
+    s.expect(HEALTH_URL, "PASS", "HTTP 200");
+    s.expect(READY_URL, "FAIL", "HTTP 503");
+    assert_eq!(
+        s.checks[READY_URL].2, "docker compose logs web",
+        "{}",
+        s.run
+    );
+    s.expect("compose services", "PASS", "8 running");
+    assert_eq!(s.result, "FAIL", "{}", s.run);
+    assert_eq!(s.run.code, 1, "{}", s.run);
+    // The table says the same, and exits the same.
+    let t = status_run(&e, false);
+    assert_eq!(t.code, 1, "{t}");
+    let row = |url: &str| -> Vec<String> {
+        t.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(url))
+            .unwrap_or_else(|| panic!("no row for {url}\n{t}"))
+            .split_whitespace()
+            .skip(1)
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(row(HEALTH_URL), ["PASS", "HTTP", "200"], "{t}");
+    assert_eq!(row(READY_URL), ["FAIL", "HTTP", "503"], "{t}");
+
+    // Healthy again once the page is: status follows the server, nothing cached.
+    e.docker_ok(&["exec", &web, "sh", "-c", ": > /tmp/ready.code"]);
+    assert_eq!(http_status(&e, "/health/ready"), Some(200));
+    let s = status(&e);
+    s.expect(READY_URL, "PASS", "HTTP 200");
+    assert_eq!(s.run.code, 0, "{}", s.run);
+
+    // web stopped: nothing listens on :8000; both URL checks fail with the error, not a code.
+    e.docker_ok(&["stop", "-t", "1", &web]);
+    assert_eq!(http_status(&e, "/health"), None, "web still answers");
+    let s = status(&e);
+    s.expect("compose services", "FAIL", "not running: web");
+    assert_eq!(s.urls(), [HEALTH_URL, READY_URL], "{}", s.run);
+    for url in [HEALTH_URL, READY_URL] {
+        let (level, detail, hint) = &s.checks[url];
+        assert_eq!(level, "FAIL", "{url}\n{}", s.run);
+        assert!(
+            !detail.starts_with("HTTP ") && detail.to_lowercase().contains("refused"),
+            "{url}: the detail should say the connection was refused: {detail:?}\n{}",
+            s.run
+        );
+        assert_eq!(hint, "docker compose logs web", "{}", s.run);
+    }
+    assert_eq!(s.result, "FAIL", "{}", s.run);
+    assert_eq!(s.run.code, 1, "{}", s.run);
+
+    // A converge starts web again; status passes once it answers.
+    let r2 = converge(&e);
+    expect_status(&r2, "changed");
+    assert_eq!(r2.code, 0, "{r2}");
+    wait_http(&e, "/health", 200);
+    let s = status(&e);
+    s.expect(HEALTH_URL, "PASS", "HTTP 200");
+    s.expect(READY_URL, "PASS", "HTTP 200");
+    s.expect("compose services", "PASS", "8 running");
+    assert_eq!(s.run.code, 0, "{}", s.run);
+    eprintln!("whole test {:.1?}", t0.elapsed());
 }

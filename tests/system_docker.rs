@@ -20,8 +20,7 @@ mod common;
 
 use common::report::{json, out_str, resource};
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::TestBox;
@@ -34,18 +33,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn boot_with_repo() -> (TestBox, Repo) {
     let (b, repo) = apt_repo::boot_with_repo(PACKAGES);
-    // net.ipv4.ip_forward is per network namespace: this writes the box's, never the host's.
-    assert!(b.netns().starts_with(common::NETNS_PREFIX));
-    let o = Command::new("ip")
-        .args(["netns", "exec", b.netns(), "sysctl", "-qw"])
-        .arg("net.ipv4.ip_forward=1")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "sysctl in the box netns: {}",
-        out_str(&o)
-    );
+    b.enable_ipv4_forwarding();
     b.write("/etc/sapari-agent/agent.toml", CONFIG.as_bytes(), 0o600);
     (b, repo)
 }

@@ -1130,6 +1130,23 @@ cat > "$t"; chown root:root -- "$t"; chmod "$2" -- "$t"; mv -f -- "$t" "$1"; tra
         map
     }
 
+    /// nspawn mounts /proc/sys read-only, so a dockerd inside the box cannot switch IPv4
+    /// forwarding on and dies ("Enabling IP forwarding failed"); on a real server it can. The
+    /// setting is per network namespace: this writes the box's, never the host's.
+    pub fn enable_ipv4_forwarding(&self) {
+        assert!(self.netns().starts_with(NETNS_PREFIX));
+        let o = Command::new("ip")
+            .args(["netns", "exec", self.netns(), "sysctl", "-qw"])
+            .arg("net.ipv4.ip_forward=1")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "sysctl in the box netns: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     pub fn swap_host_dir(&self) -> &Path {
         &self.swap_dir
     }

@@ -221,7 +221,7 @@ async fn health(url: &str) -> Result<u16, String> {
         .send()
         .await
         .map(|r| r.status().as_u16())
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::request_error(&e))
 }
 
 #[async_trait]
@@ -683,6 +683,20 @@ mod tests {
         s.project = false;
         let p = r.plan(&s).unwrap();
         assert!(p.steps.is_empty() && p.notes[0].contains("Phase 3.1"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_health_request_says_why() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = health(&format!("http://127.0.0.1:{port}/health"))
+            .await
+            .unwrap_err();
+        assert!(e.to_lowercase().contains("refused"), "{e}");
     }
 
     #[test]

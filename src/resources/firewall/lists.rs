@@ -316,10 +316,7 @@ pub fn list_diff(old: &[IpNet], new: &[IpNet]) -> String {
 /// repeats the URL): the useful part (connection refused, unknown issuer, our redirect
 /// refusal) is in the sources.
 fn request_error(e: &reqwest::Error) -> String {
-    let detail = match std::error::Error::source(e) {
-        Some(src) => chain(src),
-        None => e.to_string(),
-    };
+    let detail = crate::request_error(e);
     if e.is_timeout() {
         format!("timed out (firewall.fetch_timeout): {detail}")
     } else {
@@ -328,21 +325,6 @@ fn request_error(e: &reqwest::Error) -> String {
 }
 
 // ---- fetching -------------------------------------------------------------------------------
-
-/// An error with its sources, for messages.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
 
 /// An HTTPS client for the lists: https only (a redirect to http is an error), at most
 /// `MAX_REDIRECTS` redirects, a total time limit, the system roots plus `ca_pem`.
@@ -367,8 +349,13 @@ pub fn client(
         .connect_timeout(timeout)
         .user_agent(concat!("sapari-agent/", env!("CARGO_PKG_VERSION")));
     if let Some((path, pem)) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("firewall.ca_file {}: {}", path.display(), chain(&e)))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+            format!(
+                "firewall.ca_file {}: {}",
+                path.display(),
+                crate::error_chain(&e)
+            )
+        })?;
         if certs.is_empty() {
             return Err(format!(
                 "firewall.ca_file {}: no PEM certificate in it",
@@ -378,7 +365,7 @@ pub fn client(
         b = b.tls_certs_merge(certs);
     }
     b.build()
-        .map_err(|e| format!("cannot set up the HTTPS client: {}", chain(&e)))
+        .map_err(|e| format!("cannot set up the HTTPS client: {}", crate::error_chain(&e)))
 }
 
 /// Fetch and validate one list. The error says what went wrong and where, ready to be
