@@ -177,3 +177,118 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
         "the package's life cycle changed the server"
     );
 }
+
+const OPERATOR: &str = "192.0.2.50";
+const OPERATOR_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl operator@laptop";
+
+/// Starts sapari-agent.service as its timer does and waits for the oneshot to finish.
+fn run_service(b: &TestBox) -> String {
+    let o = b.exec_with(
+        "systemctl start sapari-agent.service; systemctl show -p Result -p ExecMainStatus --value sapari-agent.service",
+        &[],
+        std::time::Duration::from_secs(300),
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Resources the journal says the last run of the service changed: the RESOURCE= and
+/// STATUS= fields the agent logs with each outcome, for that run's invocation id.
+fn journal_changed(b: &TestBox) -> Vec<String> {
+    let id = b.exec_ok("systemctl show -p InvocationID --value sapari-agent.service");
+    let out = b.exec_ok(&format!(
+        "journalctl -q --no-pager -o json _SYSTEMD_INVOCATION_ID={}",
+        id.trim()
+    ));
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["STATUS"] == "changed")
+        .filter_map(|e| e["RESOURCE"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn timer_service_corrects_drift_and_the_journal_names_what_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let deb = build_deb("0.1.0", d.path());
+    let (b, _repo) = common::apt_repo::boot_with_repo(&["docker.io", "docker-compose"]);
+    b.enable_ipv4_forwarding();
+    put_deb(&b, &deb, "/root/agent.deb");
+    b.exec_ok("dpkg -i /root/agent.deb");
+    b.write(
+        "/etc/sapari-agent/agent.toml",
+        format!(
+            "[access]\noperator_ips = [\"{OPERATOR}\"]\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n\
+             [sshd]\nneutralize_overrides = true\n\n[docker]\nsource = \"distro\"\n\n\
+             [firewall]\nfetch_timeout = \"3s\"\n\n[swap]\nenabled = false\n\n[packages]\nenabled = false\n\n\
+             [tailscale]\nenabled = false\n\n[compose]\nenabled = false\n\n[ntp]\nrequire_sync = false\n"
+        )
+        .as_bytes(),
+        0o600,
+    );
+    // The first run installs Docker and converges everything.
+    let first = run_service(&b);
+    assert_eq!(
+        first,
+        "success 0",
+        "first run: {}",
+        b.exec_ok("journalctl -u sapari-agent.service --no-pager | tail -40")
+    );
+    let chain = |b: &TestBox| b.exec_ok("iptables -S DOCKER-USER");
+    let good_chain = chain(&b);
+    assert!(good_chain.contains("--ctorigdstport 443"), "{good_chain}");
+    let ufw_rules = |b: &TestBox| b.exec_ok("ufw status | grep -c ALLOW || true");
+    let good_ufw = ufw_rules(&b);
+    assert!(b.exec_ok("ufw status").contains(OPERATOR));
+
+    // Drift, the three ways it happens: an operator deletes a UFW rule, a package drops in
+    // a file re-enabling passwords, a Docker restart or a script flushes DOCKER-USER.
+    b.exec_ok(&format!(
+        "ufw delete allow from {OPERATOR} to any port 22 proto tcp >/dev/null"
+    ));
+    assert!(!b.exec_ok("ufw status").contains(OPERATOR), "tamper failed");
+    b.write(
+        "/etc/ssh/sshd_config.d/01-tamper.conf",
+        b"PasswordAuthentication yes\n",
+        0o644,
+    );
+    b.exec_ok("systemctl reload ssh.service");
+    assert!(b.exec_ok("sshd -T").contains("passwordauthentication yes"));
+    b.exec_ok("iptables -F DOCKER-USER");
+    assert_ne!(chain(&b), good_chain);
+
+    let second = run_service(&b);
+    assert_eq!(second, "success 0");
+    assert!(
+        b.exec_ok("ufw status").contains(OPERATOR),
+        "UFW rule not restored"
+    );
+    assert_eq!(ufw_rules(&b), good_ufw);
+    assert!(b.exec_ok("sshd -T").contains("passwordauthentication no"));
+    let tamper = b
+        .read_string("/etc/ssh/sshd_config.d/01-tamper.conf")
+        .unwrap();
+    assert!(tamper.contains("# disabled by sapari-agent"), "{tamper}");
+    assert_eq!(chain(&b), good_chain, "DOCKER-USER not restored");
+    assert_eq!(
+        journal_changed(&b),
+        ["firewall", "sshd", "ufw"],
+        "journal of the drift run"
+    );
+
+    // A third run finds nothing to do, and says so in the journal.
+    assert_eq!(run_service(&b), "success 0");
+    assert_eq!(journal_changed(&b), Vec::<String>::new());
+    let last: serde_json::Value = serde_json::from_str(
+        &b.read_string("/var/lib/sapari-agent/last-run.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["summary"]["changed"], 0, "{last:#}");
+}
