@@ -11,8 +11,9 @@ use crate::resources::Name;
     name = "sapari-agent",
     version,
     about = "Bootstraps and keeps converged the production server: hostname, deploy user, SSH hardening, GitHub deploy key, UFW, the Cloudflare-only DOCKER-USER firewall, packages, Docker, swap, NTP and Tailscale.",
-    after_help = "Exit codes: 0 success, 1 a resource failed, 2 changes applied/pending (with --detailed-exitcodes), \
-64 usage error, 75 another run holds the lock, 77 not root, 78 configuration error (nothing changed)."
+    after_help = "Exit codes: 0 success, 1 a resource failed (converge: or this configuration was rolled back unconfirmed), \
+2 changes applied/pending (with --detailed-exitcodes), 64 usage error, 75 another run holds the lock or a \
+commit-confirmed change waits for `sapari-agent confirm`, 77 not root, 78 configuration error (nothing changed)."
 )]
 pub struct Cli {
     /// Also log informational messages to stderr (journald always gets them).
@@ -92,7 +93,9 @@ pub struct ConvergeArgs {
     #[arg(long)]
     pub force: bool,
     /// Commit confirmed: keep the previous sshd drop-in, UFW rules and DOCKER-USER chain and
-    /// restore them unless `sapari-agent confirm` runs within SECONDS (10-3600).
+    /// restore them unless `sapari-agent confirm` runs from a new SSH session within SECONDS
+    /// (10-3600) after the run. Until then other converges exit 75; a configuration rolled back
+    /// unconfirmed makes later converges of it exit 1 until it changes or runs with --confirm.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(10..=3600))]
     pub confirm: Option<u64>,
 }
@@ -172,6 +175,11 @@ pub struct BudgetArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Run it from a NEW SSH session (not the one that ran `converge --confirm`): only a new login \
+proves that logging in still works. Exit codes: 0 confirmed (the change is permanent), 1 nothing pending, \
+already rolled back, or refused (same SSH session), 75 another run holds the lock, 77 not root, 78 configuration error."
+)]
 pub struct ConfirmArgs {
     /// Configuration file (for agent.state_dir).
     #[arg(long, value_name = "PATH")]
@@ -182,6 +190,10 @@ pub struct ConfirmArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Run by the transient timer sapari-agent-rollback-ID. Exit codes: 0 restored, or nothing to do \
+(confirmed or superseded), 1 the restore is incomplete (see the journal), 64 bad id, 75 the lock stayed busy, 77 not root."
+)]
 pub struct RollbackArgs {
     /// Configuration file (for agent.state_dir).
     #[arg(long, value_name = "PATH")]

@@ -100,11 +100,12 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Budget(a) => budget(a.config.as_deref(), a.json).await,
         Command::Converge(a) => {
             let ctx = resources::RunContext::from_env(a.force);
-            converge_or_plan(Mode::Converge, &a.sel, &a.ov, a.detailed_exitcodes, &ctx).await
+            let (detailed, window) = (a.detailed_exitcodes, a.confirm);
+            converge_or_plan(Mode::Converge, &a.sel, &a.ov, detailed, window, &ctx).await
         }
         Command::Plan(a) => {
             let ctx = resources::RunContext::from_env(false);
-            converge_or_plan(Mode::Plan, &a.sel, &a.ov, a.detailed_exitcodes, &ctx).await
+            converge_or_plan(Mode::Plan, &a.sel, &a.ov, a.detailed_exitcodes, None, &ctx).await
         }
         Command::Status(a) => status(&a.sel).await,
         Command::Firewall(a) => firewall(a.action).await,
@@ -116,11 +117,13 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
+/// `confirm_window`: `converge --confirm SECONDS`.
 async fn converge_or_plan(
     mode: Mode,
     sel: &Selectors,
     ov: &Overrides,
     detailed: bool,
+    confirm_window: Option<u64>,
     ctx: &resources::RunContext,
 ) -> i32 {
     let cfg = match load_config(sel, Some(ov)) {
@@ -174,6 +177,27 @@ async fn converge_or_plan(
         registry: resources::registry(&cfg, ctx),
     };
     let selection = resources::select(&sel.only, &sel.skip);
+    let confirm_session = if mode == Mode::Converge {
+        let selected: Vec<Name> = selection
+            .iter()
+            .filter(|(_, why)| why.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        match confirm::before_converge(
+            &host,
+            &cfg,
+            sel.config.as_deref(),
+            confirm_window,
+            &selected,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
     let json = sel.json;
     let mut stdout = std::io::stdout();
     if !json {
@@ -188,6 +212,12 @@ async fn converge_or_plan(
             }
         })
         .await;
+    // Before anything else is printed: a session that dropped must not keep the pending
+    // record from being written.
+    let confirmed = match confirm_session {
+        Some(s) => Some(s.finish(&host).await),
+        None => None,
+    };
     let report = Report {
         agent_version: VERSION,
         mode: mode_name,
@@ -196,21 +226,28 @@ async fn converge_or_plan(
         summary: Report::summarize(&results),
         resources: results,
     };
+    let mut doc = serde_json::to_value(&report).unwrap_or_default();
+    if let Some(c) = &confirmed {
+        doc["confirm"] = c.json.clone();
+    }
     if mode == Mode::Converge {
-        save_last_run(&host, &cfg.agent.state_dir, &report);
+        save_last_run(&host, &cfg.agent.state_dir, &doc);
     }
     if json {
         let _ = writeln!(
             stdout,
             "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
         );
     } else {
         print_quiet_skips(&report.resources);
-        println!("{}", report.summary_line());
+        let _ = writeln!(stdout, "{}", report.summary_line());
+        if let Some(c) = &confirmed {
+            let _ = writeln!(stdout, "{}", c.line);
+        }
     }
     let pending = report.summary.changed + report.summary.would_change;
-    if report.summary.failed > 0 {
+    if report.summary.failed > 0 || confirmed.as_ref().is_some_and(|c| c.failed) {
         exit::FAILED
     } else if detailed && pending > 0 {
         exit::CHANGES
@@ -234,8 +271,9 @@ fn print_quiet_skips(results: &[ResourceReport]) {
             None => groups.push((why, vec![r.name.as_str()])),
         }
     }
+    // An SSH session that dropped closed stdout: println! would abort the run.
     for (why, names) in groups {
-        println!("skipped: {} ({why})", names.join(", "));
+        let _ = writeln!(std::io::stdout(), "skipped: {} ({why})", names.join(", "));
     }
 }
 
@@ -262,7 +300,7 @@ fn log_resource(r: &ResourceReport) {
     }
 }
 
-fn save_last_run(host: &Host, dir: &Path, report: &Report) {
+fn save_last_run(host: &Host, dir: &Path, report: &serde_json::Value) {
     let path = dir.join("last-run.json");
     let result = std::fs::create_dir_all(dir)
         .map_err(anyhow::Error::from)
@@ -292,6 +330,7 @@ async fn status(sel: &Selectors) -> i32 {
         .collect();
     let mut checks = engine.checks(&host, &selected).await;
     checks.push(last_run_check(&cfg.agent.state_dir.join("last-run.json")));
+    checks.extend(confirm::checks(&host, &cfg.agent.state_dir));
     let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Pass);
     if sel.json {
         let doc = serde_json::json!({
@@ -331,7 +370,7 @@ async fn firewall(action: cli::FirewallAction) -> i32 {
                 hostname: None,
             };
             let ctx = resources::RunContext::from_env(false);
-            return converge_or_plan(Mode::Converge, &sel, &ov, false, &ctx).await;
+            return converge_or_plan(Mode::Converge, &sel, &ov, false, None, &ctx).await;
         }
         FirewallAction::Show(o) => (o, true),
         FirewallAction::Check(o) => (o, false),

@@ -219,16 +219,24 @@ fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
         evil.exec(&format!(
             "ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR -i {} root@{SERVER} {}",
             key.display(),
-            sh_quote(&format!("/usr/local/bin/sapari-agent {args}"))
+            sh_quote(args)
         ))
     };
-    let o = over_ssh("converge --only ufw --json");
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
-    let e = resource(&json(&o), "ufw")["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("198.51.100.66") && e.contains("--force"), "{e}");
+    // Also through sudo, which drops SSH_CONNECTION from the environment it passes on.
+    for via in ["", "sudo "] {
+        let o = over_ssh(&format!(
+            "{via}/usr/local/bin/sapari-agent converge --only ufw --json"
+        ));
+        assert_eq!(o.status.code(), Some(1), "{via}: {}", out_str(&o));
+        let e = resource(&json(&o), "ufw")["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("198.51.100.66") && e.contains("--force"),
+            "{via}: {e}"
+        );
+    }
     assert!(
         b.read_string("/etc/ufw/ufw.conf")
             .unwrap()
@@ -238,7 +246,8 @@ fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
     assert!(reaches(&evil, "tcp", SERVER, 22), "still reachable");
 
     // Naming the address admits it: applied, and the session's address keeps SSH.
-    let o = over_ssh("converge --only ufw --json --my-ip 198.51.100.66");
+    let o =
+        over_ssh("/usr/local/bin/sapari-agent converge --only ufw --json --my-ip 198.51.100.66");
     assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
     assert!(reaches(&evil, "tcp", SERVER, 22));
 }

@@ -48,6 +48,25 @@ impl Host {
         files::read_text_opt(path)
     }
 
+    /// Names of the entries of a directory, sorted; empty when the directory does not exist.
+    pub fn list_dir(&self, path: &Path) -> Result<Vec<String>> {
+        let rd = match std::fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot list {}", path.display()))
+                );
+            }
+        };
+        let mut names: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Run a command that only observes.
     pub async fn query(&self, cmd: &Cmd) -> Result<CmdOutput> {
         Ok(cmd.output().await?)
@@ -97,6 +116,11 @@ impl Host {
 
     pub fn fs_type(&self, path: &Path) -> Result<sys::FsKind> {
         sys::fs_type(path)
+    }
+
+    /// `SSH_CONNECTION` of the session this run came from, looking through `sudo`.
+    pub fn ssh_connection(&self) -> Option<String> {
+        sys::ssh_connection()
     }
 
     pub fn systemd_booted(&self) -> bool {
@@ -168,6 +192,17 @@ impl Host {
     pub fn remove_file(&self, path: &Path) -> Result<()> {
         self.guard(&path.display())?;
         match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Remove a directory and everything below it (absent is fine).
+    pub fn remove_tree(&self, path: &Path) -> Result<()> {
+        self.guard(&path.display())?;
+        match std::fs::remove_dir_all(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
             }
@@ -278,6 +313,7 @@ mod tests {
         assert!(h.set_hostname("x").is_err());
         assert!(h.swapon(&p).is_err());
         assert!(h.create_private_file(&p).is_err());
+        assert!(h.remove_tree(d.path()).is_err());
         assert!(!p.exists());
         assert!(h.query(&Cmd::new("true")).await.is_ok());
     }

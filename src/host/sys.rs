@@ -185,6 +185,48 @@ pub fn lock_holder(path: &Path) -> Result<Option<(i32, String)>> {
     Ok(Some((pid, name)))
 }
 
+/// `SSH_CONNECTION` ("client_ip client_port server_ip server_port") of the SSH session this
+/// process runs in: from its own environment, else from the nearest ancestor's. `sudo`
+/// resets the environment it passes on, but the session's shell above it keeps the variable.
+pub fn ssh_connection() -> Option<String> {
+    if let Ok(v) = std::env::var("SSH_CONNECTION")
+        && !v.trim().is_empty()
+    {
+        return Some(v.trim().to_string());
+    }
+    let mut pid = std::process::id();
+    // Bounded: a process tree is shallow, and a loop must not spin on a racing /proc.
+    for _ in 0..64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid = parse_ppid(&stat)?;
+        if ppid <= 1 {
+            return None;
+        }
+        if let Ok(env) = std::fs::read(format!("/proc/{ppid}/environ"))
+            && let Some(v) = environ_var(&env, "SSH_CONNECTION")
+        {
+            return Some(v);
+        }
+        pid = ppid;
+    }
+    None
+}
+
+/// The parent pid from /proc/PID/stat (the command name may contain spaces and parentheses).
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    let close = stat.rfind(')')?;
+    stat[close + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A variable from the NUL-separated contents of /proc/PID/environ; None when unset or empty.
+pub fn environ_var(env: &[u8], key: &str) -> Option<String> {
+    env.split(|&b| b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        let (k, v) = kv.split_once('=')?;
+        (k == key && !v.trim().is_empty()).then(|| v.trim().to_string())
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Memory {
     pub total: u64,
@@ -245,6 +287,19 @@ mod tests {
         assert_eq!(pid as u32, c.id());
         assert!(name.starts_with("python"), "{name}");
         assert_eq!(lock_holder(&d.path().join("absent")).unwrap(), None);
+    }
+
+    #[test]
+    fn ssh_connection_parts() {
+        assert_eq!(parse_ppid("812 (sudo (x) y) S 77 812 812 0"), Some(77));
+        assert_eq!(parse_ppid("garbage"), None);
+        let env = b"HOME=/home/deploy\0SSH_CONNECTION=192.0.2.50 51000 203.0.113.10 22\0SSH_CONNECTIONX=no\0";
+        assert_eq!(
+            environ_var(env, "SSH_CONNECTION").as_deref(),
+            Some("192.0.2.50 51000 203.0.113.10 22")
+        );
+        assert_eq!(environ_var(b"SSH_CONNECTION=\0", "SSH_CONNECTION"), None);
+        assert_eq!(environ_var(b"", "SSH_CONNECTION"), None);
     }
 
     #[test]

@@ -105,8 +105,8 @@ pub struct RunContext {
 impl RunContext {
     /// Read `SSH_CONNECTION` ("client_ip client_port server_ip server_port").
     pub fn from_env(force: bool) -> Self {
-        let ssh_client = std::env::var("SSH_CONNECTION")
-            .ok()
+        // Through sudo too: it drops SSH_CONNECTION, and operators converge with sudo.
+        let ssh_client = crate::host::sys::ssh_connection()
             .and_then(|v| v.split_whitespace().next().and_then(|ip| ip.parse().ok()));
         Self { force, ssh_client }
     }

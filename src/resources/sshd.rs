@@ -17,8 +17,8 @@ use crate::host::{Cmd, FileSpec, Host, systemd};
 use crate::resources::Name;
 
 const ETC_SSH: &str = "/etc/ssh";
-const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
-const DROP_DIR: &str = "/etc/ssh/sshd_config.d";
+pub const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
+pub const DROP_DIR: &str = "/etc/ssh/sshd_config.d";
 const INCLUDE_LINE: &str = "Include /etc/ssh/sshd_config.d/*.conf";
 const MODULI: &str = "/etc/ssh/moduli";
 const ED25519_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
@@ -467,18 +467,7 @@ impl Resource for Sshd {
         let privsep_dir = Path::new(PRIVSEP_DIR).is_dir();
         let spec = format!("user={},host=localhost,addr=127.0.0.1", self.user);
         let effective_cmd = Cmd::new("sshd").args(["-T", "-C", &spec]);
-        let units_cmd = Cmd::new("systemctl").args([
-            "show",
-            "-p",
-            "Id",
-            "-p",
-            "LoadState",
-            "-p",
-            "ActiveState",
-            "ssh.service",
-            "sshd.service",
-            "ssh.socket",
-        ]);
+        let units_cmd = units_cmd();
         let booted = host.systemd_booted();
         let (effective, units) = tokio::join!(
             async {
@@ -864,11 +853,45 @@ async fn validate_candidate(host: &Host, s: &State, files: &[(PathBuf, String)])
         })
 }
 
+fn units_cmd() -> Cmd {
+    Cmd::new("systemctl").args([
+        "show",
+        "-p",
+        "Id",
+        "-p",
+        "LoadState",
+        "-p",
+        "ActiveState",
+        "ssh.service",
+        "sshd.service",
+        "ssh.socket",
+    ])
+}
+
+/// Check the files on disk with `sshd -t`, then reload sshd the way `converge` does. For
+/// the commit-confirmed rollback, which restores files outside a resource run.
+pub async fn validate_and_reload(host: &Host) -> Result<()> {
+    host.run(&Cmd::new("sshd").arg("-t"))
+        .await
+        .context("sshd -t rejects the configuration on disk, so sshd was not reloaded")?;
+    let unit = if host.systemd_booted() {
+        let out = host.query(&units_cmd()).await?;
+        parse_units(&out.stdout).0
+    } else {
+        None
+    };
+    reload_unit(host, unit.as_ref()).await
+}
+
+async fn reload(host: &Host, s: &State) -> Result<()> {
+    reload_unit(host, s.unit.as_ref()).await
+}
+
 /// Reload (not restart) sshd so open sessions survive. The unit is the one systemd runs
 /// (`ssh.service` on Debian/Ubuntu, `sshd.service` elsewhere); a socket-activated sshd
 /// that is not running picks the new files up on the next connection.
-async fn reload(host: &Host, s: &State) -> Result<()> {
-    match &s.unit {
+async fn reload_unit(host: &Host, unit: Option<&Unit>) -> Result<()> {
+    match unit {
         Some(u) if u.active => {
             host.run(&Cmd::new("systemctl").args(["reload", u.id.as_str()]))
                 .await?;

@@ -16,10 +16,13 @@ use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, Host};
 use crate::resources::{Name, RunContext};
 
-const UFW_CONF: &str = "/etc/ufw/ufw.conf";
-const DEFAULTS: &str = "/etc/default/ufw";
-const USER_RULES: &str = "/etc/ufw/user.rules";
-const USER6_RULES: &str = "/etc/ufw/user6.rules";
+pub const UFW_CONF: &str = "/etc/ufw/ufw.conf";
+pub const DEFAULTS: &str = "/etc/default/ufw";
+pub const USER_RULES: &str = "/etc/ufw/user.rules";
+pub const USER6_RULES: &str = "/etc/ufw/user6.rules";
+/// Every file the resource's `ufw` commands change: the commit-confirmed rollback restores
+/// these.
+pub const STATE_FILES: [&str; 4] = [USER_RULES, USER6_RULES, DEFAULTS, UFW_CONF];
 const COMMENT: &str = "sapari-agent";
 
 pub struct Ufw {

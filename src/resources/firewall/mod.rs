@@ -30,7 +30,7 @@ use rules::{Backend, CHAIN, FilterTable, ForwardJump, Rule};
 const PROC_ROUTE_V4: &str = "/proc/net/route";
 const PROC_ROUTE_V6: &str = "/proc/net/ipv6_route";
 /// How long iptables-restore waits for the xtables lock (legacy backend; Docker takes it too).
-const XTABLES_WAIT_SECS: &str = "10";
+pub const XTABLES_WAIT_SECS: &str = "10";
 const UNIT: &str = "sapari-docker-firewall.service";
 
 pub struct Firewall {
@@ -628,7 +628,7 @@ pub fn render_show(shown: &[Shown]) -> String {
 
 // ---- observation ----------------------------------------------------------------------------
 
-async fn save(host: &Host, backend: Backend, fam: Family) -> Result<FilterTable> {
+pub async fn save(host: &Host, backend: Backend, fam: Family) -> Result<FilterTable> {
     let cmd = Cmd::new(&backend.save(fam))
         .args(["-t", "filter"])
         .timeout(Duration::from_secs(30));
@@ -646,7 +646,7 @@ async fn save(host: &Host, backend: Backend, fam: Family) -> Result<FilterTable>
 /// The filter table of the backend holding Docker's chains, or why there is none. When both
 /// the nft and the legacy programs exist, both are read (the legacy one only when its filter
 /// table exists, so that reading does not load legacy modules on an nft machine).
-async fn observe_docker(
+pub async fn observe_docker(
     host: &Host,
     fam: Family,
 ) -> Result<(Option<(Backend, FilterTable)>, Option<String>)> {
