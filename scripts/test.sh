@@ -27,7 +27,13 @@ apt-get install -y -qq --no-install-recommends \
   musl-tools debootstrap systemd-container iproute2 util-linux e2fsprogs \
   python3 ca-certificates file openssh-client sshpass \
   iptables docker.io docker-compose socat openssl busybox-static apt-utils \
-  dpkg-dev help2man lintian >/dev/null
+  help2man lintian >/dev/null
+# The boot tests run a TCG VM. Debian 12's qemu-system-x86 needs its own qemu-utils, and a
+# machine may carry a newer qemu-utils from backports: take the matching one.
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v genisoimage >/dev/null; then
+  apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    qemu-system-x86 qemu-utils/bookworm genisoimage >/dev/null
+fi
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl
 fi
@@ -52,8 +58,9 @@ cargo build --release --target x86_64-unknown-linux-musl --quiet
 export SAPARI_AGENT_BIN="$PWD/target/x86_64-unknown-linux-musl/release/sapari-agent"
 file "$SAPARI_AGENT_BIN" | grep -Eq 'static(-pie)? linked' || { echo "agent binary is not static" >&2; exit 1; }
 
-step "test rootfs (cached under /var/cache/sapari-agent-tests)"
+step "test rootfs and VM image (cached under /var/cache/sapari-agent-tests)"
 tests/harness/build-rootfs.sh
+tests/harness/build-vm.sh >/dev/null
 
 step "unit and system tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -561,6 +561,17 @@ pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>),
     Ok((cfg, Some(path)))
 }
 
+/// Read and validate a configuration meant for another machine (`cloud-init render`): the
+/// same parsing and validation as [`load`], without its ownership checks, which are about the
+/// copy root reads on the server. Returns the text too, so the caller ships exactly what was
+/// validated.
+pub fn validate_file(path: &Path) -> Result<(Config, String), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::plain(Some(path), format!("cannot read: {e}")))?;
+    let cfg = parse(&text, Some(path))?;
+    Ok((cfg, text))
+}
+
 /// Apply command-line overrides (`--my-ip`, `--hostname`), validated like file values.
 pub fn apply_overrides(
     cfg: &mut Config,
