@@ -547,6 +547,14 @@ pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>),
     }
     let text = std::fs::read_to_string(&path)
         .map_err(|e| ConfigError::plain(Some(&path), format!("cannot read: {e}")))?;
+    // An empty file is a truncated one (an interrupted copy, a full disk), not a request for
+    // the defaults: those would undo whatever the lost settings said. No file means defaults.
+    if text.trim().is_empty() {
+        return Err(ConfigError::plain(
+            Some(&path),
+            "the file is empty (truncated?): write the settings into it, or delete it to use the defaults",
+        ));
+    }
     let cfg = parse(&text, Some(&path))?;
     // Files the config points to decide what root does too (a CA decides which list server
     // is believed): the same ownership rule applies.
@@ -952,6 +960,23 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("firewall.ca_file"), "{e}");
         assert!(e.to_string().contains("chmod go-w"), "{e}");
         std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load(Some(&cfg), euid).is_ok());
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_as_truncated() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("agent.toml");
+        let euid = nix::unistd::geteuid().as_raw();
+        for text in ["", " \n\n"] {
+            std::fs::write(&cfg, text).unwrap();
+            std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = load(Some(&cfg), euid).unwrap_err();
+            assert!(e.to_string().contains("empty (truncated?)"), "{e}");
+        }
+        // Comments only (an example with every line commented out) is a choice, not damage.
+        std::fs::write(&cfg, "# all defaults\n").unwrap();
         assert!(load(Some(&cfg), euid).is_ok());
     }
 

@@ -48,6 +48,12 @@ impl Packages {
     }
 }
 
+/// apt-get options every install passes: without a pty, dpkg's own messages (which package
+/// failed, in which maintainer script, with the script's output) go to apt-get's stderr, so
+/// they end up in the error instead of only apt's "Sub-process /usr/bin/dpkg returned an error
+/// code (1)".
+pub const APT_DPKG_NO_PTY: [&str; 2] = ["-o", "Dpkg::Use-Pty=0"];
+
 /// Installed packages from dpkg's status database (no process needed).
 pub fn installed(status: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -284,6 +290,7 @@ impl Resource for Packages {
         let apt = |args: &[&str]| {
             Cmd::new("apt-get")
                 .args(["-q", "-y", "-o", "DPkg::Lock::Timeout=120"])
+                .args(APT_DPKG_NO_PTY)
                 .args(args.iter().copied())
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .timeout(Duration::from_secs(1800))

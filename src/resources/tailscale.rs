@@ -324,6 +324,7 @@ async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
     let apt = |args: &[&str]| {
         Cmd::new("apt-get")
             .args(["-q", "-y", "-o", "DPkg::Lock::Timeout=120"])
+            .args(crate::resources::packages::APT_DPKG_NO_PTY)
             .args(args.iter().copied())
             .env("DEBIAN_FRONTEND", "noninteractive")
             .timeout(std::time::Duration::from_secs(1800))

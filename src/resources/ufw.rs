@@ -420,14 +420,9 @@ impl Resource for Ufw {
         for step in steps {
             let cmd = match step {
                 Step::Install => Cmd::new("apt-get")
-                    .args([
-                        "-o",
-                        "DPkg::Lock::Timeout=300",
-                        "install",
-                        "-y",
-                        "--no-install-recommends",
-                        "ufw",
-                    ])
+                    .args(["-o", "DPkg::Lock::Timeout=300"])
+                    .args(crate::resources::packages::APT_DPKG_NO_PTY)
+                    .args(["install", "-y", "--no-install-recommends", "ufw"])
                     .env("DEBIAN_FRONTEND", "noninteractive")
                     .timeout(std::time::Duration::from_secs(600)),
                 Step::Add(t) => Cmd::new("ufw")

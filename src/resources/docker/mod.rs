@@ -263,6 +263,7 @@ impl Resource for Docker {
                     let apt = |args: Vec<&str>| {
                         Cmd::new("apt-get")
                             .args(["-q", "-y", "-o", "DPkg::Lock::Timeout=120"])
+                            .args(crate::resources::packages::APT_DPKG_NO_PTY)
                             .args(args)
                             .env("DEBIAN_FRONTEND", "noninteractive")
                             .timeout(Duration::from_secs(1800))
