@@ -11,14 +11,18 @@ use std::time::{Duration, Instant};
 use common::TestBox;
 use serde_json::Value;
 
-const SWAP: &str = "/mnt/swap/swapfile";
+/// Unique per test process (nextest runs one test per process): /proc/swaps is global, and
+/// mkswap refuses a path that another box has active under the same name.
+static SWAP: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("/mnt/swap/swapfile-{}", std::process::id()));
 /// Any valid key: the full converge hardens sshd, which needs a user who can log in.
 const OPERATOR_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5XCtKcP+JC48vXbIoe+UVO/zcUdqfXFZ2HI0vvRsPW operator";
 
 fn config(extra: &str) -> String {
     format!(
-        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{SWAP}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[packages]\nenabled = false\n\n[docker]\nenabled = false\n\n[firewall]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}"
+        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{swap}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[packages]\nenabled = false\n\n[docker]\nenabled = false\n\n[firewall]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}",
+        swap = *SWAP
     )
 }
 
@@ -104,12 +108,12 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     let fstab = text(&b, "/etc/fstab");
     assert_eq!(
         fstab
-            .matches(&format!("{SWAP} none swap sw,nofail 0 0"))
+            .matches(&format!("{} none swap sw,nofail 0 0", *SWAP))
             .count(),
         1,
         "{fstab}"
     );
-    let st = b.exec(&format!("stat -c '%a %u' {SWAP}"));
+    let st = b.exec(&format!("stat -c '%a %u' {}", *SWAP));
     assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), "600 0");
     let last = b
         .read("/var/lib/sapari-agent/last-run.json")
@@ -301,7 +305,7 @@ fn ntp_reports_the_kernel_clock_honestly() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn swap_on_an_overlay_root_fails_clearly_and_others_still_converge() {
     let b = TestBox::boot();
-    install_config(&b, &config("").replace(SWAP, "/swapfile"));
+    install_config(&b, &config("").replace(SWAP.as_str(), "/swapfile"));
     let o = b.agent(&["converge", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
     let r = json(&o);
@@ -326,7 +330,7 @@ fn concurrent_converges_serialize() {
     let o = b.agent(&["converge"]);
     assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("another sapari-agent run"));
-    assert!(b.read(SWAP).is_none(), "gave up without changing anything");
+    assert!(b.read(&SWAP).is_none(), "gave up without changing anything");
 
     // With a longer timeout it waits for the holder, then runs.
     install_config(&b, &config("\n[agent]\nlock_timeout = \"30s\"\n"));
@@ -347,7 +351,8 @@ fn concurrent_converges_serialize() {
 
     // Two real runs at once: one does the work, the other then finds nothing to do.
     b.nsenter(&format!(
-        "swapoff {SWAP}; rm -f {SWAP}; sed -i '\\|{SWAP}|d' /etc/fstab"
+        "swapoff {s}; rm -f {s}; sed -i '\\|{s}|d' /etc/fstab",
+        s = *SWAP
     ));
     let a = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
     let c = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
@@ -360,5 +365,5 @@ fn concurrent_converges_serialize() {
         .collect();
     changed.sort();
     assert_eq!(changed, vec![0, 1], "exactly one run applied the swap");
-    assert_eq!(text(&b, "/etc/fstab").matches(SWAP).count(), 1);
+    assert_eq!(text(&b, "/etc/fstab").matches(SWAP.as_str()).count(), 1);
 }
