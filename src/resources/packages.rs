@@ -131,17 +131,27 @@ fn lists_age(dir: &Path) -> Option<Duration> {
 
 /// Packages no list in `dir` mentions (read only when something is missing).
 pub fn unknown_in_lists(dir: &Path, wanted: &[String]) -> Vec<String> {
+    use std::io::BufRead;
     let mut left: BTreeSet<&str> = wanted.iter().map(String::as_str).collect();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with("_Packages"))
         {
-            if let Ok(text) = std::fs::read_to_string(e.path()) {
-                left.retain(|p| {
-                    !text.contains(&format!("\nPackage: {p}\n"))
-                        && !text.starts_with(&format!("Package: {p}\n"))
-                });
+            // Line by line: a full list is tens of MB, and reading it whole set the agent's
+            // peak memory.
+            let Ok(f) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            for line in std::io::BufReader::new(f).split(b'\n').map_while(Result::ok) {
+                if let Some(name) = line.strip_prefix(b"Package: ") {
+                    if let Ok(name) = std::str::from_utf8(name) {
+                        left.remove(name.trim_end());
+                    }
+                    if left.is_empty() {
+                        break;
+                    }
+                }
             }
             if left.is_empty() {
                 break;
@@ -191,7 +201,7 @@ impl Resource for Packages {
         };
         Ok(State {
             lists_age: lists_age(Path::new(APT_LISTS)),
-            unknown: if missing.is_empty() {
+            unknown: if missing.is_empty() || !self.cfg.enabled {
                 Vec::new()
             } else {
                 unknown_in_lists(Path::new(APT_LISTS), &missing)
@@ -416,6 +426,19 @@ pub async fn wait_for_dpkg(host: &Host, timeout: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_packages_are_found_line_by_line() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("deb_dists_bookworm_main_binary-amd64_Packages"),
+            "Package: fail2ban\nVersion: 1.0\n\nPackage: ufw\r\nVersion: 0.36\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("lock"), "").unwrap();
+        let wanted = ["fail2ban", "ufw", "nope", "fail2"].map(String::from);
+        assert_eq!(unknown_in_lists(d.path(), &wanted), ["fail2", "nope"]);
+    }
 
     const STATUS: &str = "Package: bash\nStatus: install ok installed\nVersion: 5\n\nPackage: fail2ban\nStatus: deinstall ok config-files\n\nPackage: unattended-upgrades\nStatus: install ok installed\n";
 
