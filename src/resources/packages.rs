@@ -143,7 +143,10 @@ pub fn unknown_in_lists(dir: &Path, wanted: &[String]) -> Vec<String> {
             let Ok(f) = std::fs::File::open(e.path()) else {
                 continue;
             };
-            for line in std::io::BufReader::new(f).split(b'\n').map_while(Result::ok) {
+            for line in std::io::BufReader::new(f)
+                .split(b'\n')
+                .map_while(Result::ok)
+            {
                 if let Some(name) = line.strip_prefix(b"Package: ") {
                     if let Ok(name) = std::str::from_utf8(name) {
                         left.remove(name.trim_end());
@@ -431,7 +434,8 @@ mod tests {
     fn unknown_packages_are_found_line_by_line() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
-            d.path().join("deb_dists_bookworm_main_binary-amd64_Packages"),
+            d.path()
+                .join("deb_dists_bookworm_main_binary-amd64_Packages"),
             "Package: fail2ban\nVersion: 1.0\n\nPackage: ufw\r\nVersion: 0.36\n",
         )
         .unwrap();
