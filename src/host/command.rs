@@ -16,6 +16,9 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     secrets: Vec<String>,
+    /// Set by `Host::run` only: the command changes the system, so it is a crash point while
+    /// it runs (see `host::crash`).
+    mutating: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +65,13 @@ impl Cmd {
             stdin: None,
             timeout: Duration::from_secs(60),
             secrets: Vec::new(),
+            mutating: false,
         }
+    }
+
+    pub(super) fn mutating(mut self) -> Self {
+        self.mutating = true;
+        self
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -131,6 +140,9 @@ impl Cmd {
         if let (Some(data), Some(mut pipe)) = (&self.stdin, child.stdin.take()) {
             // A program that exits without reading stdin is not our error to report.
             let _ = pipe.write_all(data).await;
+        }
+        if self.mutating {
+            super::crash::point(|| format!("{shown}: running"));
         }
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(r) => r.map_err(|source| CmdError::Spawn {

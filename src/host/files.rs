@@ -93,6 +93,10 @@ pub fn write_atomic(path: &Path, content: &[u8], spec: FileSpec, backup: bool) -
             false,
         )?;
     }
+    // A run killed between creating its temp file and the rename leaves the temp behind
+    // (harmless: no reader includes a dot-file of ours, but litter). Runs hold the lock, so
+    // any temp of ours here is such a leftover; the write that was cut short is redone now.
+    remove_stale_temps(dir);
     let ctx = || format!("cannot write {}", path.display());
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
@@ -104,7 +108,9 @@ pub fn write_atomic(path: &Path, content: &[u8], spec: FileSpec, backup: bool) -
         .with_context(ctx)?;
     std::os::unix::fs::fchown(f, Some(spec.uid), Some(spec.gid)).with_context(ctx)?;
     f.sync_all().with_context(ctx)?;
+    super::crash::point(|| format!("write {}: before rename", path.display()));
     tmp.persist(path).map_err(|e| e.error).with_context(ctx)?;
+    super::crash::point(|| format!("write {}: before directory fsync", path.display()));
     sync_dir(dir)
 }
 
@@ -121,6 +127,28 @@ pub fn remove_stale_temps(dir: &Path) {
             if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
                 let _ = fs::remove_file(e.path());
             }
+        }
+    }
+}
+
+/// Remove directories named `<prefix>*` in `dir` that a killed run left (the private
+/// directories of validated writes in /tmp). Only root's: in a world-writable directory,
+/// another user's directory of that name is theirs.
+pub fn remove_stale_dirs(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        // symlink_metadata: a symlink of that name is not followed, only left alone.
+        if let Ok(m) = fs::symlink_metadata(e.path())
+            && m.is_dir()
+            && m.uid() == me
+        {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }
@@ -170,6 +198,40 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("keep")]);
+    }
+
+    #[test]
+    fn a_write_removes_the_temps_a_killed_run_left_in_its_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let stale = d.path().join(format!("{TEMP_PREFIX}killed"));
+        fs::write(&stale, b"half").unwrap();
+        fs::write(d.path().join("other"), b"x").unwrap();
+        write_atomic(&d.path().join("f"), b"new", me(), true).unwrap();
+        assert!(!stale.exists(), "the killed run's temp is still there");
+        let mut names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f", "other"]);
+    }
+
+    #[test]
+    fn stale_candidate_directories_are_removed_symlinks_are_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let stale = d.path().join("sapari-agent-candidate.abc");
+        fs::create_dir(&stale).unwrap();
+        fs::write(stale.join("90-sapari-deploy"), b"x").unwrap();
+        let target = d.path().join("precious");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), b"x").unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("sapari-agent-candidate.link")).unwrap();
+        fs::create_dir(d.path().join("unrelated")).unwrap();
+        remove_stale_dirs(d.path(), "sapari-agent-candidate.");
+        assert!(!stale.exists());
+        assert!(target.join("keep").exists(), "followed a symlink");
+        assert!(d.path().join("sapari-agent-candidate.link").is_symlink());
+        assert!(d.path().join("unrelated").exists());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod command;
+pub mod crash;
 pub mod files;
 pub mod sys;
 pub mod systemd;
@@ -14,6 +15,9 @@ use anyhow::{Result, bail};
 
 pub use command::{Cmd, CmdOutput};
 pub use files::{FileSpec, FileState};
+
+/// Prefix of the private directories validated writes assemble their candidate in.
+pub const CANDIDATE_PREFIX: &str = "sapari-agent-candidate.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -35,6 +39,7 @@ impl Host {
         if self.access == Access::ReadOnly {
             bail!("internal error: attempted to change the system ({what}) in a read-only run");
         }
+        crash::point(|| format!("before {what}"));
         Ok(())
     }
 
@@ -149,7 +154,9 @@ impl Host {
     pub async fn run(&self, cmd: &Cmd) -> Result<CmdOutput> {
         self.guard(cmd)?;
         log::info!("running {cmd}");
-        Ok(cmd.run().await?)
+        let out = cmd.clone().mutating().run().await?;
+        crash::point(|| format!("after {cmd}"));
+        Ok(out)
     }
 
     pub fn write(&self, path: &Path, content: &[u8], spec: FileSpec, backup: bool) -> Result<()> {
@@ -170,8 +177,11 @@ impl Host {
         validate: impl Fn(&Path) -> Cmd,
     ) -> Result<()> {
         self.guard(&path.display())?;
+        // A run killed while its candidate existed left the directory behind; the install
+        // it was validating did not happen, so that run's redo passes here.
+        files::remove_stale_dirs(&std::env::temp_dir(), CANDIDATE_PREFIX);
         let dir = tempfile::Builder::new()
-            .prefix("sapari-agent-candidate.")
+            .prefix(CANDIDATE_PREFIX)
             .tempdir()
             .map_err(|e| anyhow::anyhow!("cannot create a temporary directory: {e}"))?;
         let name = path
@@ -180,7 +190,11 @@ impl Host {
         let candidate = dir.path().join(name);
         files::write_atomic(&candidate, content, spec, false)?;
         let cmd = validate(&candidate);
-        if let Err(e) = cmd.run().await {
+        let verdict = cmd.run().await;
+        // Gone before the install: once the file is in place a rerun has no reason to come
+        // back here, so a candidate still on disk then would never be cleaned up.
+        let _ = dir.close();
+        if let Err(e) = verdict {
             anyhow::bail!(
                 "refusing to install {}: the candidate was rejected: {e}",
                 path.display()
@@ -316,6 +330,40 @@ mod tests {
         assert!(h.remove_tree(d.path()).is_err());
         assert!(!p.exists());
         assert!(h.query(&Cmd::new("true")).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn validated_write_installs_after_its_candidate_is_gone() {
+        let h = Host::new(Access::ReadWrite);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let me = FileSpec {
+            mode: 0o600,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
+        let seen = std::sync::Mutex::new(None);
+        h.write_validated(&p, b"ok", me, false, |c| {
+            *seen.lock().unwrap() = Some(c.parent().unwrap().to_path_buf());
+            Cmd::new("test").args(["-s", &c.to_string_lossy()])
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"ok");
+        let cand = seen.lock().unwrap().clone().unwrap();
+        assert!(
+            cand.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(CANDIDATE_PREFIX)
+        );
+        assert!(!cand.exists(), "candidate directory left behind");
+        let e = h
+            .write_validated(&p, b"bad", me, false, |_| Cmd::new("false"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("rejected"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"ok");
     }
 
     #[test]

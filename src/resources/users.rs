@@ -58,6 +58,8 @@ pub struct State {
     /// The user's /etc/shadow password field (None: no entry, or not readable).
     pub password: Option<String>,
     pub root_keys: Option<String>,
+    /// The user's home directory exists (false also when the user does not).
+    pub home: bool,
     pub ssh_dir: Option<DirInfo>,
     pub authorized_keys: Option<FileState>,
     pub sudoers: Option<FileState>,
@@ -67,6 +69,7 @@ pub struct State {
 pub enum Step {
     CreateGroup(String),
     CreateUser,
+    CreateHome,
     SetShell { from: String },
     AddToGroups(Vec<String>),
     LockPassword,
@@ -89,6 +92,11 @@ impl Describe for Step {
                 "user",
                 Some("absent".into()),
                 Some(format!("created ({SHELL}, groups {})", GROUPS.join(","))),
+            ),
+            Step::CreateHome => Change::value(
+                "home directory",
+                Some("absent".into()),
+                Some("created from /etc/skel".into()),
             ),
             Step::SetShell { from } => {
                 Change::value("login shell", Some(from.clone()), Some(SHELL.into()))
@@ -237,6 +245,7 @@ impl Resource for Users {
                 .and_then(|s| accounts::shadow_password(s, self.name()))
                 .map(str::to_string),
             root_keys: host.read_text(Path::new(ROOT_KEYS)).ok().flatten(),
+            home: dir_info(&home).is_some(),
             ssh_dir: dir_info(&home.join(".ssh")),
             authorized_keys: host.read(&home.join(".ssh/authorized_keys"))?,
             sudoers: host.read(&self.sudoers_path())?,
@@ -260,6 +269,11 @@ impl Resource for Users {
                     bail!(
                         "user {name} has uid 0; the managed user must be a non-root account (users.name)"
                     );
+                }
+                // A `useradd` killed after writing /etc/passwd leaves the user without a home,
+                // and ~/.ssh could never be made.
+                if !s.home {
+                    plan.steps.push(Step::CreateHome);
                 }
                 if u.shell != SHELL {
                     plan.steps.push(Step::SetShell {
@@ -347,6 +361,12 @@ impl Resource for Users {
                         name,
                     ]))
                     .await?;
+                }
+                Step::CreateHome => {
+                    // What useradd --create-home would have done: the home from /etc/skel,
+                    // owned by the user; umask 0027 keeps it private (0750).
+                    host.run(&Cmd::new("mkhomedir_helper").args([name, "0027"]))
+                        .await?;
                 }
                 Step::SetShell { .. } => {
                     host.run(&Cmd::new("usermod").args(["--shell", SHELL, name]))
@@ -499,6 +519,7 @@ mod tests {
             root_keys: Some(format!(
                 "no-port-forwarding,command=\"echo 'Please login as \\\"ubuntu\\\"';sleep 10\" {K2}\n"
             )),
+            home: false,
             ssh_dir: None,
             authorized_keys: None,
             sudoers: None,
@@ -518,6 +539,7 @@ mod tests {
             },
             password: Some("!".into()),
             root_keys: Some(format!("{K2}\n")),
+            home: true,
             ssh_dir: Some(DirInfo {
                 mode: 0o700,
                 uid: 1000,
@@ -552,6 +574,22 @@ mod tests {
         }
         assert!(matches!(p.steps[4], Step::WriteSudoers { .. }));
         assert_eq!(p.steps.len(), 5);
+    }
+
+    /// A run killed while `useradd` ran can leave the user in /etc/passwd without a home;
+    /// the next run must create it before ~/.ssh, not fail on ~/.ssh forever.
+    #[test]
+    fn user_without_home_gets_it_before_ssh_dir() {
+        let r = res(&[K1]);
+        let mut s = converged(&r);
+        s.home = false;
+        s.ssh_dir = None;
+        s.authorized_keys = None;
+        let p = r.plan(&s).unwrap();
+        assert_eq!(p.steps[0], Step::CreateHome);
+        assert!(matches!(p.steps[1], Step::SshDir { from: None }));
+        assert!(matches!(p.steps[2], Step::WriteAuthorizedKeys { .. }));
+        assert_eq!(p.steps.len(), 3, "{:?}", p.steps);
     }
 
     #[test]
