@@ -127,26 +127,10 @@ fn docker_user(b: &TestBox) -> String {
     b.nsenter_ok("iptables -S DOCKER-USER")
 }
 
-fn keygen() -> (tempfile::TempDir, PathBuf, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("op");
-    let st = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "operator@laptop",
-            "-f",
-        ])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (dir, key, public.trim().to_string())
+fn keygen() -> (common::OperatorKey, PathBuf, String) {
+    let k = common::operator_key();
+    let (private, public) = (k.private.clone(), k.public.clone());
+    (k, private, public)
 }
 
 #[test]

@@ -164,39 +164,10 @@ fn setup() {
     });
 }
 
-struct Keys {
-    _dir: tempfile::TempDir,
-    private: PathBuf,
-    public: String,
-}
+use common::OperatorKey as Keys;
 
 fn keys() -> Keys {
-    let dir = tempfile::tempdir().unwrap();
-    let private = dir.path().join("op");
-    let st = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "operator@laptop",
-            "-f",
-        ])
-        .arg(&private)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(private.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string();
-    Keys {
-        _dir: dir,
-        private,
-        public,
-    }
+    common::operator_key()
 }
 
 fn swap_path() -> String {

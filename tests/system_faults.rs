@@ -10,7 +10,6 @@ mod netfw;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestBox;
@@ -25,26 +24,10 @@ const DROP_IN: &str = "/etc/sudoers.d/90-sapari-deploy";
 /// The same package set as system_packages, so the cached local repository is shared.
 const PACKAGES: &[&str] = &["fail2ban", "unattended-upgrades", "python3-systemd"];
 
-fn operator_key() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let k = dir.path().join("op");
-    let st = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "operator@faults",
-            "-f",
-        ])
-        .arg(&k)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(k.with_extension("pub")).unwrap();
-    (dir, public.trim().to_string())
+fn operator_key() -> (common::OperatorKey, String) {
+    let k = common::operator_key();
+    let public = k.public.clone();
+    (k, public)
 }
 
 fn config(key: &str) -> String {

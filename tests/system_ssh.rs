@@ -6,7 +6,7 @@ mod common;
 
 use common::report::{json, out_str, resource};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -16,30 +16,8 @@ const SERVER: &str = "203.0.113.10";
 const ROOT_PW: &str = "Root-pw-4711";
 const ALICE_PW: &str = "Alice-pw-4711";
 
-struct Keys {
-    _dir: tempfile::TempDir,
-    op: PathBuf,
-}
-
-fn keys() -> Keys {
-    let dir = tempfile::tempdir().unwrap();
-    let op = dir.path().join("op");
-    let st = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "operator@laptop",
-            "-f",
-        ])
-        .arg(&op)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    Keys { _dir: dir, op }
+fn keys() -> common::OperatorKey {
+    common::operator_key()
 }
 
 const SSH_OPTS: &str = "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR";
@@ -107,7 +85,7 @@ fn ssh_audit() -> String {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn hardened_sshd_admits_the_deploy_key_only() {
     let k = keys();
-    let op_pub = std::fs::read_to_string(k.op.with_extension("pub")).unwrap();
+    let op_pub = std::fs::read_to_string(k.private.with_extension("pub")).unwrap();
     let (b, op) = boot_with_operator();
     cloud_image(&b, op_pub.trim(), true);
 
@@ -117,7 +95,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
         "control: password login"
     );
     assert!(
-        logged_in(&ssh_key(&op, &k.op, "root", "echo LOGIN-OK")),
+        logged_in(&ssh_key(&op, &k.private, "root", "echo LOGIN-OK")),
         "control: root key login"
     );
     let fingerprints = host_key_fingerprints(&b);
@@ -127,7 +105,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
         .args(["netns", "exec", &op.netns, "ssh"])
         .args(SSH_OPTS.split(' '))
         .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
-        .arg(&k.op)
+        .arg(&k.private)
         .arg(format!("root@{SERVER}"))
         .arg("echo SESSION-UP; sleep 6; echo SESSION-SURVIVED")
         .stdout(Stdio::piped())
@@ -151,7 +129,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
 
     let deploy = ssh_key(
         &op,
-        &k.op,
+        &k.private,
         "deploy",
         "id -nG; sudo -n true && echo SUDO-OK; echo LOGIN-OK",
     );
@@ -180,7 +158,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
         "root password login must be refused"
     );
     assert!(
-        !logged_in(&ssh_key(&op, &k.op, "root", "echo LOGIN-OK")),
+        !logged_in(&ssh_key(&op, &k.private, "root", "echo LOGIN-OK")),
         "root key login must be refused"
     );
 
@@ -288,7 +266,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn lockout_guard_leaves_sshd_untouched_without_a_usable_key() {
     let k = keys();
-    let op_pub = std::fs::read_to_string(k.op.with_extension("pub")).unwrap();
+    let op_pub = std::fs::read_to_string(k.private.with_extension("pub")).unwrap();
     let (b, op) = boot_with_operator();
     cloud_image(&b, op_pub.trim(), false);
     let before = b.snapshot(&["/etc/ssh"]);
@@ -321,7 +299,7 @@ fn lockout_guard_leaves_sshd_untouched_without_a_usable_key() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
     let k = keys();
-    let op_pub = std::fs::read_to_string(k.op.with_extension("pub")).unwrap();
+    let op_pub = std::fs::read_to_string(k.private.with_extension("pub")).unwrap();
     let (b, op) = boot_with_operator();
     cloud_image(&b, op_pub.trim(), true);
 
@@ -396,5 +374,10 @@ fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
         !logged_in(&ssh_password(&op, "alice", ALICE_PW)),
         "password login refused now"
     );
-    assert!(logged_in(&ssh_key(&op, &k.op, "deploy", "echo LOGIN-OK")));
+    assert!(logged_in(&ssh_key(
+        &op,
+        &k.private,
+        "deploy",
+        "echo LOGIN-OK"
+    )));
 }

@@ -544,6 +544,44 @@ pub fn spawn_watchdog(tag: &str, cleanup_sh: &str) {
     // Not waited: it outlives us by design and is reaped by init.
 }
 
+/// An operator's ed25519 key pair in a temporary directory (removed on drop).
+pub struct OperatorKey {
+    _dir: TempDir,
+    /// The private key file, for `ssh -i`.
+    pub private: PathBuf,
+    /// The public key line, for authorized_keys and the agent's config.
+    pub public: String,
+}
+
+pub fn operator_key() -> OperatorKey {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("op");
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "operator@laptop",
+            "-f",
+        ])
+        .arg(&private)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen");
+    let public = fs::read_to_string(private.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    OperatorKey {
+        _dir: dir,
+        private,
+        public,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // TestBox
 
