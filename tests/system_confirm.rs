@@ -127,6 +127,19 @@ fn docker_user(b: &TestBox) -> String {
     b.nsenter_ok("iptables -S DOCKER-USER")
 }
 
+/// `status` shows the commit-confirmed check at `level`.
+fn assert_confirm_check(b: &TestBox, level: &str) {
+    let st = json(&b.agent(&["status", "--only", "ufw", "--json"]));
+    assert!(
+        st["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "commit confirmed" && c["level"] == level),
+        "{st:#}"
+    );
+}
+
 fn keygen() -> (common::OperatorKey, PathBuf, String) {
     let k = common::operator_key();
     let (private, public) = (k.private.clone(), k.public.clone());
@@ -350,15 +363,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
     let id = json(&o)["confirm"]["id"].as_str().unwrap().to_string();
     let timer = format!("sapari-agent-rollback-{id}.timer");
-    let st = json(&b.agent(&["status", "--only", "ufw", "--json"]));
-    assert!(
-        st["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "commit confirmed" && c["level"] == "WARN"),
-        "{st:#}"
-    );
+    assert_confirm_check(&b, "WARN");
     b.exec_ok(&format!("systemctl stop {timer}"));
     let o = b.agent(&["converge", "--only", "ufw"]);
     assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
@@ -389,14 +394,6 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
         rules_confirmed
     );
     assert!(can_log_in(&op, &key));
-    let st = json(&b.agent(&["status", "--only", "ufw", "--json"]));
-    assert!(
-        st["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "commit confirmed" && c["level"] == "FAIL"),
-        "{st:#}"
-    );
+    assert_confirm_check(&b, "FAIL");
     eprintln!("whole test {:.1?}", t0.elapsed());
 }

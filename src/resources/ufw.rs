@@ -504,6 +504,18 @@ mod tests {
         Ufw::new(&UfwSettings::default(), &[op()], &ctx)
     }
 
+    /// ufw installed, never enabled, no rules: a fresh cloud image.
+    fn fresh() -> State {
+        State {
+            installed: true,
+            enabled: false,
+            ipv6: true,
+            input_policy: "ACCEPT".into(),
+            output_policy: "ACCEPT".into(),
+            rules: vec![],
+        }
+    }
+
     fn converged(r: &Ufw) -> State {
         State {
             installed: true,
@@ -555,14 +567,7 @@ mod tests {
     #[test]
     fn fresh_box_adds_rules_before_deny_and_enable() {
         let r = res(RunContext::default());
-        let s = State {
-            installed: true,
-            enabled: false,
-            ipv6: true,
-            input_policy: "ACCEPT".into(),
-            output_policy: "ACCEPT".into(),
-            rules: vec![],
-        };
+        let s = fresh();
         let p = r.plan(&s).unwrap();
         let adds = p.steps.iter().filter(|s| matches!(s, Step::Add(_))).count();
         assert_eq!(adds, r.desired(true).len());
@@ -627,14 +632,7 @@ mod tests {
             ssh_client: Some("198.51.100.7".parse().unwrap()),
         };
         let r = res(ctx.clone());
-        let s = State {
-            installed: true,
-            enabled: false,
-            ipv6: true,
-            input_policy: "ACCEPT".into(),
-            output_policy: "ACCEPT".into(),
-            rules: vec![],
-        };
+        let s = fresh();
         let e = r.plan(&s).unwrap_err().to_string();
         assert!(e.contains("198.51.100.7") && e.contains("--force"), "{e}");
         // The operator's own address, a tailnet address, or --force: allowed.
