@@ -70,6 +70,10 @@ const V4_FORBIDDEN: &[(&str, &str)] = &[
     ("172.16.0.0/12", "private (RFC 1918)"),
     ("192.0.0.0/24", "IETF protocol assignments"),
     ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    (
+        "192.88.99.0/24",
+        "6to4 relay anycast (RFC 3068, deprecated): a relay forwards other networks' tunnelled traffic, it is not a proxy",
+    ),
     ("192.168.0.0/16", "private (RFC 1918)"),
     ("198.18.0.0/15", "benchmarking (RFC 2544)"),
     ("198.51.100.0/24", "documentation (TEST-NET-2)"),
@@ -88,6 +92,20 @@ const V6_FORBIDDEN: &[(&str, &str)] = &[
     ("ff00::/8", "multicast"),
     ("2001:db8::/32", "documentation"),
     ("3fff::/20", "documentation"),
+    // Transition ranges: their addresses stand for hosts elsewhere (any IPv4 host behind a
+    // 6to4 or Teredo relay), so admitting them admits whoever tunnels through a relay.
+    (
+        "2002::/16",
+        "6to4 (RFC 3056): a transition range embedding arbitrary IPv4 hosts, not a proxy's",
+    ),
+    (
+        "2001::/23",
+        "IETF protocol assignments (RFC 2928; includes Teredo), not a proxy's",
+    ),
+    (
+        "2001::/32",
+        "Teredo (RFC 4380): a transition range tunnelling arbitrary IPv4 hosts, not a proxy's",
+    ),
 ];
 
 /// Shortest prefixes accepted: anything wider is not a proxy range but a large slice of the
@@ -108,14 +126,21 @@ fn forbidden(net: &IpNet) -> Option<String> {
         IpNet::V4(_) => (V4_FORBIDDEN, V4_MIN_PREFIX),
         IpNet::V6(_) => (V6_FORBIDDEN, V6_MIN_PREFIX),
     };
-    for (range, what) in table {
-        let r: IpNet = range.parse().expect("literal range");
-        if r.contains(net) {
-            return Some(format!("is in {range}, {what}"));
-        }
-        if overlaps(net, &r) {
-            return Some(format!("overlaps {range}, {what}"));
-        }
+    let table: Vec<(IpNet, &str)> = table
+        .iter()
+        .map(|(range, what)| (range.parse().expect("literal range"), *what))
+        .collect();
+    // Inside a range: name the most specific one (2001:0:1::/48 is Teredo, not just
+    // "IETF protocol assignments"); else the first one it overlaps.
+    if let Some((r, what)) = table
+        .iter()
+        .filter(|(r, _)| r.contains(net))
+        .max_by_key(|(r, _)| r.prefix_len())
+    {
+        return Some(format!("is in {r}, {what}"));
+    }
+    if let Some((r, what)) = table.iter().find(|(r, _)| overlaps(net, r)) {
+        return Some(format!("overlaps {r}, {what}"));
     }
     if let IpNet::V6(n) = net {
         let global: Ipv6Net = "2000::/3".parse().expect("literal");
@@ -190,7 +215,81 @@ pub fn parse_list(text: &str, family: Family, max_entries: usize) -> Result<Vec<
     if nets.is_empty() {
         return Err("the list is empty".into());
     }
-    Ok(IpNet::aggregate(&nets))
+    let nets = IpNet::aggregate(&nets);
+    let total = address_space(&nets);
+    let cap = max_addresses(family);
+    if total > cap {
+        return Err(format!(
+            "the {} list covers {}, more than {MAX_SPACE_FACTOR} times the built-in list's {}: the cap is {}. Cloudflare's ranges do not grow like that at once; a list this wide admits far more than Cloudflare",
+            family.label(),
+            count_words(family, total),
+            count_words(family, builtin_space(family)),
+            count_words(family, cap),
+        ));
+    }
+    Ok(nets)
+}
+
+// ---- address space ------------------------------------------------------------------------
+
+/// How many times the built-in list's address space a list of the same family may cover.
+pub const MAX_SPACE_FACTOR: u128 = 4;
+
+/// Addresses in one net: 2^(bits - prefix), saturating at `u128::MAX` for `::/0` (2^128).
+fn net_size(net: &IpNet) -> u128 {
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    1u128.checked_shl(host_bits).unwrap_or(u128::MAX)
+}
+
+/// Addresses covered by `nets`, exactly: the nets are aggregated first, so overlaps and
+/// duplicates count once. Saturates at `u128::MAX` (only `::/0` reaches it).
+pub fn address_space(nets: &[IpNet]) -> u128 {
+    IpNet::aggregate(&nets.to_vec())
+        .iter()
+        .map(net_size)
+        .fold(0u128, u128::saturating_add)
+}
+
+fn builtin_text(family: Family) -> &'static str {
+    match family {
+        Family::V4 => super::snapshot::V4,
+        Family::V6 => super::snapshot::V6,
+    }
+}
+
+/// The built-in list (snapshot.rs), parsed without `parse_list` (whose cap depends on it).
+pub fn builtin_list(family: Family) -> Vec<IpNet> {
+    let nets: Vec<IpNet> = builtin_text(family)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().parse().expect("the built-in lists are CIDRs"))
+        .collect();
+    IpNet::aggregate(&nets)
+}
+
+/// Addresses the built-in list of `family` covers (IPv4: 1,524,736; IPv6: 14 x 2^96).
+pub fn builtin_space(family: Family) -> u128 {
+    address_space(&builtin_list(family))
+}
+
+/// The most addresses a list of `family` may cover: `MAX_SPACE_FACTOR` times the built-in
+/// list's. A wider list is rejected by `parse_list` (and so by `fetch` and `read_last_good`).
+pub fn max_addresses(family: Family) -> u128 {
+    MAX_SPACE_FACTOR * builtin_space(family)
+}
+
+/// `2^20.54 addresses (1524736)` for IPv4, `2^99.81 addresses` for IPv6 (exact powers of
+/// two as `2^n`).
+fn count_words(family: Family, n: u128) -> String {
+    let pow = if n.is_power_of_two() {
+        format!("2^{}", n.trailing_zeros())
+    } else {
+        format!("2^{:.2}", (n as f64).log2())
+    };
+    match family {
+        Family::V4 => format!("{pow} addresses ({n})"),
+        Family::V6 => format!("{pow} addresses"),
+    }
 }
 
 /// The list as stored in the state directory: one CIDR a line.
@@ -606,6 +705,122 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn address_space_is_exact_and_the_built_in_lists_are_under_the_cap() {
+        assert_eq!(builtin_space(Family::V4), 1_524_736);
+        assert_eq!(builtin_space(Family::V6), 14 << 96);
+        assert_eq!(max_addresses(Family::V4), 4 * 1_524_736);
+        assert_eq!(max_addresses(Family::V6), 56 << 96);
+        // overlaps and duplicates count once
+        assert_eq!(
+            address_space(&nets(&["10.0.0.0/8", "10.1.0.0/16", "10.0.0.0/8"])),
+            1 << 24
+        );
+        assert_eq!(address_space(&nets(&["::/0"])), u128::MAX);
+        assert_eq!(
+            builtin_list(Family::V4),
+            v4(super::super::snapshot::V4).unwrap()
+        );
+        assert_eq!(
+            builtin_list(Family::V6),
+            v6(super::super::snapshot::V6).unwrap()
+        );
+    }
+
+    #[test]
+    fn lists_wider_than_four_times_the_built_in_are_rejected() {
+        // v4: the built-in list + 3 x its space is exactly the cap and passes; one more
+        // address does not. 4,574,208 = 2^22 + 2^18 + 2^16 + 2^15 + 2^14 + 2^11 + 2^10
+        let cap = max_addresses(Family::V4);
+        let mut text = String::from(super::super::snapshot::V4);
+        text.push_str("45.0.0.0/10\n45.64.0.0/14\n45.68.0.0/16\n45.69.0.0/17\n");
+        text.push_str("45.69.128.0/18\n45.69.192.0/21\n45.69.200.0/22\n");
+        let l = v4(&text).unwrap();
+        assert_eq!(address_space(&l), cap);
+        text.push_str("45.80.0.1/32\n");
+        let e = err(v4(&text));
+        assert!(
+            e.starts_with(
+                "the IPv4 list covers 2^22.54 addresses (6098945), more than 4 times the built-in list's 2^20.54 addresses (1524736): the cap is 2^22.54 addresses (6098944)"
+            ),
+            "{e}"
+        );
+        // a single /9 (2^23) alone is too much
+        let e = err(v4("45.0.0.0/9\n"));
+        assert!(e.contains("covers 2^23 addresses (8388608)"), "{e}");
+        // v6: a /26 is 2^102, more than 4 x 14 x 2^96 = 2^101.81
+        let e = err(v6("2a00::/26\n"));
+        assert!(
+            e.starts_with(
+                "the IPv6 list covers 2^102 addresses, more than 4 times the built-in list's 2^99.81 addresses: the cap is 2^101.81 addresses"
+            ),
+            "{e}"
+        );
+        let ok = v6("2a00::/27\n");
+        assert!(ok.is_ok(), "2^101 is under the cap: {ok:?}");
+        // the last good copy is judged the same way
+        match read_last_good(Family::V4, Some("45.0.0.0/9\n"), None, 100, Path::new("/x")) {
+            LastGood::Invalid(why) => assert!(why.contains("more than 4 times"), "{why}"),
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn transition_ranges_are_rejected() {
+        for (bad, word) in [
+            ("192.88.99.0/24", "is in 192.88.99.0/24, 6to4 relay anycast"),
+            (
+                "192.88.99.128/25",
+                "is in 192.88.99.0/24, 6to4 relay anycast",
+            ),
+            (
+                "192.88.0.0/16",
+                "overlaps 192.88.99.0/24, 6to4 relay anycast",
+            ),
+        ] {
+            let e = err(v4(&format!("173.245.48.0/20\n{bad}\n")));
+            assert!(
+                e.starts_with(&format!("line 2: {bad} ")) && e.contains(word),
+                "{bad}: {e}"
+            );
+        }
+        for (bad, word) in [
+            ("2002::/16", "is in 2002::/16, 6to4"),
+            ("2002:c000:204::/48", "is in 2002::/16, 6to4"),
+            ("2002::/15", "overlaps 2002::/16, 6to4"),
+            ("2001::/32", "is in 2001::/32, Teredo"),
+            ("2001:0:4136::/48", "is in 2001::/32, Teredo"),
+            ("2001::/30", "is in 2001::/23, IETF protocol assignments"),
+            ("2001::/23", "is in 2001::/23, IETF protocol assignments"),
+            (
+                "2001:100::/24",
+                "is in 2001::/23, IETF protocol assignments",
+            ),
+            ("2001::/22", "overlaps 2001::/23, IETF protocol assignments"),
+        ] {
+            let e = err(v6(&format!("2400:cb00::/32\n{bad}\n")));
+            assert!(
+                e.starts_with(&format!("line 2: {bad} ")) && e.contains(word),
+                "{bad}: {e}"
+            );
+        }
+        // the neighbours are fine
+        let ok = v6("2001:200::/32\n2003::/32\n");
+        assert!(ok.is_ok(), "{ok:?}");
+        let ok = v4("192.88.98.0/24\n192.88.100.0/24\n");
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn the_system_test_fixtures_still_validate() {
+        // tests/system_firewall.rs and system_faults.rs serve the built-in lists plus these
+        let base4 = super::super::snapshot::V4;
+        let base6 = super::super::snapshot::V6;
+        assert!(v4(&format!("{base4}1.1.1.0/24\n")).is_ok());
+        assert!(v4(&format!("{base4}45.64.0.0/24\n")).is_ok());
+        assert!(v6(&format!("{base6}2a09:bac0::/29\n")).is_ok());
     }
 
     #[test]
