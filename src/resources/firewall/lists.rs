@@ -292,6 +292,73 @@ fn count_words(family: Family, n: u128) -> String {
     }
 }
 
+/// Addresses in both lists (`a` and `b` each aggregated, so their nets are disjoint; two
+/// CIDRs are either nested or disjoint, so each pair's overlap is the smaller net).
+fn common_space(a: &[IpNet], b: &[IpNet]) -> u128 {
+    let mut n = 0u128;
+    for x in a {
+        for y in b {
+            if x.contains(y) {
+                n = n.saturating_add(net_size(y));
+            } else if y.contains(x) {
+                n = n.saturating_add(net_size(x));
+            }
+        }
+    }
+    n
+}
+
+/// Warn when a new list's `changed_share` against the last good one is above this.
+pub const CHANGE_WARN_SHARE: f64 = 0.5;
+
+/// How much of the address space changed between two lists: the addresses in exactly one of
+/// them divided by the addresses in either (|old Δ new| / |old ∪ new|), both lists taken as
+/// sets of addresses (overlaps and duplicates count once; the order does not matter).
+/// 0.0: the same addresses (also for two empty lists); 1.0: nothing in common, e.g. a list
+/// whose every range was swapped for another. Adding one /22 to the 1.5M-address IPv4 list
+/// scores about 0.0007; replacing half of a list's space with new space scores about 0.67.
+/// Meant for lists of one family (with both, the address counts of the two are added).
+pub fn changed_share(old: &[IpNet], new: &[IpNet]) -> f64 {
+    let old = IpNet::aggregate(&old.to_vec());
+    let new = IpNet::aggregate(&new.to_vec());
+    let (a, b) = (address_space(&old), address_space(&new));
+    let both = common_space(&old, &new);
+    let union = a.saturating_add(b).saturating_sub(both);
+    if union == 0 {
+        return 0.0;
+    }
+    let only_one = union - both;
+    only_one as f64 / union as f64
+}
+
+/// The warning for a list (`new`, valid and about to be applied) that changes more than
+/// `CHANGE_WARN_SHARE` of the address space of `old` (the last good list, or the built-in
+/// one when there is none), or None. It names the family, the share, the ranges added and
+/// removed, and how to check the list.
+pub fn big_change_warning(family: Family, old: &[IpNet], new: &[IpNet]) -> Option<String> {
+    let share = changed_share(old, new);
+    if share <= CHANGE_WARN_SHARE {
+        return None;
+    }
+    let old = IpNet::aggregate(&old.to_vec());
+    let new = IpNet::aggregate(&new.to_vec());
+    let added = new.iter().filter(|n| !old.contains(n)).count();
+    let removed = old.iter().filter(|n| !new.contains(n)).count();
+    let builtin = changed_share(&builtin_list(family), &new);
+    let url = match family {
+        Family::V4 => "https://www.cloudflare.com/ips-v4",
+        Family::V6 => "https://www.cloudflare.com/ips-v6",
+    };
+    Some(format!(
+        "the new Cloudflare {label} list changes {pct:.1}% of the address space of the previous one ({added} range{s_a} added, {removed} removed; this warning starts above {lim:.0}%). It was applied anyway because it passed validation, but a list source that was tampered with looks like this. Check it: it differs from the list built into this agent by {b:.1}%, and it should match Cloudflare's published list ({url}, fetched from another network) range for range",
+        label = family.label(),
+        pct = share * 100.0,
+        s_a = if added == 1 { "" } else { "s" },
+        lim = CHANGE_WARN_SHARE * 100.0,
+        b = builtin * 100.0,
+    ))
+}
+
 /// The list as stored in the state directory: one CIDR a line.
 pub fn render_list(nets: &[IpNet]) -> String {
     let mut s = String::new();
@@ -821,6 +888,87 @@ mod tests {
         assert!(v4(&format!("{base4}1.1.1.0/24\n")).is_ok());
         assert!(v4(&format!("{base4}45.64.0.0/24\n")).is_ok());
         assert!(v6(&format!("{base6}2a09:bac0::/29\n")).is_ok());
+    }
+
+    #[test]
+    fn changed_share_measures_addresses_in_exactly_one_list() {
+        let cf4 = builtin_list(Family::V4);
+        let cf6 = builtin_list(Family::V6);
+        assert_eq!(changed_share(&cf4, &cf4), 0.0);
+        assert_eq!(changed_share(&cf6, &cf6), 0.0);
+        assert_eq!(changed_share(&[], &[]), 0.0);
+        // the order and the splitting of ranges do not matter
+        let mut split = cf4.clone();
+        split.retain(|n| n.to_string() != "104.16.0.0/13");
+        split.extend(nets(&["104.16.0.0/14", "104.20.0.0/14"]));
+        split.reverse();
+        assert_eq!(changed_share(&cf4, &split), 0.0);
+        // disjoint lists
+        assert_eq!(changed_share(&cf4, &nets(&["45.0.0.0/16"])), 1.0);
+        assert_eq!(changed_share(&nets(&["45.0.0.0/16"]), &cf4), 1.0);
+        assert_eq!(changed_share(&cf6, &nets(&["2a09:bac0::/29"])), 1.0);
+        assert_eq!(changed_share(&[], &cf4), 1.0);
+        // one /22 added to 1,524,736 addresses: 1024 / 1,525,760
+        let mut more = cf4.clone();
+        more.push("45.64.0.0/22".parse().unwrap());
+        let s = changed_share(&cf4, &more);
+        assert!((s - 1024.0 / 1_525_760.0).abs() < 1e-12, "{s}");
+        // one /29 added to the v6 list (14 x 2^96): 8 / 22
+        let mut more6 = cf6.clone();
+        more6.push("2a09:bac0::/29".parse().unwrap());
+        assert!((changed_share(&cf6, &more6) - 8.0 / 22.0).abs() < 1e-12);
+        // a range narrowed: 10.0.0.0/8 -> 10.0.0.0/9 changes half of it
+        assert_eq!(
+            changed_share(&nets(&["10.0.0.0/8"]), &nets(&["10.0.0.0/9"])),
+            0.5
+        );
+        // half of the ranges swapped, equal sizes: 2 of 3 in the union changed
+        let a = nets(&["1.0.0.0/24", "2.0.0.0/24"]);
+        let b = nets(&["1.0.0.0/24", "3.0.0.0/24"]);
+        assert!((changed_share(&a, &b) - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_big_change_is_warned_about_only_above_the_threshold() {
+        let cf4 = builtin_list(Family::V4);
+        let cf6 = builtin_list(Family::V6);
+        let mut more = cf4.clone();
+        more.push("45.64.0.0/22".parse().unwrap());
+        assert_eq!(big_change_warning(Family::V4, &cf4, &cf4), None);
+        assert_eq!(big_change_warning(Family::V4, &cf4, &more), None);
+        // exactly half is not above it
+        let (a, b) = (nets(&["10.0.0.0/8"]), nets(&["10.0.0.0/9"]));
+        assert_eq!(big_change_warning(Family::V4, &a, &b), None);
+        // every range swapped (a list of a similar size, from someone else)
+        let evil = nets(&["45.0.0.0/11", "46.0.0.0/13", "47.0.0.0/16"]);
+        let w = big_change_warning(Family::V4, &cf4, &evil).expect("warning");
+        assert!(
+            w.starts_with(
+                "the new Cloudflare IPv4 list changes 100.0% of the address space of the previous one (3 ranges added, 15 removed; this warning starts above 50%). It was applied anyway because it passed validation"
+            ),
+            "{w}"
+        );
+        assert!(
+            w.contains("differs from the list built into this agent by 100.0%")
+                && w.contains("https://www.cloudflare.com/ips-v4"),
+            "{w}"
+        );
+        // half of the ranges swapped: 2/3 of the union changed
+        let a = nets(&["2a09:1::/32", "2a09:2::/32"]);
+        let b = nets(&["2a09:1::/32", "2a09:3::/32"]);
+        let w = big_change_warning(Family::V6, &a, &b).unwrap();
+        assert!(
+            w.contains("IPv6 list changes 66.7%") && w.contains("(1 range added, 1 removed"),
+            "{w}"
+        );
+        let mut more6 = cf6.clone();
+        more6.push("2a09:bac0::/29".parse().unwrap());
+        assert_eq!(big_change_warning(Family::V6, &cf6, &more6), None);
+        let w = big_change_warning(Family::V6, &cf6, &nets(&["2a09:bac0::/29"])).unwrap();
+        assert!(
+            w.contains("ips-v6") && w.contains("(1 range added, 7 removed"),
+            "{w}"
+        );
     }
 
     #[test]
