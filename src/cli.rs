@@ -119,8 +119,9 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit codes: 0 success (check: the chain matches), 1 failed (check: drift; the reason is printed), \
-64 usage error, 75 another run holds the lock (apply), 77 not root, 78 configuration error (nothing changed)."
+    after_help = "Exit codes: 0 success (check: the rules match), 1 failed (check: drift; the reason is printed; \
+load: the table could not be loaded), 64 usage error, 75 another run holds the lock (apply), 77 not root, \
+78 configuration error (nothing changed)."
 )]
 pub struct FirewallArgs {
     #[command(subcommand)]
@@ -132,10 +133,14 @@ pub enum FirewallAction {
     /// Fetch the Cloudflare lists and converge the `firewall` resource alone (what
     /// sapari-docker-firewall.service runs when Docker starts); same lock and report as converge.
     Apply(FirewallOpts),
+    /// Load the origin lock (nftables table inet sapari_agent) from the last good, else the
+    /// built-in, lists: no network, no run lock, one transaction. What
+    /// sapari-firewall-boot.service runs at boot before Docker starts.
+    Load(FirewallOpts),
     /// Print the DOCKER-USER rules in force per family and the list in force; changes nothing.
     Show(FirewallOpts),
-    /// Compare the chain with the last good (or built-in) list without fetching: exit 0 when
-    /// it matches, 1 on drift, with a one-line reason.
+    /// Compare the origin lock and the chains with the last good (or built-in) lists without
+    /// fetching: exit 0 when they match, 1 on drift, with a one-line reason.
     Check(FirewallOpts),
 }
 

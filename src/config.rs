@@ -212,6 +212,9 @@ pub struct FirewallSettings {
     pub max_list_bytes: u64,
     /// Most CIDRs accepted in one family's list.
     pub max_entries: usize,
+    /// Ports besides 443 that Docker may publish to the whole internet. New connections from
+    /// the WAN to any other published port are dropped (the origin lock's `published` chain).
+    pub public_ports: Vec<PublicPort>,
 }
 
 impl Default for FirewallSettings {
@@ -225,6 +228,7 @@ impl Default for FirewallSettings {
             fetch_timeout: Interval(Duration::from_secs(10)),
             max_list_bytes: 64 * 1024,
             max_entries: 1000,
+            public_ports: Vec::new(),
         }
     }
 }
@@ -336,10 +340,15 @@ impl Default for PackagesSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            install: ["unattended-upgrades", "fail2ban", "python3-systemd"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            install: [
+                "unattended-upgrades",
+                "fail2ban",
+                "python3-systemd",
+                "nftables",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             lists_max_age: Interval(Duration::from_secs(24 * 3600)),
             lock_timeout: Interval(Duration::from_secs(600)),
             fail2ban_maxretry: 5,
@@ -812,6 +821,32 @@ impl FromStr for Interval {
 impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A port Docker may publish to the whole internet (`firewall.public_ports`): 1-65535, and
+/// not 443, which is public only through Cloudflare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PublicPort(pub u16);
+
+impl PublicPort {
+    pub fn check(n: i64) -> Result<Self, String> {
+        match u16::try_from(n) {
+            Ok(443) => Err(
+                "443 is the origin port: it is reachable only from Cloudflare and cannot be made public"
+                    .into(),
+            ),
+            Ok(p) if p > 0 => Ok(PublicPort(p)),
+            _ => Err(format!("invalid port {n}: use 1-65535")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        PublicPort::check(n).map_err(serde::de::Error::custom)
     }
 }
 

@@ -352,6 +352,69 @@ async fn status(sel: &Selectors) -> i32 {
     }
 }
 
+/// `sapari-agent firewall load`: the origin lock from stored lists, before anything else.
+async fn firewall_load(o: cli::FirewallOpts) -> i32 {
+    let sel = Selectors {
+        config: o.config,
+        only: vec![],
+        skip: vec![],
+        json: o.json,
+    };
+    if euid() != 0 {
+        eprintln!(
+            "sapari-agent: loading netfilter rules needs root (try: sudo sapari-agent firewall load)"
+        );
+        return exit::NOT_ROOT;
+    }
+    let cfg = match load_config(&sel, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if !cfg.firewall.enabled {
+        println!("firewall management disabled (firewall.enabled = false): nothing loaded");
+        return exit::OK;
+    }
+    let host = Host::new(Access::ReadWrite);
+    let fw = resources::firewall::Firewall::offline(&cfg.firewall, &cfg.agent);
+    match fw.load(&host).await {
+        Ok(l) => {
+            if sel.json {
+                let doc =
+                    serde_json::json!({ "agent_version": VERSION, "result": "ok", "load": l });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                let sources: Vec<String> = l
+                    .sources
+                    .iter()
+                    .map(|(f, src)| format!("{} {src}", f.as_str()))
+                    .collect();
+                match &l.was {
+                    Some(was) => println!(
+                        "origin lock loaded ({}; was: {was}): {}",
+                        sources.join(", "),
+                        l.summary
+                    ),
+                    None => println!("origin lock already in force: {}", l.summary),
+                }
+                for n in &l.notes {
+                    println!("note: {n}");
+                }
+            }
+            log::info!(resource = "firewall"; "origin lock: changed={} {}", l.changed, l.summary);
+            exit::OK
+        }
+        Err(e) => {
+            if sel.json {
+                let doc = serde_json::json!({ "result": "error", "reason": format!("{e:#}") });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            eprintln!("sapari-agent: firewall load: {e:#}");
+            log::error!(resource = "firewall"; "origin lock not loaded: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
 /// `sapari-agent firewall apply|show|check`.
 async fn firewall(action: cli::FirewallAction) -> i32 {
     use cli::FirewallAction;
@@ -372,6 +435,7 @@ async fn firewall(action: cli::FirewallAction) -> i32 {
             let ctx = resources::RunContext::from_env(false);
             return converge_or_plan(Mode::Converge, &sel, &ov, false, None, &ctx).await;
         }
+        FirewallAction::Load(o) => return firewall_load(o).await,
         FirewallAction::Show(o) => (o, true),
         FirewallAction::Check(o) => (o, false),
     };
@@ -407,17 +471,22 @@ async fn firewall(action: cli::FirewallAction) -> i32 {
     };
     if show {
         let shown = fw.show(&state);
+        let origin = fw.show_origin(&state);
         if sel.json {
             let doc = serde_json::json!({
                 "agent_version": VERSION,
                 "enabled": cfg.firewall.enabled,
+                "origin": origin,
                 "families": shown,
             });
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         } else if !cfg.firewall.enabled {
             println!("firewall management disabled (firewall.enabled = false)");
         } else {
-            print!("{}", resources::firewall::render_show(&shown));
+            print!(
+                "{}",
+                resources::firewall::render_show(origin.as_ref(), &shown)
+            );
         }
         return exit::OK;
     }

@@ -6,6 +6,8 @@ pub mod accounts;
 pub mod command;
 pub mod crash;
 pub mod files;
+pub mod nft;
+pub mod sockets;
 pub mod sys;
 pub mod systemd;
 
@@ -126,6 +128,16 @@ impl Host {
     /// `SSH_CONNECTION` of the session this run came from, looking through `sudo`.
     pub fn ssh_connection(&self) -> Option<String> {
         sys::ssh_connection()
+    }
+
+    /// A process named `comm` runs in this network namespace.
+    pub fn process_in_own_netns(&self, comm: &str) -> bool {
+        sys::process_in_own_netns(comm)
+    }
+
+    /// Sockets on `port` that accept new peers, in this network namespace.
+    pub fn listeners(&self, port: u16) -> Result<Vec<sockets::Listener>> {
+        sockets::listeners(port)
     }
 
     pub fn systemd_booted(&self) -> bool {

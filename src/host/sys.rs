@@ -212,6 +212,29 @@ pub fn ssh_connection() -> Option<String> {
     None
 }
 
+/// Whether a process named `comm` runs in this process's network namespace: a dockerd there
+/// publishes ports on these interfaces; one in another namespace (a container, a test) does not.
+pub fn process_in_own_netns(comm: &str) -> bool {
+    let Ok(own) = std::fs::read_link("/proc/self/ns/net") else {
+        return false;
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            let p = e.path();
+            std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == comm)
+                && std::fs::read_link(p.join("ns/net")).is_ok_and(|n| n == own)
+        })
+}
+
 /// The parent pid from /proc/PID/stat (the command name may contain spaces and parentheses).
 pub fn parse_ppid(stat: &str) -> Option<u32> {
     let close = stat.rfind(')')?;

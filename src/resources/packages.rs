@@ -452,7 +452,7 @@ mod tests {
 
     fn converged(r: &Packages) -> State {
         State {
-            installed: ["unattended-upgrades", "fail2ban", "python3-systemd"]
+            installed: ["unattended-upgrades", "fail2ban", "python3-systemd", "nftables"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),

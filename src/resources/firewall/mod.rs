@@ -9,6 +9,7 @@
 //! one restore per family, verifies it from `iptables-save`, and only then stores the list.
 
 pub mod lists;
+pub mod origin;
 pub mod rules;
 pub mod snapshot;
 
@@ -22,9 +23,11 @@ use serde::Serialize;
 
 use crate::config::{AgentSettings, FirewallSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
-use crate::host::{Cmd, FileSpec, Host};
+use crate::host::sockets::Listener;
+use crate::host::{Cmd, FileSpec, Host, nft};
 use crate::resources::Name;
 use lists::{Family, LastGood, Stored};
+use origin::Shape;
 use rules::{Backend, CHAIN, FilterTable, ForwardJump, Rule};
 
 const PROC_ROUTE_V4: &str = "/proc/net/route";
@@ -101,6 +104,22 @@ pub struct State {
     /// Empty when `firewall.enabled = false`.
     pub families: Vec<FamilyState>,
     pub now: SystemTime,
+    /// None when `firewall.enabled = false`.
+    pub origin: Option<OriginState>,
+}
+
+/// The origin lock's table and what decides whether it covers every path to :443.
+#[derive(Debug, Clone)]
+pub struct OriginState {
+    /// The table as `nft -j` shows it; None: absent; Err: `nft` missing or failing.
+    pub table: Result<Option<Shape>, String>,
+    /// Docker's nftables backend (Docker 29) holds its rules in `docker-bridges` tables,
+    /// and has no DOCKER-USER chain.
+    pub docker_nft: bool,
+    /// A dockerd runs in this network namespace.
+    pub dockerd_here: bool,
+    /// Sockets that would answer on :443.
+    pub listeners: Vec<Listener>,
 }
 
 /// Where the list in force comes from.
@@ -129,6 +148,12 @@ pub struct ListChoice {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
+    /// Replace the origin lock's nftables table in one `nft -f` transaction.
+    Origin {
+        have: Option<Shape>,
+        spec: origin::Spec,
+        script: String,
+    },
     /// Replace the family's DOCKER-USER chain (and move FORWARD's jump to the top) in one
     /// restore transaction.
     Chain {
@@ -156,6 +181,21 @@ fn rendered(rules: &[Rule]) -> String {
 impl Describe for Step {
     fn change(&self) -> Change {
         match self {
+            Step::Origin { have, spec, .. } => Change::value(
+                format!("nftables table {} {}", origin::FAMILY, origin::TABLE),
+                Some(
+                    origin::drift(have.as_ref(), &spec.shape())
+                        .map(|d| {
+                            if have.is_none() {
+                                "absent".to_string()
+                            } else {
+                                d
+                            }
+                        })
+                        .unwrap_or_default(),
+                ),
+                Some(spec.summary()),
+            ),
             Step::Chain {
                 family,
                 have,
@@ -441,6 +481,21 @@ pub struct Shown {
     pub notes: Vec<String>,
 }
 
+/// `firewall show`: the origin lock.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShownOrigin {
+    pub table: String,
+    pub in_force: bool,
+    /// Why the table differs from the one wanted (None: it matches).
+    pub drift: Option<String>,
+    /// The table wanted, in words.
+    pub wanted: String,
+    /// The table in force: set sizes and each chain's hook and rules (by their comments).
+    pub shape: Option<Shape>,
+    pub listeners: Vec<Listener>,
+    pub docker_nftables_backend: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ShownList {
     /// `fetched`, `last-good` or `built-in`.
@@ -462,10 +517,27 @@ impl Firewall {
         }
         let mut ok = Vec::new();
         let mut bad = Vec::new();
+        if let Some(o) = &s.origin {
+            let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
+            let spec = self.origin_spec(s, &choices);
+            match &o.table {
+                Err(e) => bad.push(format!("origin lock: {e}")),
+                Ok(have) => match origin::drift(have.as_ref(), &spec.shape()) {
+                    Some(d) => bad.push(d),
+                    None => ok.push(format!(
+                        "origin lock {} v4 + {} v6 ranges",
+                        spec.v4.len(),
+                        spec.v6.len()
+                    )),
+                },
+            }
+        }
+        let mut chains = 0;
         for f in &s.families {
             let Some((_, table)) = &f.docker else {
                 continue;
             };
+            chains += 1;
             let (choice, wan, want) = match self.want(s, f) {
                 Ok(x) => x,
                 Err(e) => {
@@ -498,18 +570,37 @@ impl Firewall {
                 reason: format!("drift: {}", bad.join("; ")),
             };
         }
-        if ok.is_empty() {
-            return Verdict {
-                matches: true,
-                reason: format!(
-                    "Docker's chains do not exist: nothing to check ({UNIT} applies the rules when Docker starts)"
-                ),
-            };
-        }
+        let tail = if chains == 0 {
+            format!("; Docker's chains do not exist ({UNIT} fills {CHAIN} when Docker starts)")
+        } else {
+            String::new()
+        };
         Verdict {
             matches: true,
-            reason: format!("{CHAIN} matches the lists in force: {}", ok.join(", ")),
+            reason: format!(
+                "the rules match the lists in force: {}{tail}",
+                ok.join(", ")
+            ),
         }
+    }
+
+    pub fn show_origin(&self, s: &State) -> Option<ShownOrigin> {
+        let o = s.origin.as_ref()?;
+        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
+        let spec = self.origin_spec(s, &choices);
+        let (shape, drift) = match &o.table {
+            Ok(have) => (have.clone(), origin::drift(have.as_ref(), &spec.shape())),
+            Err(e) => (None, Some(e.clone())),
+        };
+        Some(ShownOrigin {
+            table: format!("{} {}", origin::FAMILY, origin::TABLE),
+            in_force: shape.is_some(),
+            drift,
+            wanted: spec.summary(),
+            shape,
+            listeners: o.listeners.clone(),
+            docker_nftables_backend: o.docker_nft,
+        })
     }
 
     pub fn show(&self, s: &State) -> Vec<Shown> {
@@ -581,8 +672,55 @@ impl Firewall {
 }
 
 /// `firewall show` for people.
-pub fn render_show(shown: &[Shown]) -> String {
+pub fn render_show(origin: Option<&ShownOrigin>, shown: &[Shown]) -> String {
     let mut out = String::new();
+    if let Some(o) = origin {
+        out.push_str(&format!(
+            "== origin lock (nftables table {})
+wanted:   {}
+table:    {}
+",
+            o.table,
+            o.wanted,
+            match (&o.drift, o.in_force) {
+                (None, _) => "matches".to_string(),
+                (Some(d), _) => format!("DRIFT: {d}"),
+            }
+        ));
+        if let Some(sh) = &o.shape {
+            for (name, elems) in &sh.sets {
+                out.push_str(&format!("  set {name}: {}\n", elems.join(" ")));
+            }
+            for (name, c) in &sh.chains {
+                out.push_str(&format!(
+                    "  chain {name}{}\n",
+                    c.hook
+                        .as_ref()
+                        .map(|h| format!(" (hook {h})"))
+                        .unwrap_or_default()
+                ));
+                for r in &c.rules {
+                    out.push_str(&format!("    {r}\n"));
+                }
+            }
+        }
+        let socks: Vec<String> = o
+            .listeners
+            .iter()
+            .map(|l| format!("{}/{} {}", l.proto, l.family, l.local))
+            .collect();
+        out.push_str(&format!(
+            "listen:   {}\n",
+            if socks.is_empty() {
+                "nothing on :443".to_string()
+            } else {
+                socks.join(", ")
+            }
+        ));
+        if o.docker_nftables_backend {
+            out.push_str("docker:   nftables firewall backend (no DOCKER-USER)\n");
+        }
+    }
     for s in shown {
         out.push_str(&format!("== {} {}\n", CHAIN, s.family.as_str()));
         if s.managed {
@@ -806,6 +944,206 @@ impl Firewall {
     }
 }
 
+/// The origin lock's table, Docker's nftables tables, dockerd in this namespace, :443 sockets.
+pub async fn observe_origin(host: &Host) -> Result<OriginState> {
+    let (table, docker_nft) = if !host.program_exists(nft::PROGRAM) {
+        (
+            Err("`nft` is not installed (Debian package nftables)".to_string()),
+            false,
+        )
+    } else {
+        let table = match nft::list_table(host, origin::FAMILY, origin::TABLE).await {
+            Ok(Some(j)) => origin::parse(&j).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let docker_nft = nft::list_tables(host)
+            .await
+            .map(|t| t.iter().any(|(_, n)| n == "docker-bridges"))
+            .unwrap_or(false);
+        (table, docker_nft)
+    };
+    Ok(OriginState {
+        table,
+        docker_nft,
+        dockerd_here: host.process_in_own_netns("dockerd"),
+        listeners: host.listeners(rules::PORT)?,
+    })
+}
+
+/// What `firewall load` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Loaded {
+    pub changed: bool,
+    /// The table before, in words (`absent`, or why it differed).
+    pub was: Option<String>,
+    pub summary: String,
+    /// Where each family's list came from: `last-good` or `built-in`.
+    pub sources: Vec<(Family, &'static str)>,
+    pub notes: Vec<String>,
+}
+
+impl Firewall {
+    /// Both families with their stored lists and default routes; no Docker, nothing fetched.
+    fn observe_stored(&self, host: &Host) -> Result<Vec<FamilyState>> {
+        let r4 = host
+            .read_text(Path::new(PROC_ROUTE_V4))?
+            .unwrap_or_default();
+        let r6 = host
+            .read_text(Path::new(PROC_ROUTE_V6))?
+            .unwrap_or_default();
+        let mut families = Vec::new();
+        for fam in Family::ALL {
+            let path = lists::list_path(&self.state_dir, fam);
+            let txt = host.read_text(&path)?;
+            let meta = host.read_text(&lists::meta_path(&self.state_dir, fam))?;
+            let last_good = lists::read_last_good(
+                fam,
+                txt.as_deref(),
+                meta.as_deref(),
+                self.cfg.max_entries,
+                &path,
+            );
+            families.push(FamilyState {
+                family: fam,
+                docker: None,
+                backend_note: None,
+                last_good,
+                fetched: None,
+                route_iface: match fam {
+                    Family::V4 => rules::default_iface_v4(&r4),
+                    Family::V6 => rules::default_iface_v6(&r6),
+                },
+            });
+        }
+        Ok(families)
+    }
+
+    /// The WAN interfaces of the origin lock: configured, else those of the default routes of
+    /// both families; empty when none is known (then every interface but the internal ones).
+    fn origin_wan(&self, s: &State) -> Vec<String> {
+        if !self.cfg.wan_interface.is_empty() && rules::valid_iface(&self.cfg.wan_interface) {
+            return vec![self.cfg.wan_interface.clone()];
+        }
+        let mut v: Vec<String> = s
+            .families
+            .iter()
+            .filter_map(|f| f.route_iface.clone())
+            .filter(|i| rules::valid_iface(i))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn origin_spec(&self, s: &State, choices: &[ListChoice]) -> origin::Spec {
+        let nets = |fam: Family| {
+            s.families
+                .iter()
+                .zip(choices)
+                .find(|(f, _)| f.family == fam)
+                .map(|(_, c)| c.nets.clone())
+                .unwrap_or_default()
+        };
+        origin::Spec {
+            wan: self.origin_wan(s),
+            v4: nets(Family::V4),
+            v6: nets(Family::V6),
+            public_ports: self.cfg.public_ports.iter().map(|p| p.0).collect(),
+        }
+    }
+
+    fn origin_step(&self, s: &State, choices: &[ListChoice]) -> Result<Option<Step>> {
+        let o = s
+            .origin
+            .as_ref()
+            .ok_or_else(|| anyhow!("internal error: the origin lock was not observed"))?;
+        let have = match &o.table {
+            Ok(t) => t.clone(),
+            Err(e) => bail!(
+                "the origin lock cannot be enforced: {e}; install it (apt-get install nftables; `packages.install` lists it) and converge again"
+            ),
+        };
+        let spec = self.origin_spec(s, choices);
+        Ok(
+            origin::drift(have.as_ref(), &spec.shape()).map(|_| Step::Origin {
+                script: spec.script(),
+                have,
+                spec,
+            }),
+        )
+    }
+
+    async fn apply_origin(&self, host: &Host, spec: &origin::Spec, script: &str) -> Result<()> {
+        nft::load(host, script).await.with_context(|| {
+            format!(
+                "table {} {} was not replaced and is as it was",
+                origin::FAMILY,
+                origin::TABLE
+            )
+        })?;
+        // Read it back: the transaction only counts if the kernel holds what was meant.
+        let have = nft::list_table(host, origin::FAMILY, origin::TABLE)
+            .await?
+            .map(|j| origin::parse(&j))
+            .transpose()
+            .map_err(|e| anyhow!(e))?;
+        if let Some(d) = origin::drift(have.as_ref(), &spec.shape()) {
+            bail!("after `nft -f -`, {d}");
+        }
+        Ok(())
+    }
+
+    /// `sapari-agent firewall load`: the origin lock from the last good (else built-in) lists,
+    /// with no network and no run lock, so it can run at boot before Docker and while another
+    /// run holds the lock. Replacing the table is one transaction, so racing a converge that
+    /// loads a newer list is harmless: either table keeps :443 Cloudflare-only.
+    pub async fn load(&self, host: &Host) -> Result<Loaded> {
+        let families = self.observe_stored(host)?;
+        let origin = observe_origin(host).await?;
+        let s = State {
+            families,
+            now: SystemTime::now(),
+            origin: Some(origin),
+        };
+        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
+        let spec = self.origin_spec(&s, &choices);
+        let sources = s
+            .families
+            .iter()
+            .zip(&choices)
+            .map(|(f, c)| {
+                (
+                    f.family,
+                    match c.source {
+                        Source::BuiltIn => "built-in",
+                        _ => "last-good",
+                    },
+                )
+            })
+            .collect();
+        let notes = choices.iter().flat_map(|c| c.notes.clone()).collect();
+        let step = self.origin_step(&s, &choices)?;
+        let was = match &step {
+            Some(Step::Origin { have, spec, .. }) => Some(match have {
+                None => "absent".to_string(),
+                Some(h) => origin::drift(Some(h), &spec.shape()).unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        if let Some(Step::Origin { spec, script, .. }) = &step {
+            self.apply_origin(host, spec, script).await?;
+        }
+        Ok(Loaded {
+            changed: step.is_some(),
+            was,
+            summary: spec.summary(),
+            sources,
+            notes,
+        })
+    }
+}
+
 #[async_trait]
 impl Resource for Firewall {
     type State = State;
@@ -825,6 +1163,7 @@ impl Resource for Firewall {
             return Ok(State {
                 families: vec![],
                 now,
+                origin: None,
             });
         }
         let (d4, d6) = futures_util::future::join(
@@ -832,51 +1171,24 @@ impl Resource for Firewall {
             observe_docker(host, Family::V6),
         )
         .await;
-        let mut families = Vec::new();
-        for (fam, d) in [(Family::V4, d4?), (Family::V6, d6?)] {
-            let (docker, backend_note) = d;
-            let path = lists::list_path(&self.state_dir, fam);
-            let txt = host.read_text(&path)?;
-            let meta = host.read_text(&lists::meta_path(&self.state_dir, fam))?;
-            let last_good = lists::read_last_good(
-                fam,
-                txt.as_deref(),
-                meta.as_deref(),
-                self.cfg.max_entries,
-                &path,
-            );
-            families.push(FamilyState {
-                family: fam,
-                docker,
-                backend_note,
-                last_good,
-                fetched: None,
-                route_iface: None,
-            });
+        let mut families = self.observe_stored(host)?;
+        for (f, d) in families.iter_mut().zip([d4?, d6?]) {
+            (f.docker, f.backend_note) = d;
         }
-        let managed: Vec<Family> = families
-            .iter()
-            .filter(|f| f.docker.is_some())
-            .map(|f| f.family)
-            .collect();
-        if !managed.is_empty() {
-            let r4 = host
-                .read_text(Path::new(PROC_ROUTE_V4))?
-                .unwrap_or_default();
-            let r6 = host
-                .read_text(Path::new(PROC_ROUTE_V6))?
-                .unwrap_or_default();
-            families[0].route_iface = rules::default_iface_v4(&r4);
-            families[1].route_iface = rules::default_iface_v6(&r6);
-            if self.online {
-                for fetched in self.fetch_lists(host, &managed).await {
-                    if let Some(f) = families.iter_mut().find(|f| f.family == fetched.family) {
-                        f.fetched = Some(fetched);
-                    }
+        if self.online {
+            let all: Vec<Family> = Family::ALL.to_vec();
+            for fetched in self.fetch_lists(host, &all).await {
+                if let Some(f) = families.iter_mut().find(|f| f.family == fetched.family) {
+                    f.fetched = Some(fetched);
                 }
             }
         }
-        Ok(State { families, now })
+        let origin = Some(observe_origin(host).await?);
+        Ok(State {
+            families,
+            now,
+            origin,
+        })
     }
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
@@ -886,31 +1198,43 @@ impl Resource for Firewall {
                 .push("firewall management disabled (firewall.enabled = false)".into());
             return Ok(plan);
         }
+        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
+        for c in &choices {
+            plan.notes.extend(c.notes.iter().cloned());
+        }
+        if let Some(st) = self.origin_step(s, &choices)? {
+            plan.steps.push(st);
+        }
+        let spec = self.origin_spec(s, &choices);
+        if spec.wan.is_empty() {
+            plan.notes.push(format!(
+                "no WAN interface known (no default route, firewall.wan_interface empty): {}",
+                spec.summary()
+            ));
+        }
         if s.families.iter().all(|f| f.docker.is_none()) {
             plan.notes.push(format!(
-                "Docker's iptables chains do not exist (dockerd not running or not installed): nothing to change; {UNIT} applies the rules when Docker starts"
+                "Docker's iptables chains do not exist (dockerd not running, not installed, or on its nftables backend): the origin lock alone keeps :443 Cloudflare-only; {UNIT} fills DOCKER-USER when Docker starts"
             ));
-            return Ok(plan);
         }
-        for f in &s.families {
-            let Some((backend, table)) = &f.docker else {
+        for (f, choice) in s.families.iter().zip(choices) {
+            if let Some((backend, table)) = &f.docker {
+                let (_choice, _wan, want) = self.want(s, f)?;
+                plan.notes.extend(f.backend_note.iter().cloned());
+                let have = table.has_chain(CHAIN).then(|| table.rules_of(CHAIN));
+                let jump = ForwardJump::of(table);
+                if rules::drift(have.as_deref(), &want).is_some() || !jump.first() {
+                    plan.steps.push(Step::Chain {
+                        family: f.family,
+                        backend: *backend,
+                        restore: rules::restore_text(&want, &jump),
+                        have,
+                        want,
+                        jump,
+                    });
+                }
+            } else if s.families.iter().any(|x| x.docker.is_some()) {
                 plan.notes.push(Self::unmanaged_note(f));
-                continue;
-            };
-            let (choice, _wan, want) = self.want(s, f)?;
-            plan.notes.extend(choice.notes.iter().cloned());
-            plan.notes.extend(f.backend_note.iter().cloned());
-            let have = table.has_chain(CHAIN).then(|| table.rules_of(CHAIN));
-            let jump = ForwardJump::of(table);
-            if rules::drift(have.as_deref(), &want).is_some() || !jump.first() {
-                plan.steps.push(Step::Chain {
-                    family: f.family,
-                    backend: *backend,
-                    restore: rules::restore_text(&want, &jump),
-                    have,
-                    want,
-                    jump,
-                });
             }
             if let Some(st) = choice.store {
                 plan.steps.push(st);
@@ -921,19 +1245,27 @@ impl Resource for Firewall {
 
     async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {
         let mut failed = Vec::new();
+        // The origin lock first: it is what keeps :443 closed whatever Docker does.
         for step in steps {
-            if let Step::Chain {
-                family,
-                backend,
-                want,
-                restore,
-                ..
-            } = step
-                && let Err(e) = self
+            let r = match step {
+                Step::Origin { spec, script, .. } => self
+                    .apply_origin(host, spec, script)
+                    .await
+                    .map_err(|e| format!("origin lock: {e:#}")),
+                Step::Chain {
+                    family,
+                    backend,
+                    want,
+                    restore,
+                    ..
+                } => self
                     .apply_chain(host, *family, *backend, want, restore)
                     .await
-            {
-                failed.push(format!("{}: {e:#}", family.label()));
+                    .map_err(|e| format!("{}: {e:#}", family.label())),
+                Step::StoreList { .. } => Ok(()),
+            };
+            if let Err(e) = r {
+                failed.push(e);
             }
         }
         if !failed.is_empty() {
@@ -972,28 +1304,25 @@ impl Resource for Firewall {
             )];
         }
         let fix = "sapari-agent firewall apply";
-        let mut out = Vec::new();
+        let mut out = self.origin_checks(s);
+        let origin_ok = out.first().is_some_and(|c| c.level == Level::Pass);
+        let docker_nft = s.origin.as_ref().is_some_and(|o| o.docker_nft);
+        let dockerd_here = s.origin.as_ref().is_some_and(|o| o.dockerd_here);
+        let any_chains = s.families.iter().any(|f| f.docker.is_some());
         for f in &s.families {
             let fam = f.family.as_str();
             let name = format!("docker-user {fam}");
+            let choice = self.choose_list(f);
+            out.push(self.list_check(s, f, &choice));
             let Some((_, table)) = &f.docker else {
-                out.push(match f.family {
-                    Family::V4 => Check::new(
-                        &name,
-                        Level::Warn,
-                        "Docker's iptables chains do not exist (dockerd not running?)",
-                        &format!("start Docker; {UNIT} then applies the rules"),
-                    ),
-                    Family::V6 => Check::new(
-                        &name,
-                        Level::Warn,
-                        "not filtered: Docker has no ip6tables chains",
-                        "enable ip6tables in /etc/docker/daemon.json, or keep :443 closed to IPv6",
-                    ),
-                });
+                out.push(Self::no_chains_check(
+                    f.family,
+                    &name,
+                    (origin_ok, docker_nft, dockerd_here, any_chains),
+                ));
                 continue;
             };
-            let (choice, wan, want) = match self.want(s, f) {
+            let (_, wan, want) = match self.want(s, f) {
                 Ok(x) => x,
                 Err(e) => {
                     out.push(Check::new(&name, Level::Fail, format!("{e:#}"), fix));
@@ -1024,69 +1353,180 @@ impl Resource for Firewall {
                 jump.describe(),
                 fix,
             ));
-            let (level, detail) = match &choice.source {
-                Source::Fetched { url, since, .. } => (
-                    Level::Pass,
-                    format!(
-                        "{} ranges fetched from {url}{}, sha256 {}",
-                        choice.nets.len(),
-                        since
-                            .as_ref()
-                            .map(|t| format!(" (unchanged since {t})"))
-                            .unwrap_or_default(),
-                        lists::short(&choice.sha256)
-                    ),
-                ),
-                Source::LastGood(st) => {
-                    let when = st
-                        .meta
-                        .as_ref()
-                        .map(|m| {
-                            format!(
-                                "fetched {} ({}) from {}",
-                                m.fetched_at,
-                                age(s.now, &m.fetched_at).unwrap_or_else(|| "?".into()),
-                                m.source
-                            )
-                        })
-                        .unwrap_or_else(|| "source unknown".into());
-                    let failed = f.fetched.as_ref().and_then(|x| x.result.clone().err());
-                    match failed {
-                        Some(e) => (
-                            Level::Warn,
-                            format!(
-                                "last good list ({} ranges, {when}) in use: {e}",
-                                st.nets.len()
-                            ),
-                        ),
-                        None => (
-                            Level::Pass,
-                            format!("last good list: {} ranges, {when}", st.nets.len()),
-                        ),
-                    }
-                }
-                Source::BuiltIn => (
-                    Level::Warn,
-                    format!(
-                        "the list built into sapari-agent {} is in force ({} ranges){}",
-                        crate::VERSION,
-                        choice.nets.len(),
-                        f.fetched
-                            .as_ref()
-                            .and_then(|x| x.result.clone().err())
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    ),
-                ),
-            };
-            out.push(Check::new(
-                &format!("cloudflare list {fam}"),
-                level,
-                detail,
-                &format!("check that this machine reaches {}", self.url(f.family)),
-            ));
         }
         out
+    }
+}
+
+impl Firewall {
+    /// Where the list in force for a family comes from, and whether that is a worry.
+    fn list_check(&self, s: &State, f: &FamilyState, choice: &ListChoice) -> Check {
+        let (level, detail) = match &choice.source {
+            Source::Fetched { url, since, .. } => (
+                Level::Pass,
+                format!(
+                    "{} ranges fetched from {url}{}, sha256 {}",
+                    choice.nets.len(),
+                    since
+                        .as_ref()
+                        .map(|t| format!(" (unchanged since {t})"))
+                        .unwrap_or_default(),
+                    lists::short(&choice.sha256)
+                ),
+            ),
+            Source::LastGood(st) => {
+                let when = st
+                    .meta
+                    .as_ref()
+                    .map(|m| {
+                        format!(
+                            "fetched {} ({}) from {}",
+                            m.fetched_at,
+                            age(s.now, &m.fetched_at).unwrap_or_else(|| "?".into()),
+                            m.source
+                        )
+                    })
+                    .unwrap_or_else(|| "source unknown".into());
+                let failed = f.fetched.as_ref().and_then(|x| x.result.clone().err());
+                match failed {
+                    Some(e) => (
+                        Level::Warn,
+                        format!(
+                            "last good list ({} ranges, {when}) in use: {e}",
+                            st.nets.len()
+                        ),
+                    ),
+                    None => (
+                        Level::Pass,
+                        format!("last good list: {} ranges, {when}", st.nets.len()),
+                    ),
+                }
+            }
+            Source::BuiltIn => (
+                Level::Warn,
+                format!(
+                    "the list built into sapari-agent {} is in force ({} ranges){}",
+                    crate::VERSION,
+                    choice.nets.len(),
+                    f.fetched
+                        .as_ref()
+                        .and_then(|x| x.result.clone().err())
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            ),
+        };
+        Check::new(
+            &format!("cloudflare list {}", f.family.as_str()),
+            level,
+            detail,
+            &format!("check that this machine reaches {}", self.url(f.family)),
+        )
+    }
+
+    /// `origin lock` and `listeners :443`: the table is in force, and covers every socket
+    /// that would answer on :443.
+    fn origin_checks(&self, s: &State) -> Vec<Check> {
+        let fix = "sapari-agent firewall load";
+        let Some(o) = &s.origin else {
+            return vec![];
+        };
+        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
+        let spec = self.origin_spec(s, &choices);
+        let lock = match &o.table {
+            Err(e) => Check::new(
+                "origin lock",
+                Level::Fail,
+                format!("cannot be checked: {e}"),
+                "apt-get install nftables, then sapari-agent firewall load",
+            ),
+            Ok(have) => match origin::drift(have.as_ref(), &spec.shape()) {
+                None => Check::new(
+                    "origin lock",
+                    Level::Pass,
+                    format!(
+                        "table {} {}: {}",
+                        origin::FAMILY,
+                        origin::TABLE,
+                        spec.summary()
+                    ),
+                    fix,
+                ),
+                Some(d) => Check::new("origin lock", Level::Fail, d, fix),
+            },
+        };
+        let covered = lock.level == Level::Pass;
+        let socks: Vec<String> = o
+            .listeners
+            .iter()
+            .map(|l| format!("{}/{} {}", l.proto, l.family, l.local))
+            .collect();
+        let listeners = if socks.is_empty() {
+            Check::new(
+                "listeners :443",
+                Level::Pass,
+                "nothing listens on :443 here (published ports may still reach containers through DNAT)",
+                "",
+            )
+        } else if covered {
+            Check::new(
+                "listeners :443",
+                Level::Pass,
+                format!("{}: v4 and v6 covered by the origin lock", socks.join(", ")),
+                "",
+            )
+        } else {
+            Check::new(
+                "listeners :443",
+                Level::Fail,
+                format!(
+                    "{} answer on :443 and the origin lock is not in force: every address reaches them",
+                    socks.join(", ")
+                ),
+                fix,
+            )
+        };
+        vec![lock, listeners]
+    }
+
+    /// A family without Docker's chains: fine on Docker's nftables backend or docker-proxy's
+    /// IPv6 path when the origin lock is in force, a failure when a dockerd here has no rules.
+    fn no_chains_check(
+        fam: Family,
+        name: &str,
+        (origin_ok, docker_nft, dockerd_here, any_chains): (bool, bool, bool, bool),
+    ) -> Check {
+        let fix = format!("start Docker; {UNIT} then applies the rules");
+        if docker_nft {
+            return Check::new(
+                name,
+                if origin_ok { Level::Pass } else { Level::Fail },
+                "Docker runs its nftables firewall backend (no DOCKER-USER chain): the origin lock is what keeps :443 Cloudflare-only",
+                "sapari-agent firewall load",
+            );
+        }
+        if dockerd_here && !any_chains {
+            return Check::new(
+                name,
+                Level::Fail,
+                "dockerd runs here but neither its iptables chains nor its nftables tables exist (\"iptables\": false?): the agent cannot tell how Docker publishes ports",
+                "remove \"iptables\": false from /etc/docker/daemon.json and restart Docker",
+            );
+        }
+        match fam {
+            Family::V6 if any_chains => Check::new(
+                name,
+                if origin_ok { Level::Pass } else { Level::Fail },
+                "Docker has no ip6tables chains (its default): docker-proxy serves published ports over IPv6 through INPUT, where the origin lock filters :443",
+                "sapari-agent firewall load",
+            ),
+            _ => Check::new(
+                name,
+                Level::Warn,
+                "Docker's iptables chains do not exist (dockerd not running?)",
+                &fix,
+            ),
+        }
     }
 }
 

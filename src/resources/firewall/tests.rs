@@ -94,11 +94,27 @@ fn family(
     }
 }
 
+/// Both families, with the origin lock in force for the lists they choose (tests of the
+/// DOCKER-USER side see no origin step), no dockerd in this namespace, nothing on :443.
 fn state(v4: FamilyState, v6: FamilyState) -> State {
-    State {
+    let mut s = State {
         families: vec![v4, v6],
         now: humantime::parse_rfc3339("2026-11-29T12:00:00Z").unwrap(),
-    }
+        origin: None,
+    };
+    let choices: Vec<ListChoice> = s.families.iter().map(|f| fw().choose_list(f)).collect();
+    let shape = fw().origin_spec(&s, &choices).shape();
+    s.origin = Some(OriginState {
+        table: Ok(Some(shape)),
+        docker_nft: false,
+        dockerd_here: false,
+        listeners: vec![],
+    });
+    s
+}
+
+fn origin_mut(s: &mut State) -> &mut OriginState {
+    s.origin.as_mut().unwrap()
 }
 
 /// A box where everything is as the agent wants it.
@@ -123,7 +139,7 @@ fn converged_plans_nothing() {
     assert!(v.matches, "{}", v.reason);
     assert_eq!(
         v.reason,
-        "DOCKER-USER matches the lists in force: v4 15 ranges on eth0, v6 7 ranges on eth0"
+        "the rules match the lists in force: origin lock 15 v4 + 7 v6 ranges, v4 15 ranges on eth0, v6 7 ranges on eth0"
     );
     assert!(
         fw().checks(&converged())
@@ -257,16 +273,34 @@ fn forward_jump_not_first_is_repaired_in_the_same_transaction() {
 }
 
 #[test]
-fn no_docker_means_no_steps_and_a_note() {
+fn no_docker_means_only_the_origin_lock_and_a_note() {
     let f = |fam| family(fam, None, LastGood::Absent, None);
     let p = fw().plan(&state(f(Family::V4), f(Family::V6))).unwrap();
-    assert!(p.steps.is_empty());
-    assert_eq!(p.notes.len(), 1);
     assert!(
-        p.notes[0].contains("sapari-docker-firewall.service applies the rules when Docker starts")
+        p.steps.is_empty(),
+        "the origin lock is in force: {:?}",
+        p.steps
+    );
+    // two notes say the built-in lists are in force, one that Docker has no chains
+    assert_eq!(p.notes.len(), 3, "{:?}", p.notes);
+    assert!(
+        p.notes[2].contains("the origin lock alone keeps :443 Cloudflare-only"),
+        "{:?}",
+        p.notes
+    );
+    let mut s = state(f(Family::V4), f(Family::V6));
+    origin_mut(&mut s).table = Ok(None);
+    let p = fw().plan(&s).unwrap();
+    assert!(
+        matches!(p.steps[..], [Step::Origin { have: None, .. }]),
+        "{:?}",
+        p.steps
     );
     let v = fw().verdict(&state(f(Family::V4), f(Family::V6)));
-    assert!(v.matches && v.reason.contains("nothing to check"));
+    assert!(
+        v.matches && v.reason.contains("Docker's chains do not exist"),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -278,9 +312,16 @@ fn ipv6_skipped_when_docker_has_no_ip6tables_chains() {
     assert!(p.steps.is_empty());
     assert_eq!(p.notes.len(), 1);
     assert!(p.notes[0].starts_with("IPv6 skipped: Docker has no ip6tables chains"));
+    // Docker's default: docker-proxy serves v6 through INPUT, where the origin lock filters.
     let c = fw().checks(&s);
     let v6 = c.iter().find(|c| c.name == "docker-user v6").unwrap();
-    assert_eq!(v6.level, Level::Warn);
+    assert_eq!(v6.level, Level::Pass, "{v6:?}");
+    assert!(v6.detail.contains("docker-proxy"), "{v6:?}");
+    // without the origin lock that path is open: a failure, not a warning
+    origin_mut(&mut s).table = Ok(None);
+    let c = fw().checks(&s);
+    let v6 = c.iter().find(|c| c.name == "docker-user v6").unwrap();
+    assert_eq!(v6.level, Level::Fail, "{v6:?}");
 }
 
 #[test]
@@ -352,15 +393,25 @@ fn new_ranges_change_the_chain_and_the_stored_list() {
     let newer = with_extra(Family::V4, "104.30.0.0/15");
     s.families[0].fetched = fetched(Family::V4, Ok(newer.clone()));
     let p = fw().plan(&s).unwrap();
-    assert_eq!(p.steps.len(), 2, "{:?}", p.steps);
-    let c0 = p.steps[0].change();
+    assert_eq!(p.steps.len(), 3, "origin, chain, store: {:?}", p.steps);
+    let c = p.steps[0].change();
+    assert_eq!(c.what, "nftables table inet sapari_agent");
+    assert!(
+        c.from
+            .as_deref()
+            .unwrap()
+            .contains("set cloudflare_v4 has 15 elements, expected 16"),
+        "{c:?}"
+    );
+    assert!(c.to.as_deref().unwrap().contains("16 v4 + 7 v6"), "{c:?}");
+    let c0 = p.steps[1].change();
     assert_eq!(c0.to.as_deref(), Some("36 rules (16 Cloudflare ranges)"));
     let d = c0.diff.unwrap();
     assert!(
         d.contains("+-A DOCKER-USER -s 104.30.0.0/15 -i eth0 -p tcp"),
         "{d}"
     );
-    let c1 = p.steps[1].change();
+    let c1 = p.steps[2].change();
     assert_eq!(c1.from.as_deref(), Some("15 ranges"));
     assert_eq!(
         c1.to.as_deref(),
@@ -407,8 +458,8 @@ fn wan_interface_from_config_or_routes() {
         ..settings()
     };
     let p = fw_with(cfg).plan(&s).unwrap();
-    // the configured name differs from the converged chain's eth0
-    assert_eq!(p.steps.len(), 2);
+    // the configured name differs from the converged chains' and the origin lock's eth0
+    assert_eq!(p.steps.len(), 3);
     let bad = FirewallSettings {
         wan_interface: "eth0 -j ACCEPT".into(),
         ..settings()
@@ -446,7 +497,15 @@ fn show_reports_rules_and_list_in_force() {
     );
     assert_eq!(shown[1].list.source, "built-in");
     assert!(!shown[1].managed);
-    let text = render_show(&shown);
+    let origin = fw().show_origin(&s).unwrap();
+    assert!(origin.in_force && origin.drift.is_none(), "{origin:?}");
+    let text = render_show(Some(&origin), &shown);
+    assert!(
+        text.starts_with("== origin lock (nftables table inet sapari_agent)\nwanted:   :443 tcp+udp on eth0 only from 15 v4 + 7 v6 Cloudflare ranges"),
+        "{text}"
+    );
+    assert!(text.contains("table:    matches\n"), "{text}");
+    assert!(text.contains("  chain origin (hook prerouting -300 accept)\n    sapari-agent origin: :443 from the WAN\n"), "{text}");
     assert!(text.contains("== DOCKER-USER v4\nbackend:  nft\nwan:      eth0\nforward:  FORWARD jumps to DOCKER-USER first\nchain:    matches the list in force\n"), "{text}");
     assert!(text.contains("note:     IPv6 skipped"), "{text}");
     let j = serde_json::to_value(&shown).unwrap();
@@ -756,4 +815,118 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
         .unwrap_err();
         assert!(e.starts_with("firewall.ca_file /etc/x.pem"), "{e}");
     }
+}
+
+// ---- the origin lock ------------------------------------------------------------------------
+
+#[test]
+fn origin_lock_comes_first_and_follows_the_lists_in_force() {
+    let mut s = converged();
+    origin_mut(&mut s).table = Ok(None);
+    s.families[0].docker = Some((Backend::Nft, docker_table(&[], true)));
+    let p = fw().plan(&s).unwrap();
+    assert!(matches!(p.steps[0], Step::Origin { .. }), "{:?}", p.steps);
+    assert!(matches!(p.steps[1], Step::Chain { .. }), "{:?}", p.steps);
+    let Step::Origin { spec, script, .. } = &p.steps[0] else {
+        unreachable!()
+    };
+    assert_eq!(spec.wan, vec!["eth0".to_string()]);
+    assert_eq!((spec.v4.len(), spec.v6.len()), (15, 7));
+    assert!(script.contains("iifname { \"eth0\" } meta l4proto { tcp, udp } th dport 443"));
+    let c = fw().checks(&s);
+    let lock = c.iter().find(|c| c.name == "origin lock").unwrap();
+    assert_eq!(lock.level, Level::Fail);
+    assert_eq!(lock.detail, "table inet sapari_agent does not exist");
+}
+
+#[test]
+fn origin_lock_without_nft_fails_the_plan_naming_the_package() {
+    let mut s = converged();
+    origin_mut(&mut s).table = Err("`nft` is not installed (Debian package nftables)".into());
+    let e = fw().plan(&s).unwrap_err().to_string();
+    assert!(e.contains("the origin lock cannot be enforced"), "{e}");
+    assert!(e.contains("apt-get install nftables"), "{e}");
+}
+
+#[test]
+fn origin_lock_without_a_wan_covers_every_outside_interface() {
+    let mut s = converged();
+    s.families[0].route_iface = None;
+    s.families[1].route_iface = None;
+    s.families[0].docker = None;
+    s.families[1].docker = None;
+    origin_mut(&mut s).table = Ok(None);
+    let p = fw().plan(&s).unwrap();
+    let Step::Origin { spec, .. } = &p.steps[0] else {
+        panic!("{:?}", p.steps)
+    };
+    assert!(spec.wan.is_empty());
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.starts_with("no WAN interface known")),
+        "{:?}",
+        p.notes
+    );
+}
+
+#[test]
+fn public_ports_reach_the_table() {
+    let cfg = FirewallSettings {
+        public_ports: vec![crate::config::PublicPort(8080)],
+        ..settings()
+    };
+    let p = fw_with(cfg).plan(&converged()).unwrap();
+    let Step::Origin { spec, script, .. } = &p.steps[0] else {
+        panic!("{:?}", p.steps)
+    };
+    assert_eq!(spec.public_ports, vec![8080]);
+    assert!(script.contains("elements = { 443, 8080 }"));
+}
+
+#[test]
+fn listeners_on_443_fail_status_without_the_origin_lock() {
+    let mut s = converged();
+    origin_mut(&mut s).listeners = vec![crate::host::sockets::Listener {
+        proto: "tcp",
+        family: "v6",
+        local: "[::]:443".into(),
+    }];
+    let c = fw().checks(&s);
+    let l = c.iter().find(|c| c.name == "listeners :443").unwrap();
+    assert_eq!(l.level, Level::Pass, "{l:?}");
+    origin_mut(&mut s).table = Ok(None);
+    let c = fw().checks(&s);
+    let l = c.iter().find(|c| c.name == "listeners :443").unwrap();
+    assert_eq!(l.level, Level::Fail, "{l:?}");
+    assert!(l.detail.contains("tcp/v6 [::]:443"), "{l:?}");
+}
+
+#[test]
+fn docker_without_chains_is_judged_by_what_runs() {
+    let mut s = converged();
+    s.families[0].docker = None;
+    s.families[1].docker = None;
+    // Docker 29 on its nftables backend: no DOCKER-USER, the origin lock enforces
+    origin_mut(&mut s).docker_nft = true;
+    let c = fw().checks(&s);
+    let d = c.iter().find(|c| c.name == "docker-user v4").unwrap();
+    assert_eq!(d.level, Level::Pass, "{d:?}");
+    assert!(d.detail.contains("nftables firewall backend"));
+    // a dockerd here without any rules of its own: a failure, never a note
+    origin_mut(&mut s).docker_nft = false;
+    origin_mut(&mut s).dockerd_here = true;
+    let c = fw().checks(&s);
+    for fam in ["v4", "v6"] {
+        let d = c
+            .iter()
+            .find(|c| c.name == format!("docker-user {fam}"))
+            .unwrap();
+        assert_eq!(d.level, Level::Fail, "{d:?}");
+    }
+    // no dockerd: only a warning that Docker is not running
+    origin_mut(&mut s).dockerd_here = false;
+    let c = fw().checks(&s);
+    let d = c.iter().find(|c| c.name == "docker-user v4").unwrap();
+    assert_eq!(d.level, Level::Warn, "{d:?}");
 }
