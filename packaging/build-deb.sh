@@ -25,7 +25,7 @@ P=$STAGE/pkg
 install -d -m 755 "$P/DEBIAN" "$P/usr/bin" "$P/usr/lib/systemd/system" \
   "$P/etc/sapari-agent" "$P/usr/share/doc/sapari-agent"
 install -m 755 "$BIN" "$P/usr/bin/sapari-agent"
-for u in sapari-agent.service sapari-agent.timer sapari-docker-firewall.service; do
+for u in sapari-agent.service sapari-agent.timer sapari-docker-firewall.service sapari-firewall-boot.service; do
   install -m 644 "$REPO/units/$u" "$P/usr/lib/systemd/system/$u"
 done
 # The example, not agent.toml itself: cloud-init writes agent.toml before the package is

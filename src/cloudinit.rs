@@ -29,7 +29,7 @@ const BOOTSTRAP_TEMPLATE: &str = include_str!("../cloud-init/bootstrap.sh.templa
 
 /// The units the .deb ships; the binary download gets the same ones, with ExecStart= moved
 /// to [`LOCAL_BIN`].
-pub const UNITS: [(&str, &str); 3] = [
+pub const UNITS: [(&str, &str); 4] = [
     (
         "sapari-agent.service",
         include_str!("../units/sapari-agent.service"),
@@ -41,6 +41,10 @@ pub const UNITS: [(&str, &str); 3] = [
     (
         "sapari-docker-firewall.service",
         include_str!("../units/sapari-docker-firewall.service"),
+    ),
+    (
+        "sapari-firewall-boot.service",
+        include_str!("../units/sapari-firewall-boot.service"),
     ),
 ];
 
