@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): how long `sapari-agent firewall apply` takes and how many processes it
 # spawns, for Cloudflare's real lists (22 CIDRs) and for 5,000 CIDRs. The design asks for a
-# constant number of spawns whatever the list size (one iptables-restore per family, not one
-# iptables call per rule).
+# constant number of spawns whatever the list size (one iptables-restore per family and one
+# `nft -f` for the origin lock, not one call per rule). Also timed: `firewall load`, what
+# sapari-firewall-boot.service runs at boot (every table empty, lists from the last good copy).
 #
 # Everything runs inside two network namespaces made here and removed on exit:
 #   sfwb-<pid>-srv    wan0 203.0.113.10/24, 2001:db8:10::10/64; DOCKER-USER and the FORWARD jump
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/firewall.sh: needs root (network namespaces)" >&2; exit 1; }
 
 need=()
-for t in strace:strace iptables-restore:iptables ip6tables-restore:iptables python3:python3 \
+for t in strace:strace iptables-restore:iptables ip6tables-restore:iptables nft:nftables python3:python3 \
          openssl:openssl ip:iproute2 unshare:util-linux; do
   command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
@@ -159,16 +160,21 @@ agent() {
     'mount -t tmpfs -o mode=755 tmpfs /run && exec $WRAP "$@"' sh "$AGENT" "$@"
 }
 
-flush() { ip netns exec "$SRV" sh -c 'iptables -F DOCKER-USER && ip6tables -F DOCKER-USER'; }
+flush() {
+  ip netns exec "$SRV" sh -c 'iptables -F DOCKER-USER && ip6tables -F DOCKER-USER && { nft delete table inet sapari_agent 2>/dev/null || true; }'
+}
+# what a reboot leaves of the agent's rules: nothing (Docker's chains are not the agent's)
+unlock() { ip netns exec "$SRV" sh -c 'nft delete table inet sapari_agent 2>/dev/null || true'; }
 
 ms() { date +%s%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # spawns MODE N -> "count|programs" of the processes one apply started (strace -f, execve = 0)
 spawns() {
-  local mode=$1 cfg=$2 out=$TMP/strace.$RANDOM
+  local mode=$1 cfg=$2 out=$TMP/strace.$RANDOM cmd=apply
   [ "$mode" = changed ] && flush
-  WRAP="strace -f -qq -e trace=execve -o $out" agent firewall apply --config "$cfg" >/dev/null 2>&1 || true
+  [ "$mode" = load ] && { unlock; cmd=load; }
+  WRAP="strace -f -qq -e trace=execve -o $out" agent firewall $cmd --config "$cfg" >/dev/null 2>&1 || true
   # the first execve is the agent itself
   local list
   list=$(grep -E 'execve\(.*= 0$' "$out" | tail -n +2 | sed -E 's/^[0-9]+ +execve\("([^"]*)".*/\1/' |
@@ -193,29 +199,34 @@ for n in 22 5000; do
   for _ in $(seq "$REPS"); do
     t=$(ms); agent firewall apply --config "$cfg" >/dev/null 2>&1; noop+=($(( ($(ms) - t) / 1000000 )))
   done
-  sc=$(spawns changed "$cfg"); sn=$(spawns noop "$cfg")
-  row[$n]="$(printf '%s\n' "${changed[@]}" | median)|$(printf '%s\n' "${noop[@]}" | median)|${sc%%|*}|${sn%%|*}|$rules"
-  progs[$n]="changed: ${sc#*|}; no-op: ${sn#*|}"
+  boot=()
+  for _ in $(seq "$REPS"); do
+    unlock
+    t=$(ms); agent firewall load --config "$cfg" >/dev/null 2>&1; boot+=($(( ($(ms) - t) / 1000000 )))
+  done
+  sc=$(spawns changed "$cfg"); sn=$(spawns noop "$cfg"); sl=$(spawns load "$cfg")
+  row[$n]="$(printf '%s\n' "${changed[@]}" | median)|$(printf '%s\n' "${noop[@]}" | median)|${sc%%|*}|${sn%%|*}|$rules|$(printf '%s\n' "${boot[@]}" | median)|${sl%%|*}"
+  progs[$n]="changed: ${sc#*|}; no-op: ${sn#*|}; load: ${sl#*|}"
 done
 
 echo
 echo "sapari-agent firewall apply, $REPS runs each (median wall time, including the HTTPS fetch)"
 echo
-printf '| %-6s | %-16s | %-14s | %-16s | %-14s | %-18s |\n' CIDRs "apply ms (chain" "apply ms" "spawns (chain" "spawns" "rules with -s"
-printf '| %-6s | %-16s | %-14s | %-16s | %-14s | %-18s |\n' "" "flushed)" "(no-op)" "flushed)" "(no-op)" "(v4+v6, TCP+UDP)"
-printf '|%s|%s|%s|%s|%s|%s|\n' -------- ------------------ ---------------- ------------------ ---------------- --------------------
+printf '| %-6s | %-16s | %-14s | %-16s | %-14s | %-18s | %-12s | %-12s |\n' CIDRs "apply ms (rules" "apply ms" "spawns (rules" "spawns" "rules with -s" "boot load" "boot load"
+printf '| %-6s | %-16s | %-14s | %-16s | %-14s | %-18s | %-12s | %-12s |\n' "" "flushed)" "(no-op)" "flushed)" "(no-op)" "(v4+v6, TCP+UDP)" "ms" "spawns"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------- ------------------ ---------------- ------------------ ---------------- -------------------- -------------- --------------
 for n in 22 5000; do
-  IFS='|' read -r c o s1 s2 r <<<"${row[$n]}"
-  printf '| %-6s | %16s | %14s | %16s | %14s | %18s |\n' "$n" "$c" "$o" "$s1" "$s2" "$r"
+  IFS='|' read -r c o s1 s2 r bl sl <<<"${row[$n]}"
+  printf '| %-6s | %16s | %14s | %16s | %14s | %18s | %12s | %12s |\n' "$n" "$c" "$o" "$s1" "$s2" "$r" "$bl" "$sl"
 done
 echo
 for n in 22 5000; do echo "processes ($n CIDRs): ${progs[$n]}"; done
-IFS='|' read -r _ _ a1 a2 _ <<<"${row[22]}"
-IFS='|' read -r _ _ b1 b2 _ <<<"${row[5000]}"
+IFS='|' read -r _ _ a1 a2 _ _ a3 <<<"${row[22]}"
+IFS='|' read -r _ _ b1 b2 _ _ b3 <<<"${row[5000]}"
 echo
-if [ "$a1" = "$b1" ] && [ "$a2" = "$b2" ]; then
+if [ "$a1" = "$b1" ] && [ "$a2" = "$b2" ] && [ "$a3" = "$b3" ]; then
   echo "OK: the number of spawned processes does not grow with the list size"
 else
-  echo "NOT OK: spawns grow with the list size ($a1 -> $b1 applying, $a2 -> $b2 no-op)"
+  echo "NOT OK: spawns grow with the list size ($a1 -> $b1 applying, $a2 -> $b2 no-op, $a3 -> $b3 load)"
   exit 1
 fi

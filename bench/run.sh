@@ -390,7 +390,7 @@ teardown_box "$B"; BOXES=()
 
 # ---- 3. firewall apply ------------------------------------------------------------------------
 FW_OUT=""
-fw_row() { echo "$FW_OUT" | awk -F'|' -v n="$1" '$2 ~ "^ *"n" *$" {gsub(/ /,""); print $3, $4, $5, $6, $7}'; }
+fw_row() { echo "$FW_OUT" | awk -F'|' -v n="$1" '$2 ~ "^ *"n" *$" {gsub(/ /,""); print $3, $4, $5, $6, $7, $8, $9}'; }
 if [ "${SKIP_FIREWALL:-}" != 1 ]; then
   log "bench/firewall.sh (REPS=$FW_REPS)"
   FW_LOAD=$(load)
@@ -426,8 +426,9 @@ echo "| first converge, CPU (user+sys): agent / its commands | $(awk -v a="$FIRS
 if [ -n "$FW_OUT" ]; then
   if echo "$FW_OUT" | grep -q '^OK:'; then FW_VERDICT=met; else FW_VERDICT="NOT met (below)"; fi
   for n in 22 5000; do
-    read -r c o s1 s2 rules <<<"$(fw_row $n)"
-    echo "| firewall apply, $n CIDRs ($rules rules): chain flushed / no-op (median of $FW_REPS) | $c ms / $o ms, $s1 / $s2 processes spawned | | same spawns at any list size: $FW_VERDICT |"
+    read -r c o s1 s2 rules bl sl <<<"$(fw_row $n)"
+    echo "| firewall apply, $n CIDRs ($rules rules): rules flushed / no-op (median of $FW_REPS) | $c ms / $o ms, $s1 / $s2 processes spawned | | same spawns at any list size: $FW_VERDICT |"
+    echo "| firewall load at boot (origin lock from the last good lists), $n CIDRs | $bl ms, $sl processes spawned | | |"
   done
 fi
 echo "| release binary (x86_64-unknown-linux-musl, $BIN_KIND) | $(awk -v b="$BIN_BYTES" 'BEGIN {printf "%.2f", b / 1048576}') MiB ($BIN_BYTES bytes) | | < 6 MB: $(verdict "$BIN_BYTES" "<" 6000000) |"
