@@ -154,6 +154,8 @@ fn fixture_list_server() {
 // The agent
 
 const TAG: &str = "--comment sapari-agent";
+/// What `nft flush ruleset` would do to the agent's own table, alone.
+const DROP_ORIGIN_LOCK: &str = "nft delete table inet sapari_agent";
 /// A public range that is not in Cloudflare's list: list B = Cloudflare's + this.
 const EXTRA_V4: &str = "1.1.1.0/24";
 const EXTRA_V6: &str = "2a09:bac0::/29";
@@ -587,11 +589,13 @@ fn list_server_down_applies_the_last_good_list() {
     assert_eq!((e.filter_table(V4), e.filter_table(V6)), tables);
     assert_eq!(e.state_files(), files);
 
-    // Now the chain is lost too (someone flushed it): rebuilt from the last good list.
+    // Now the rules are lost too (someone flushed the chains and the origin lock): rebuilt
+    // from the last good list.
     e.srv_sh_ok("iptables -F DOCKER-USER && ip6tables -F DOCKER-USER");
+    e.srv_sh_ok(DROP_ORIGIN_LOCK);
     assert!(
         e.probe(Host::Evil, Tcp, V4),
-        "control: flushed chain admits evil"
+        "control: flushed rules admit evil"
     );
     let run = e.fw_apply();
     let fw = run.firewall();
@@ -759,9 +763,11 @@ fn dockerd_restart_then_apply_restores_the_policy() {
     assert_policy(&e, "after restart + apply");
     assert_eq!(e.fw_check().code, 0);
 
-    // 2. reboot: netfilter starts empty, Docker creates its chains again from scratch
+    // 2. reboot without sapari-firewall-boot.service (the control: what Docker alone does):
+    // netfilter starts empty, Docker creates its chains again from scratch
     e.stop_dockerd();
     e.srv_sh_ok("for t in iptables ip6tables; do for tb in filter nat; do $t -t $tb -F; $t -t $tb -X; done; $t -P FORWARD ACCEPT; done");
+    e.srv_sh_ok(DROP_ORIGIN_LOCK);
     e.start_dockerd();
     e.wait_container();
     assert!(
@@ -790,9 +796,15 @@ fn flushed_chain_is_drift_and_converge_repairs_it() {
     assert_eq!(e.fw_check().code, 0);
 
     e.srv_sh_ok("iptables -F DOCKER-USER && ip6tables -F DOCKER-USER");
+    // The origin lock still holds the door.
+    assert!(
+        !e.probe(Host::Evil, Tcp, V4) && !e.probe(Host::Evil, Tcp, V6),
+        "a flushed DOCKER-USER alone must not open :443"
+    );
+    e.srv_sh_ok(DROP_ORIGIN_LOCK);
     assert!(
         e.probe(Host::Evil, Tcp, V4),
-        "control: flushed chain admits evil"
+        "control: flushed rules admit evil"
     );
     let tables = (e.filter_table(V4), e.filter_table(V6));
     let check = e.fw_check();
@@ -803,7 +815,8 @@ fn flushed_chain_is_drift_and_converge_repairs_it() {
     );
     let show = e.fw_show();
     assert_eq!(show.code, 0, "{show}");
-    assert_eq!(show.stdout.matches("DRIFT").count(), 2, "{show}");
+    // the origin lock and both chains
+    assert_eq!(show.stdout.matches("DRIFT").count(), 3, "{show}");
     assert_eq!(
         (e.filter_table(V4), e.filter_table(V6)),
         tables,
