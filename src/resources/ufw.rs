@@ -2,7 +2,8 @@
 //! operator's addresses and Tailscale; no port 80. State is read from ufw's own files (no
 //! `ufw status` on a no-op run); allow rules go in before the default turns to deny and
 //! before `ufw enable`, and a rule set that would shut out the SSH client this run came from
-//! is refused.
+//! is refused. ufw filters IPv6 only with `IPV6=yes` in /etc/default/ufw; the resource
+//! always sets it (see `Step::Ipv6`).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -13,13 +14,15 @@ use ipnet::IpNet;
 
 use crate::config::{TailscaleSsh, UfwSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
-use crate::host::{Cmd, Host};
+use crate::host::{Cmd, FileSpec, Host};
 use crate::resources::{Name, RunContext};
 
 pub const UFW_CONF: &str = "/etc/ufw/ufw.conf";
 pub const DEFAULTS: &str = "/etc/default/ufw";
 pub const USER_RULES: &str = "/etc/ufw/user.rules";
 pub const USER6_RULES: &str = "/etc/ufw/user6.rules";
+/// Present when the kernel has IPv6 (ufw's own test: without it ufw handles no IPv6 rules).
+const PROC_IPV6: &str = "/proc/sys/net/ipv6";
 /// Every file the resource's `ufw` commands change: the commit-confirmed rollback restores
 /// these.
 pub const STATE_FILES: [&str; 4] = [USER_RULES, USER6_RULES, DEFAULTS, UFW_CONF];
@@ -154,11 +157,86 @@ pub fn shell_var(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// The value `line` assigns to `key`, if it is an assignment of `key` as a shell sources it
+/// (ufw-init does): leading blanks and `export` allowed, quotes removed, a trailing comment
+/// ignored. `IPV6=no # later` gives `no`.
+fn assigned<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let t = line.trim_start();
+    let t = t.strip_prefix("export ").map_or(t, str::trim_start);
+    let v = t.strip_prefix(key)?.strip_prefix('=')?;
+    let v = v.split_whitespace().next().unwrap_or("");
+    Some(v.trim_matches(|c| c == '"' || c == '\''))
+}
+
+/// Does ufw filter IPv6 with these /etc/default/ufw contents? Only when `IPV6` is set, and
+/// every assignment of it says `yes` (ufw-init accepts `yes` and `YES`). Anything else,
+/// including conflicting assignments, is rewritten by `with_ipv6_yes`.
+pub fn ipv6_on(defaults: &str) -> bool {
+    let mut values = defaults
+        .lines()
+        .filter_map(|l| assigned(l, "IPV6"))
+        .peekable();
+    values.peek().is_some() && values.all(|v| v == "yes" || v == "YES")
+}
+
+/// /etc/default/ufw with every `IPV6` assignment replaced by `IPV6=yes` (appended when there
+/// is none), as `ufw` itself edits that file; every other line, comments included, is kept.
+pub fn with_ipv6_yes(defaults: &str) -> String {
+    let mut out = String::with_capacity(defaults.len() + 10);
+    let mut found = false;
+    for line in defaults.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let end = &line[body.len()..];
+        if assigned(body, "IPV6").is_some() {
+            found = true;
+            out.push_str("IPV6=yes");
+            out.push_str(if end.is_empty() { "\n" } else { end });
+        } else {
+            out.push_str(line);
+        }
+    }
+    if !found {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("IPV6=yes\n");
+    }
+    out
+}
+
+/// What ufw does with IPv6 unless `IPV6=yes` (ufw-init, seen with ufw 0.36.2): no IPv6 rules
+/// at all, and while active it sets ip6tables to drop everything but loopback.
+const IPV6_OFF: &str =
+    "ufw does not filter IPv6: while active it drops all IPv6 but loopback, in and out";
+
+/// What /etc/default/ufw says about IPv6, for the plan: `IPV6=no: ufw does not filter
+/// IPv6: ...`.
+fn ipv6_words(defaults: Option<&str>) -> String {
+    let Some(text) = defaults else {
+        return format!("no {DEFAULTS} (ufw not installed)");
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| assigned(l, "IPV6").is_some())
+        .map(str::trim)
+        .collect();
+    match lines.as_slice() {
+        [] => format!("IPV6 not set: {IPV6_OFF}"),
+        [one] => format!("{one}: {IPV6_OFF}"),
+        many => format!("{} (conflicting): {IPV6_OFF}", many.join(", ")),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct State {
     pub installed: bool,
     pub enabled: bool,
+    /// `IPV6=yes` in /etc/default/ufw (`ipv6_on`).
     pub ipv6: bool,
+    /// What the plan shows as the IPv6 setting before the change (`ipv6_words`).
+    pub ipv6_from: String,
+    /// The kernel has IPv6 (/proc/sys/net/ipv6 exists); without it ufw refuses IPv6 rules.
+    pub kernel_ipv6: bool,
     pub input_policy: String,
     pub output_policy: String,
     pub rules: Vec<Tuple>,
@@ -167,10 +245,25 @@ pub struct State {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     Install,
+    /// Set `IPV6=yes` in /etc/default/ufw, then `ufw reload` when ufw is already active (it
+    /// reads the setting only when it loads its rules). Wanted on every box: with `IPV6=no`
+    /// ufw has no IPv6 rules, and while active it drops every IPv6 packet but loopback ones,
+    /// in and out, so a box with a global IPv6 address serves nothing over IPv6 (443
+    /// included) and reaches no IPv6 host; where ip6tables does not work it does not touch
+    /// IPv6 at all. A box without IPv6 today may get an address later, and `IPV6=yes` costs
+    /// nothing without one.
+    Ipv6 {
+        from: String,
+        reload: bool,
+    },
     Add(Tuple),
     Delete(Tuple),
-    DefaultIncoming { from: String },
-    DefaultOutgoing { from: String },
+    DefaultIncoming {
+        from: String,
+    },
+    DefaultOutgoing {
+        from: String,
+    },
     Enable,
 }
 
@@ -181,6 +274,18 @@ impl Describe for Step {
                 "ufw package",
                 Some("absent".into()),
                 Some("installed".into()),
+            ),
+            Step::Ipv6 { from, reload } => Change::value(
+                format!("IPv6 filtering ({DEFAULTS})"),
+                Some(from.clone()),
+                Some(format!(
+                    "IPV6=yes{}: IPv6 gets the same default deny and rules as IPv4; wanted on every box (harmless without an IPv6 address, and a box can get one later)",
+                    if *reload {
+                        ", then `ufw reload` to load the IPv6 rules"
+                    } else {
+                        ""
+                    }
+                )),
             ),
             Step::Add(t) => Change::value("rule", None, Some(t.describe())),
             Step::Delete(t) => Change::value("rule", Some(t.describe()), None),
@@ -299,7 +404,6 @@ impl Resource for Ufw {
     async fn observe(&self, host: &Host) -> Result<State> {
         let installed = host.program_exists("ufw");
         let conf = host.read_text(Path::new(UFW_CONF))?.unwrap_or_default();
-        let defaults = host.read_text(Path::new(DEFAULTS))?.unwrap_or_default();
         let mut rules = parse_tuples(
             &host.read_text(Path::new(USER_RULES))?.unwrap_or_default(),
             false,
@@ -308,12 +412,21 @@ impl Resource for Ufw {
             &host.read_text(Path::new(USER6_RULES))?.unwrap_or_default(),
             true,
         ));
+        let defaults_file = host.read_text(Path::new(DEFAULTS))?;
         Ok(State {
             installed,
             enabled: shell_var(&conf, "ENABLED").is_some_and(|v| v == "yes"),
-            ipv6: shell_var(&defaults, "IPV6").is_none_or(|v| v == "yes"),
-            input_policy: shell_var(&defaults, "DEFAULT_INPUT_POLICY").unwrap_or_default(),
-            output_policy: shell_var(&defaults, "DEFAULT_OUTPUT_POLICY").unwrap_or_default(),
+            ipv6: defaults_file.as_deref().is_some_and(ipv6_on),
+            ipv6_from: ipv6_words(defaults_file.as_deref()),
+            kernel_ipv6: !host.list_dir(Path::new(PROC_IPV6))?.is_empty(),
+            input_policy: defaults_file
+                .as_deref()
+                .and_then(|d| shell_var(d, "DEFAULT_INPUT_POLICY"))
+                .unwrap_or_default(),
+            output_policy: defaults_file
+                .as_deref()
+                .and_then(|d| shell_var(d, "DEFAULT_OUTPUT_POLICY"))
+                .unwrap_or_default(),
             rules,
         })
     }
@@ -340,21 +453,32 @@ impl Resource for Ufw {
                 "ufw.tailscale = \"off\" and no operator IP: SSH would be unreachable. Nothing was changed"
             );
         }
-        if !s.ipv6 {
+        if !s.kernel_ipv6 {
             plan.notes.push(format!(
-                "IPv6 is off in {DEFAULTS}: only IPv4 rules are managed"
+                "the kernel has no IPv6 ({PROC_IPV6} is missing): only IPv4 rules are managed; ufw filters IPv6 once the kernel has it, with the IPv6 rules the next run adds"
             ));
         }
         if !s.installed {
             plan.steps.push(Step::Install);
         }
-        let desired = self.desired(s.ipv6);
+        if !s.ipv6 {
+            plan.steps.push(Step::Ipv6 {
+                from: s.ipv6_from.clone(),
+                reload: s.installed && s.enabled,
+            });
+        }
+        let desired = self.desired(s.kernel_ipv6);
         for t in &desired {
             if !s.rules.contains(t) {
                 plan.steps.push(Step::Add(t.clone()));
             }
         }
-        let foreign: Vec<&Tuple> = s.rules.iter().filter(|t| !desired.contains(t)).collect();
+        // Without IPv6 in the kernel ufw can neither add nor delete IPv6 rules.
+        let foreign: Vec<&Tuple> = s
+            .rules
+            .iter()
+            .filter(|t| !desired.contains(t) && (s.kernel_ipv6 || !t.v6))
+            .collect();
         let mut result: Vec<Tuple> = desired.clone();
         if self.cfg.prune {
             for t in &foreign {
@@ -406,19 +530,31 @@ impl Resource for Ufw {
 
     async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {
         // Allow rules first, then the deny default, then enable: at no moment is the box
-        // closed to the rules it is meant to have.
+        // closed to the rules it is meant to have. IPV6=yes comes before the rules: ufw
+        // refuses IPv6 rules without it, and an active ufw has no IPv6 chains to add them to
+        // until it is reloaded. The reload only opens IPv6 up: with IPV6=no an active ufw
+        // drops all of it, after the reload it gets the rules in user6.rules, and the IPv6
+        // allow rules still missing follow right away.
         let order = |s: &Step| match s {
             Step::Install => 0,
-            Step::Add(_) => 1,
-            Step::Delete(_) => 2,
-            Step::DefaultOutgoing { .. } => 3,
-            Step::DefaultIncoming { .. } => 4,
-            Step::Enable => 5,
+            Step::Ipv6 { .. } => 1,
+            Step::Add(_) => 2,
+            Step::Delete(_) => 3,
+            Step::DefaultOutgoing { .. } => 4,
+            Step::DefaultIncoming { .. } => 5,
+            Step::Enable => 6,
         };
         let mut steps: Vec<&Step> = steps.iter().collect();
         steps.sort_by_key(|s| order(s));
         for step in steps {
             let cmd = match step {
+                Step::Ipv6 { reload, .. } => {
+                    set_ipv6_yes(host)?;
+                    if *reload {
+                        host.run(&Cmd::new("ufw").arg("reload")).await?;
+                    }
+                    continue;
+                }
                 Step::Install => Cmd::new("apt-get")
                     .args(["-o", "DPkg::Lock::Timeout=300"])
                     .args(crate::resources::packages::APT_DPKG_NO_PTY)
@@ -453,7 +589,7 @@ impl Resource for Ufw {
     fn checks(&self, s: &State) -> Vec<Check> {
         let fix = "sapari-agent converge --only ufw";
         let missing = self
-            .desired(s.ipv6)
+            .desired(s.kernel_ipv6)
             .iter()
             .filter(|t| !s.rules.contains(t))
             .count();
@@ -486,8 +622,47 @@ impl Resource for Ufw {
                 },
                 fix,
             ),
+            Check::new(
+                "ufw IPv6",
+                if s.ipv6 { Level::Pass } else { Level::Fail },
+                if s.ipv6 {
+                    "IPV6=yes: IPv6 is filtered too".to_string()
+                } else {
+                    s.ipv6_from.clone()
+                },
+                fix,
+            ),
         ]
     }
+}
+
+/// The `Step::Ipv6` edit: `IPV6=yes` written into /etc/default/ufw atomically, the rest of
+/// the file, its mode and owner kept. Read at apply time (the package may just have
+/// installed it); nothing is written when it already says so.
+fn set_ipv6_yes(host: &Host) -> Result<()> {
+    let path = Path::new(DEFAULTS);
+    let Some(f) = host.read(path)? else {
+        bail!(
+            "{DEFAULTS} is missing although ufw is installed (reinstall it: apt-get install --reinstall ufw); IPV6=yes was not set"
+        );
+    };
+    let Ok(text) = std::str::from_utf8(&f.content) else {
+        bail!("{DEFAULTS} is not UTF-8 text; IPV6=yes was not set");
+    };
+    let new = with_ipv6_yes(text);
+    if new != text {
+        host.write(
+            path,
+            new.as_bytes(),
+            FileSpec {
+                mode: f.mode,
+                uid: f.uid,
+                gid: f.gid,
+            },
+            false,
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -510,6 +685,8 @@ mod tests {
             installed: true,
             enabled: false,
             ipv6: true,
+            ipv6_from: "IPV6=yes".into(),
+            kernel_ipv6: true,
             input_policy: "ACCEPT".into(),
             output_policy: "ACCEPT".into(),
             rules: vec![],
@@ -521,6 +698,8 @@ mod tests {
             installed: true,
             enabled: true,
             ipv6: true,
+            ipv6_from: "IPV6=yes".into(),
+            kernel_ipv6: true,
             input_policy: "DROP".into(),
             output_policy: "ACCEPT".into(),
             rules: r.desired(true),
@@ -670,5 +849,138 @@ mod tests {
             Some("DROP")
         );
         assert_eq!(shell_var(t, "NOPE"), None);
+    }
+
+    /// /etc/default/ufw as Debian 12's ufw 0.36.2 ships it, up to the first policy.
+    const DEBIAN_DEFAULTS: &str = "# /etc/default/ufw\n#\n\n# Set to yes to apply rules to support IPv6 (no means only IPv6 on loopback\n# accepted). You will need to 'disable' and then 'enable' the firewall for\n# the changes to take affect.\nIPV6=yes\n\n# Set the default input policy to ACCEPT, DROP, or REJECT. Please note that if\n# you change this you will most likely want to adjust your rules.\nDEFAULT_INPUT_POLICY=\"DROP\"\n";
+
+    #[test]
+    fn ipv6_setting_is_read_as_ufw_init_sources_it() {
+        assert!(ipv6_on(DEBIAN_DEFAULTS));
+        assert!(ipv6_on("IPV6=\"yes\"\n"));
+        assert!(ipv6_on("IPV6=YES\n"));
+        assert!(ipv6_on("  export IPV6=yes # v6 too\n"));
+        let off = DEBIAN_DEFAULTS.replace("IPV6=yes", "IPV6=no");
+        assert!(!ipv6_on(&off));
+        assert!(!ipv6_on(""), "unset: ufw treats IPv6 as off");
+        assert!(!ipv6_on("# IPV6=yes\n"), "a comment is not a setting");
+        assert!(!ipv6_on("IPV6=Yes\n"), "ufw-init accepts only yes/YES");
+        assert!(!ipv6_on("IPV6=yes\nIPV6=no\n"));
+        assert!(!ipv6_on("IPV6=no\nIPV6=yes\n"), "conflicting: rewritten");
+        assert!(!ipv6_on("IPV6S=yes\n"));
+        assert_eq!(
+            ipv6_words(Some(&off)),
+            "IPV6=no: ufw does not filter IPv6: while active it drops all IPv6 but loopback, in and out"
+        );
+        assert_eq!(
+            ipv6_words(Some("IPV6=no\n  IPV6=yes\n")),
+            format!("IPV6=no, IPV6=yes (conflicting): {IPV6_OFF}")
+        );
+        assert_eq!(ipv6_words(Some("")), format!("IPV6 not set: {IPV6_OFF}"));
+        assert_eq!(ipv6_words(None), "no /etc/default/ufw (ufw not installed)");
+    }
+
+    #[test]
+    fn ipv6_yes_edits_only_that_variable() {
+        let off = DEBIAN_DEFAULTS.replace("IPV6=yes", "IPV6=no");
+        assert_eq!(with_ipv6_yes(&off), DEBIAN_DEFAULTS);
+        assert_eq!(with_ipv6_yes(DEBIAN_DEFAULTS), DEBIAN_DEFAULTS);
+        // every assignment, whatever its form; comments and other variables kept
+        assert_eq!(
+            with_ipv6_yes("# IPV6=no\nIPV6=no\r\nA=1\n  export IPV6=\"no\" # x\nIPV6=no"),
+            "# IPV6=no\nIPV6=yes\r\nA=1\nIPV6=yes\nIPV6=yes\n"
+        );
+        // absent: appended
+        assert_eq!(
+            with_ipv6_yes("DEFAULT_INPUT_POLICY=\"DROP\""),
+            "DEFAULT_INPUT_POLICY=\"DROP\"\nIPV6=yes\n"
+        );
+        assert_eq!(with_ipv6_yes(""), "IPV6=yes\n");
+        for t in ["", "IPV6=no\n", "IPV6=no\nIPV6=yes\n", "IPV6=Yes"] {
+            assert!(ipv6_on(&with_ipv6_yes(t)), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_off_is_a_change_then_the_v6_rules() {
+        let r = res(RunContext::default());
+        // active ufw, every v4 rule in place, IPV6=no: v6 had no filtering at all
+        let mut s = converged(&r);
+        s.ipv6 = false;
+        s.ipv6_from = ipv6_words(Some("IPV6=no\n"));
+        s.rules.retain(|t| !t.v6);
+        let p = r.plan(&s).unwrap();
+        assert_eq!(
+            p.steps[0],
+            Step::Ipv6 {
+                from: format!("IPV6=no: {IPV6_OFF}"),
+                reload: true
+            }
+        );
+        let v6: Vec<Tuple> = r.desired(true).into_iter().filter(|t| t.v6).collect();
+        assert!(!v6.is_empty());
+        assert_eq!(
+            p.steps[1..].to_vec(),
+            v6.into_iter().map(Step::Add).collect::<Vec<_>>()
+        );
+        let c = p.steps[0].change();
+        assert_eq!(c.what, "IPv6 filtering (/etc/default/ufw)");
+        assert_eq!(c.from, Some(format!("IPV6=no: {IPV6_OFF}")));
+        let to = c.to.unwrap();
+        assert!(
+            to.starts_with("IPV6=yes, then `ufw reload`") && to.contains("harmless"),
+            "{to}"
+        );
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        // not active yet: no reload, `ufw enable` loads both families
+        let mut f = fresh();
+        f.ipv6 = false;
+        let p = r.plan(&f).unwrap();
+        assert!(matches!(p.steps[0], Step::Ipv6 { reload: false, .. }));
+        assert_eq!(p.steps.last(), Some(&Step::Enable));
+        assert!(!p.steps[0].change().to.unwrap().contains("reload"));
+        // not installed: install, then make sure of IPV6=yes
+        f.installed = false;
+        let p = r.plan(&f).unwrap();
+        assert_eq!(p.steps[0], Step::Install);
+        assert!(matches!(p.steps[1], Step::Ipv6 { reload: false, .. }));
+        // converged
+        assert!(r.plan(&converged(&r)).unwrap().steps.is_empty());
+        // the check says so
+        let checks = r.checks(&s);
+        let c = checks.iter().find(|c| c.name == "ufw IPv6").unwrap();
+        assert_eq!(c.level, Level::Fail);
+        assert!(c.detail.contains("IPV6=no"), "{}", c.detail);
+        let checks = r.checks(&converged(&r));
+        let c = checks.iter().find(|c| c.name == "ufw IPv6").unwrap();
+        assert_eq!(c.level, Level::Pass);
+    }
+
+    #[test]
+    fn without_ipv6_in_the_kernel_only_v4_rules_are_managed() {
+        let r = res(RunContext::default());
+        let mut s = converged(&r);
+        s.kernel_ipv6 = false;
+        s.ipv6 = false;
+        s.rules.retain(|t| !t.v6);
+        // a leftover v6 rule: ufw could not delete it, so it is not even "foreign"
+        s.rules.push(Tuple::allow_in("tcp", 80, None, None, true));
+        let prune = Ufw::new(
+            &UfwSettings {
+                prune: true,
+                ..UfwSettings::default()
+            },
+            &[op()],
+            &RunContext::default(),
+        );
+        let p = prune.plan(&s).unwrap();
+        assert!(
+            matches!(p.steps.as_slice(), [Step::Ipv6 { reload: true, .. }]),
+            "{:?}",
+            p.steps
+        );
+        assert!(p.notes[0].contains("/proc/sys/net/ipv6"), "{:?}", p.notes);
+        s.ipv6 = true;
+        assert!(prune.plan(&s).unwrap().steps.is_empty());
     }
 }
