@@ -9,6 +9,9 @@ use common::report::{json, out_str, resource};
 use common::{Peer, TestBox, sh_quote};
 
 const SERVER: &str = "203.0.113.10";
+/// The box's global IPv6 address, on a link of its own to the attacker (`wan6`).
+const SERVER6: &str = "2001:db8:10::1";
+const EVIL6: &str = "2001:db8:10::66";
 const TS_SERVER: &str = "100.100.0.1";
 
 /// TCP and UDP services inside the container: 443 (tcp+udp) and 80 (tcp), dual-stack.
@@ -40,7 +43,8 @@ if proto == "tcp":
     s = socket.create_connection((host, port), timeout=2)
     print(s.recv(64).decode(errors="replace").strip())
 else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(2)
     s.sendto(b"ping", (host, port)); print(s.recv(64).decode().strip())
 "#;
 
@@ -250,4 +254,174 @@ fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
         over_ssh("/usr/local/bin/sapari-agent converge --only ufw --json --my-ip 198.51.100.66");
     assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
     assert!(reaches(&evil, "tcp", SERVER, 22));
+}
+
+/// Gives the box a global IPv6 address on `wan6`, a veth into the attacker's namespace (both
+/// ends vanish with the namespaces the harness removes).
+fn add_v6_link(b: &TestBox, evil: &Peer) {
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    run(&[
+        "link",
+        "add",
+        "wan6",
+        "netns",
+        b.netns(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "evil6",
+        "netns",
+        &evil.netns,
+    ]);
+    for (ns, dev, addr) in [
+        (b.netns(), "wan6", SERVER6),
+        (evil.netns.as_str(), "evil6", EVIL6),
+    ] {
+        run(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+        run(&["-n", ns, "link", "set", dev, "up"]);
+    }
+}
+
+/// `ip6tables -S` inside the box.
+fn ip6tables(b: &TestBox) -> String {
+    b.nsenter_ok("ip6tables -S")
+}
+
+/// IPv6 is filtered by ufw's own chains: default deny in, 443 open, no SSH from anywhere
+/// (the operator has only an IPv4 address), no port 80; proven with real IPv6 connections.
+fn assert_v6_filtered(b: &TestBox, evil: &Peer, when: &str) {
+    let rules = ip6tables(b);
+    assert!(rules.contains("-P INPUT DROP"), "{when}: {rules}");
+    assert!(rules.contains("-N ufw6-user-input"), "{when}: {rules}");
+    for proto in ["tcp", "udp"] {
+        assert!(
+            rules.lines().any(|l| l.starts_with("-A ufw6-user-input")
+                && l.contains(&format!("-p {proto}"))
+                && l.contains("--dport 443")
+                && l.ends_with("-j ACCEPT")),
+            "{when}: no v6 443/{proto} rule: {rules}"
+        );
+    }
+    assert!(reaches(evil, "tcp", SERVER6, 443), "{when}: v6 443/tcp");
+    assert!(reaches(evil, "udp", SERVER6, 443), "{when}: v6 443/udp");
+    assert!(
+        !reaches(evil, "tcp", SERVER6, 22),
+        "{when}: v6 ssh must be dropped"
+    );
+    assert!(!reaches(evil, "tcp", SERVER6, 80), "{when}: no v6 port 80");
+    let st = b.exec_ok("ufw status verbose");
+    assert!(st.contains("443/tcp (v6)"), "{when}: {st}");
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn ipv6_no_is_turned_into_ipv6_filtering() {
+    let Net { b, op, evil, .. } = net();
+    config(&b, "");
+    add_v6_link(&b, &evil);
+    // The box as someone left it: IPV6=no (and an unusual mode, which the edit must keep).
+    let shipped = b.read_string("/etc/default/ufw").unwrap();
+    assert!(shipped.contains("\nIPV6=yes\n"), "{shipped}");
+    let off = shipped.replace("\nIPV6=yes\n", "\nIPV6=no\n");
+    b.write("/etc/default/ufw", off.as_bytes(), 0o640);
+    // Control: before the agent, IPv6 reaches every service.
+    assert!(
+        reaches(&evil, "tcp", SERVER6, 22),
+        "control: v6 ssh open before"
+    );
+    assert!(
+        reaches(&evil, "tcp", SERVER6, 80),
+        "control: v6 port 80 open before"
+    );
+
+    // The plan names the setting and the change.
+    let o = b.agent(&["plan", "--only", "ufw", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    let r = json(&o);
+    let changes = resource(&r, "ufw")["changes"].as_array().unwrap().clone();
+    let c = changes
+        .iter()
+        .find(|c| c["what"] == "IPv6 filtering (/etc/default/ufw)")
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(
+        c["from"],
+        "IPV6=no: ufw does not filter IPv6: while active it drops all IPv6 but loopback, in and out",
+        "{c}"
+    );
+    assert!(c["to"].as_str().unwrap().starts_with("IPV6=yes:"), "{c}");
+
+    // 1. ufw not active yet: IPV6=yes, then the rules, then `ufw enable` loads both families.
+    let o = b.agent(&["converge", "--only", "ufw", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(resource(&json(&o), "ufw")["status"], "changed");
+    let edited = b.read_string("/etc/default/ufw").unwrap();
+    assert_eq!(edited, shipped, "only IPV6 changed, back to yes");
+    let mode = b.nsenter_ok("stat -c %a /etc/default/ufw");
+    assert_eq!(mode.trim(), "640", "mode kept");
+    assert_v6_filtered(&b, &evil, "after enabling");
+    assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh over v4");
+    let o = b.agent(&["converge", "--only", "ufw", "--json"]);
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+
+    // 2. ufw active with IPV6=no (set by hand and reloaded): the agent reloads after the edit.
+    b.write("/etc/default/ufw", off.as_bytes(), 0o644);
+    b.exec_ok("ufw reload");
+    let before = ip6tables(&b);
+    // (ufw 0.36.2: no IPv6 rules, and DROP for everything but loopback, in and out)
+    assert!(!before.contains("ufw6-user-input"), "{before}");
+    assert!(before.contains("-P OUTPUT DROP"), "{before}");
+    assert!(
+        !reaches(&evil, "tcp", SERVER6, 443),
+        "ufw with IPV6=no: no IPv6 at all"
+    );
+    let st = json(&b.agent(&["status", "--only", "ufw", "--json"]));
+    let check = st["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ufw IPv6")
+        .unwrap_or_else(|| panic!("{st:#}"))
+        .clone();
+    assert_eq!(check["level"], "FAIL", "{check}");
+    let o = b.agent(&["converge", "--only", "ufw", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    let r = json(&o);
+    let to = resource(&r, "ufw")["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "IPv6 filtering (/etc/default/ufw)")
+        .map(|c| c["to"].to_string())
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert!(to.contains("ufw reload"), "{to}");
+    assert_eq!(b.read_string("/etc/default/ufw").unwrap(), shipped);
+    assert_v6_filtered(&b, &evil, "after the reload");
+    assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh over v4");
+    let o = b.agent(&["converge", "--only", "ufw", "--json"]);
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    let st = json(&b.agent(&["status", "--only", "ufw", "--json"]));
+    assert!(
+        st["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "ufw IPv6" && c["level"] == "PASS"),
+        "{st:#}"
+    );
 }
