@@ -930,3 +930,32 @@ fn docker_without_chains_is_judged_by_what_runs() {
     let d = c.iter().find(|c| c.name == "docker-user v4").unwrap();
     assert_eq!(d.level, Level::Warn, "{d:?}");
 }
+
+#[test]
+fn a_list_that_swaps_most_ranges_is_applied_with_a_loud_warning() {
+    let mut s = converged();
+    let swapped: Vec<IpNet> = ["45.64.0.0/13", "2.56.0.0/14"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    s.families[0].fetched = fetched(Family::V4, Ok(swapped));
+    let p = fw().plan(&s).unwrap();
+    let w: Vec<&String> = p
+        .notes
+        .iter()
+        .filter(|n| n.starts_with("WARNING: "))
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", p.notes);
+    assert!(w[0].contains("IPv4"), "{w:?}");
+    // and applied: it passed validation
+    assert!(p.steps.iter().any(|s| matches!(s, Step::StoreList { .. })));
+    // a list that grows by one range says nothing
+    let mut s = converged();
+    s.families[0].fetched = fetched(Family::V4, Ok(with_extra(Family::V4, "104.30.0.0/15")));
+    let p = fw().plan(&s).unwrap();
+    assert!(
+        !p.notes.iter().any(|n| n.starts_with("WARNING: ")),
+        "{:?}",
+        p.notes
+    );
+}
