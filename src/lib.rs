@@ -366,9 +366,18 @@ async fn firewall_load(o: cli::FirewallOpts) -> i32 {
         );
         return exit::NOT_ROOT;
     }
-    let cfg = match load_config(&sel, None) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // At boot Docker waits for this (RequiredBy=): a broken agent.toml must neither keep the
+    // site down nor leave it open, so the lock is loaded with the default settings and the
+    // error is left to converge and status to report.
+    let cfg = match config::load(sel.config.as_deref(), euid()) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            eprintln!("sapari-agent: {e}");
+            eprintln!(
+                "sapari-agent: loading the origin lock with the default firewall settings instead"
+            );
+            Config::default()
+        }
     };
     if !cfg.firewall.enabled {
         println!("firewall management disabled (firewall.enabled = false): nothing loaded");

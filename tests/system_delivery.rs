@@ -14,6 +14,7 @@ const UNITS: &[&str] = &[
     "sapari-agent.service",
     "sapari-agent.timer",
     "sapari-docker-firewall.service",
+    "sapari-firewall-boot.service",
 ];
 
 /// Builds the package at `version` from the binary under test into `dir`.
@@ -128,6 +129,19 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     assert_eq!(is_enabled(&b, "sapari-agent.timer"), "enabled");
     assert_eq!(is_enabled(&b, "sapari-docker-firewall.service"), "enabled");
     assert_eq!(is_enabled(&b, "sapari-agent.service"), "static");
+    // The origin lock at boot: before the network and Docker, and required by Docker.
+    assert_eq!(is_enabled(&b, "sapari-firewall-boot.service"), "enabled");
+    assert!(exists(
+        &b,
+        "/etc/systemd/system/docker.service.requires/sapari-firewall-boot.service"
+    ));
+    let before_units = b.exec_ok("systemctl show -p Before --value sapari-firewall-boot.service");
+    for u in ["docker.service", "network-pre.target"] {
+        assert!(
+            before_units.contains(u),
+            "Before= lacks {u}: {before_units}"
+        );
+    }
     let active = b.exec("systemctl is-active sapari-agent.timer sapari-agent.service");
     assert_eq!(
         String::from_utf8_lossy(&active.stdout).trim(),
@@ -139,6 +153,25 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
         before,
         "installing the package changed the server"
     );
+
+    // Started as at boot, under systemd and the box's sandbox: the table is in the kernel,
+    // from the lists built into the binary (no last good list yet, no network needed), even
+    // with this agent.toml, which converge refuses as truncated.
+    let o = b.exec("systemctl start sapari-firewall-boot.service");
+    assert!(
+        o.status.success(),
+        "boot unit: {}\n{}",
+        out_str(&o),
+        out_str(&b.exec("journalctl -u sapari-firewall-boot.service --no-pager"))
+    );
+    let table = b.exec_ok("nft list table inet sapari_agent");
+    assert!(
+        table.contains("set cloudflare_v4") && table.contains("hook prerouting"),
+        "{table}"
+    );
+    let journal = b.exec_ok("journalctl -u sapari-firewall-boot.service --no-pager -o cat");
+    assert!(journal.contains("built-in"), "{journal}");
+    b.exec_ok("nft delete table inet sapari_agent && systemctl stop sapari-firewall-boot.service");
 
     // Upgrade: the administrator's edits and choices survive.
     b.exec_ok("echo '# local note' >> /etc/sapari-agent/agent.toml.example");
@@ -160,6 +193,14 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     assert!(!exists(&b, "/usr/bin/sapari-agent"));
     assert!(!exists(&b, "/usr/lib/systemd/system/sapari-agent.timer"));
     assert!(exists(&b, "/etc/sapari-agent/agent.toml.example"));
+    // Neither masked nor still required: Docker must start without the package.
+    for p in [
+        "/etc/systemd/system/sapari-firewall-boot.service",
+        "/etc/systemd/system/docker.service.requires/sapari-firewall-boot.service",
+    ] {
+        let o = b.exec(&format!("test -e {0} || test -L {0}", sh_quote(p)));
+        assert!(!o.status.success(), "{p} left after remove");
+    }
     let o = b.exec("dpkg --purge sapari-agent");
     assert!(o.status.success(), "dpkg --purge: {}", out_str(&o));
     assert_eq!(installed_version(&b), None);
