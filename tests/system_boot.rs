@@ -791,6 +791,8 @@ impl Converged {
             "toml=root:root:600".into(),
             "timer=enabled/active".into(),
             "dfw=enabled".into(),
+            "boot=enabled".into(),
+            "lock=1".into(),
             "swap=/swapfile".into(),
         ]
     }
@@ -813,6 +815,8 @@ const COMMON_FACTS_SH: &str = "set -eo pipefail; sudo -n true; echo sudo=ok; hos
      sudo stat -c 'toml=%U:%G:%a' /etc/sapari-agent/agent.toml; \
      echo timer=$(systemctl is-enabled sapari-agent.timer)/$(systemctl is-active sapari-agent.timer); \
      echo dfw=$(systemctl is-enabled sapari-docker-firewall.service); \
+     echo boot=$(systemctl is-enabled sapari-firewall-boot.service); \
+     echo lock=$(sudo nft -j list table inet sapari_agent | grep -c cloudflare_only); \
      sudo swapon --show=NAME --noheadings | sed 's/^/swap=/'";
 
 #[test]
