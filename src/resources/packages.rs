@@ -452,10 +452,15 @@ mod tests {
 
     fn converged(r: &Packages) -> State {
         State {
-            installed: ["unattended-upgrades", "fail2ban", "python3-systemd", "nftables"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            installed: [
+                "unattended-upgrades",
+                "fail2ban",
+                "python3-systemd",
+                "nftables",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             lists_age: Some(Duration::from_secs(60)),
             unknown: vec![],
             auto_upgrades: Some(AUTO_UPGRADES_CONTENT.into()),
