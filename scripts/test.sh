@@ -26,7 +26,7 @@ fi
 apt-get install -y -qq --no-install-recommends \
   musl-tools debootstrap systemd-container iproute2 util-linux e2fsprogs \
   python3 ca-certificates file openssh-client sshpass \
-  iptables docker.io docker-compose socat openssl busybox-static apt-utils \
+  iptables nftables docker.io docker-compose socat openssl busybox-static apt-utils \
   help2man lintian >/dev/null
 # The boot tests run a TCG VM. Debian 12's qemu-system-x86 needs its own qemu-utils, and a
 # machine may carry a newer qemu-utils from backports: take the matching one.
@@ -58,8 +58,11 @@ cargo build --release --target x86_64-unknown-linux-musl --quiet
 export SAPARI_AGENT_BIN="$PWD/target/x86_64-unknown-linux-musl/release/sapari-agent"
 file "$SAPARI_AGENT_BIN" | grep -Eq 'static(-pie)? linked' || { echo "agent binary is not static" >&2; exit 1; }
 
-step "test rootfs and VM image (cached under /var/cache/sapari-agent-tests)"
+step "test rootfs, Docker trees and VM image (cached under /var/cache/sapari-agent-tests)"
 tests/harness/build-rootfs.sh
+# Docker 26 (Debian 13) and 28 (forky) for the firewall fixture, run by chroot in its namespaces
+tests/harness/build-docker-tree.sh trixie >/dev/null
+tests/harness/build-docker-tree.sh forky >/dev/null
 tests/harness/build-vm.sh >/dev/null
 
 step "unit and system tests"
