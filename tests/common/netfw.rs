@@ -21,16 +21,31 @@
 //! `ts` is wired straight into the server on an interface called `tailscale0`, the way tailnet
 //! traffic really arrives: it is the client whose traffic does not arrive on the WAN interface.
 //!
-//! Docker is Debian 12's docker.io 20.10 with `--ipv6 --ip6tables --experimental`: it publishes
-//! over IPv6 too, but creates neither DOCKER-USER nor the FORWARD jump in ip6tables, and when it
-//! restarts it puts its own FORWARD rules back on top, so a v6 jump added earlier (by the agent)
-//! ends up last, behind Docker's ACCEPTs. The agent has to cope with both; the tests check it.
+//! By default ([`Edge::up`]) Docker is Debian 12's docker.io 20.10 with `--ipv6 --ip6tables
+//! --experimental`: it publishes over IPv6 too, but creates neither DOCKER-USER nor the FORWARD
+//! jump in ip6tables, and when it restarts it puts its own FORWARD rules back on top, so a v6 jump
+//! added earlier (by the agent) ends up last, behind Docker's ACCEPTs. The agent has to cope with
+//! both; the tests check it.
+//!
+//! [`Edge::up_docker`] with [`DockerOptions`] picks the daemon and its config:
+//! - `ipv6: false` is Docker's own default config (no `ipv6`, no `ip6tables` flag, userland proxy
+//!   on), the one real servers have: `docker-proxy` listens on `[::]:443` and an IPv6 client
+//!   reaches the container through srv's INPUT chain, never through DOCKER-USER.
+//! - [`Daemon::Trixie`] (docker.io 26.1, Debian 13) and [`Daemon::Forky`] (docker.io 28.5) run from
+//!   a cached Debian tree (tests/harness/build-docker-tree.sh) by chroot in srv's netns. The tree
+//!   is bound read-only; everything dockerd writes goes to our temp dir, bound at `/sfw` in it.
+//!   The host's docker CLI (20.10) talks to all three daemons through the socket (API version
+//!   negotiation).
+//!
+//! Continuous probes ([`Edge::start_probe`]) open a new TCP connection every 10 ms during an event
+//! ([`Edge::kill_dockerd`], [`Edge::flush_netfilter`], a dockerd start, an agent run) and count
+//! who got through.
 //!
 //! Safety: every netfilter command, dockerd and the agent run inside namespaces created here
 //! (their inodes are checked against the host's at creation). dockerd also gets a private mount
-//! namespace with its own tmpfs `/run` and a private `/etc/docker`, and `--data-root`/`--exec-root`
-//! in our temp dir, so the host's `/var/lib/docker`, `/run/docker` and `/etc/docker` are never
-//! written. Teardown (Drop, also on panic) kills only what it started: processes inside our
+//! namespace with its own `/run` (a directory of ours) and a private `/etc/docker`, and
+//! `--data-root`/`--exec-root` in our temp dir, so the host's `/var/lib/docker`, `/run/docker`
+//! and `/etc/docker` are never written; a docker tree is mounted read-only. Teardown (Drop, also on panic) kills only what it started: processes inside our
 //! namespaces and in our cgroups. A watchdog process and `cleanup_stale()` remove leftovers of
 //! test processes that died without running Drop (names carry the owner's pid: `sfw-<pid>-<n>-`).
 #![allow(dead_code)]
@@ -225,6 +240,135 @@ impl Default for EdgeOptions {
     }
 }
 
+/// Which dockerd runs in srv.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Daemon {
+    /// The host's own Debian 12 docker.io 20.10 (`/usr/sbin/dockerd`).
+    #[default]
+    Bookworm,
+    /// Debian 13's docker.io 26.1, from a cached tree, by chroot.
+    Trixie,
+    /// Debian forky's docker.io 28.5, from a cached tree, by chroot.
+    Forky,
+}
+
+impl Daemon {
+    pub const ALL: [Daemon; 3] = [Daemon::Bookworm, Daemon::Trixie, Daemon::Forky];
+
+    /// The Debian suite it comes from.
+    pub fn suite(self) -> &'static str {
+        match self {
+            Daemon::Bookworm => "bookworm",
+            Daemon::Trixie => "trixie",
+            Daemon::Forky => "forky",
+        }
+    }
+
+    /// The major version of Docker it is (`docker version` must agree).
+    pub fn major(self) -> u32 {
+        match self {
+            Daemon::Bookworm => 20,
+            Daemon::Trixie => 26,
+            Daemon::Forky => 28,
+        }
+    }
+
+    /// The tree dockerd runs from: `None` for the host's own; else built (once, cached) by
+    /// tests/harness/build-docker-tree.sh.
+    pub fn tree(self) -> Option<PathBuf> {
+        if self == Daemon::Bookworm {
+            return None;
+        }
+        static TREES: Mutex<BTreeMap<Daemon, PathBuf>> = Mutex::new(BTreeMap::new());
+        // Held while building: two tests wanting the same tree wait for one build.
+        let mut g = TREES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = g.get(&self) {
+            return Some(p.clone());
+        }
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/build-docker-tree.sh");
+        let t0 = Instant::now();
+        let o = run(
+            Command::new("bash").arg(&script).arg(self.suite()),
+            None,
+            Duration::from_secs(900),
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{} {} failed\n{}",
+            script.display(),
+            self.suite(),
+            describe(&o)
+        );
+        let p = PathBuf::from(
+            stdout
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim(),
+        );
+        assert!(
+            p.join("usr/sbin/dockerd").is_file() && p.join("sfw").is_dir(),
+            "build-docker-tree.sh {} printed {p:?}, which is not a docker tree",
+            self.suite()
+        );
+        if t0.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "netfw: built the {} docker tree in {:.0?}",
+                self.suite(),
+                t0.elapsed()
+            );
+        }
+        g.insert(self, p.clone());
+        Some(p)
+    }
+}
+
+/// The daemon and its config, for [`Edge::up_docker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DockerOptions {
+    /// `true`: `--ipv6 --fixed-cidr-v6 fd00:18::/64 --ip6tables --experimental` (what
+    /// [`Edge::up`] runs). `false`: none of these, Docker's defaults (IPv6 clients reach the
+    /// container through `docker-proxy` on `[::]:443`).
+    pub ipv6: bool,
+    pub daemon: Daemon,
+}
+
+impl Default for DockerOptions {
+    /// What [`Edge::up`] runs: Debian 12's dockerd with IPv6 on.
+    fn default() -> Self {
+        DockerOptions {
+            ipv6: true,
+            daemon: Daemon::Bookworm,
+        }
+    }
+}
+
+impl DockerOptions {
+    /// Docker's own default daemon config (no IPv6 flags), on Debian 12's dockerd.
+    pub fn default_docker() -> Self {
+        DockerOptions {
+            ipv6: false,
+            daemon: Daemon::Bookworm,
+        }
+    }
+
+    pub fn daemon(mut self, daemon: Daemon) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    pub fn ipv6(mut self, ipv6: bool) -> Self {
+        self.ipv6 = ipv6;
+        self
+    }
+}
+
+/// Where a docker tree's dockerd sees our docker dir (bound there, tree read-only).
+const TREE_MNT: &str = "/sfw";
+
 /// The result of one agent run.
 #[derive(Debug)]
 pub struct AgentRun {
@@ -269,7 +413,11 @@ pub struct Edge {
     /// Namespaces made so far (deleted in reverse order).
     netns: Vec<String>,
     docker: bool,
+    dopts: DockerOptions,
+    /// The docker tree dockerd runs from by chroot (None: the host's dockerd).
+    tree: Option<PathBuf>,
     dockerd: Mutex<Option<Child>>,
+    probes: AtomicU32,
     lists: Mutex<Option<Child>>,
     routes: Mutex<BTreeMap<String, Value>>,
     agent: PathBuf,
@@ -431,6 +579,7 @@ fn require_tools() {
         ("python3", "python3"),
         ("unshare", "util-linux"),
         ("nsenter", "util-linux"),
+        ("nft", "nftables"),
     ];
     let missing: Vec<String> = need
         .iter()
@@ -509,6 +658,236 @@ pub fn cleanup_stale() {
 fn start_watchdog() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| super::common::spawn_watchdog("netfw", CLEANUP_SH));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+/// Run in srv's netns by [`Edge::flush_netfilter`]. The legacy tables are looked at only when
+/// srv has some (listing them with iptables-legacy could load the legacy modules host-wide).
+const FLUSH_NETFILTER_SH: &str = r#"set -e
+nft flush ruleset
+for f in ip:iptables-legacy ip6:ip6tables-legacy; do
+  names=/proc/net/${f%%:*}_tables_names; cmd=${f#*:}
+  [ -r "$names" ] || continue
+  for t in $(cat "$names"); do
+    $cmd -t "$t" -F
+    $cmd -t "$t" -X
+    for c in $($cmd -t "$t" -S | awk '$1=="-P" {print $2}'); do $cmd -t "$t" -P "$c" ACCEPT; done
+  done
+done
+# conntrack: IPCTNL_MSG_CT_DELETE without a tuple flushes the table of this netns
+python3 -c '
+import errno, socket, struct
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+for seq, fam in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+    # nlmsghdr (type NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE, REQUEST|ACK) + nfgenmsg
+    s.send(struct.pack("=LHHLL", 20, (1 << 8) | 2, 0x1 | 0x4, seq, 0) + struct.pack("=BBH", fam, 0, 0))
+    r = s.recv(4096)
+    err = -struct.unpack_from("=i", r, 16)[0]
+    if err not in (0, errno.ENOENT):
+        raise SystemExit("conntrack flush (family %d): %s" % (fam, errno.errorcode.get(err, err)))
+'
+"#;
+
+/// The client of [`Edge::start_probe`]: a fresh non-blocking TCP connect every `interval`, each
+/// given `timeout` to complete; stats (JSON) are rewritten every 100 ms and at the end.
+const PROBE_PY: &str = r#"
+import errno, json, os, selectors, signal, socket, struct, sys, time
+fam, addr, port, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+interval, timeout, max_s, max_n = (float(sys.argv[5]), float(sys.argv[6]),
+                                   float(sys.argv[7]), int(sys.argv[8]))
+af = socket.AF_INET6 if fam == "6" else socket.AF_INET
+st = {"attempts": 0, "connected": 0, "refused": 0, "timed_out": 0, "other": 0,
+      "unfinished": 0, "first": None, "last": None, "elapsed_ms": 0, "done": False}
+stop = False
+def term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, term)
+signal.signal(signal.SIGINT, term)
+sel = selectors.DefaultSelector()
+pending = {}
+t0 = time.monotonic()
+def ms():
+    return int((time.monotonic() - t0) * 1000)
+def dump():
+    st["elapsed_ms"] = ms()
+    with open(out + ".tmp", "w") as f:
+        json.dump(st, f)
+    os.replace(out + ".tmp", out)
+# close with RST: no TIME_WAIT pile-up over thousands of connections
+linger = struct.pack("ii", 1, 0)
+def finish(s, err):
+    if err == 0:
+        st["connected"] += 1
+        m = ms()
+        if st["first"] is None:
+            st["first"] = m
+        st["last"] = m
+    elif err == errno.ECONNREFUSED:
+        st["refused"] += 1
+    elif err == errno.ETIMEDOUT:
+        st["timed_out"] += 1
+    else:
+        st["other"] += 1
+    s.close()
+def collect(wait):
+    for key, _ in sel.select(wait):
+        s = key.fileobj
+        sel.unregister(s)
+        del pending[s]
+        finish(s, s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+next_at = t0
+next_dump = t0 + 0.1
+dump()
+while not stop:
+    now = time.monotonic()
+    if now - t0 >= max_s or (st["attempts"] >= max_n and not pending):
+        break
+    if now >= next_at and st["attempts"] < max_n:
+        s = socket.socket(af, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        st["attempts"] += 1
+        err = s.connect_ex((addr, port))
+        if err == errno.EINPROGRESS:
+            pending[s] = now + timeout
+            sel.register(s, selectors.EVENT_WRITE)
+        else:
+            finish(s, err)
+        next_at += interval
+        if next_at < now:
+            next_at = now + interval  # late (a busy machine): no burst to catch up
+    now = time.monotonic()
+    wake = min([next_at if st["attempts"] < max_n else now + 0.05, next_dump]
+               + list(pending.values()))
+    collect(max(0.0, wake - now))
+    now = time.monotonic()
+    for s, deadline in list(pending.items()):
+        if now >= deadline:
+            sel.unregister(s)
+            del pending[s]
+            finish(s, errno.ETIMEDOUT)
+    if now >= next_dump:
+        dump()
+        next_dump = now + 0.1
+collect(0)
+st["unfinished"] = len(pending)
+for s in list(pending):
+    s.close()
+st["done"] = True
+dump()
+"#;
+
+/// What a [`Probe`] saw. Times are ms since the probe started, taken when a handshake completed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    /// Connections opened (each a new socket).
+    pub attempts: u64,
+    /// Handshakes completed: the client reached the port.
+    pub connected: u64,
+    /// Answered by RST (e.g. nothing listening, or a REJECT).
+    pub refused: u64,
+    /// No answer within the probe's connect timeout (e.g. a DROP).
+    pub timed_out: u64,
+    /// Other errors (unreachable...).
+    pub other: u64,
+    /// Still in flight when the probe stopped (not counted as anything else).
+    pub unfinished: u64,
+    pub first_connected_ms: Option<u64>,
+    pub last_connected_ms: Option<u64>,
+    /// How long the probe ran.
+    pub elapsed_ms: u64,
+    /// The probe ended by itself or by `stop` (false: read while running, or it was killed).
+    pub done: bool,
+}
+
+impl ProbeStats {
+    fn parse(text: &str) -> Option<ProbeStats> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Some(ProbeStats {
+            attempts: n("attempts"),
+            connected: n("connected"),
+            refused: n("refused"),
+            timed_out: n("timed_out"),
+            other: n("other"),
+            unfinished: n("unfinished"),
+            first_connected_ms: v["first"].as_u64(),
+            last_connected_ms: v["last"].as_u64(),
+            elapsed_ms: n("elapsed_ms"),
+            done: v["done"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
+/// A running continuous probe (see [`Edge::start_probe`]). Dropping it kills it.
+pub struct Probe {
+    child: Option<Child>,
+    stats: PathBuf,
+    log: PathBuf,
+    label: String,
+}
+
+impl Probe {
+    /// Connect interval, connect timeout, hard limits: a probe always ends by itself.
+    pub const INTERVAL: Duration = Duration::from_millis(10);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+    pub const MAX_DURATION: Duration = Duration::from_secs(180);
+    pub const MAX_ATTEMPTS: u64 = 20_000;
+
+    /// "evil/v4:443"
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The stats as last written (every 100 ms) while it runs.
+    pub fn stats_so_far(&self) -> ProbeStats {
+        fs::read_to_string(&self.stats)
+            .ok()
+            .and_then(|t| ProbeStats::parse(&t))
+            .unwrap_or_default()
+    }
+
+    /// Handshakes completed so far (at most 100 ms old).
+    pub fn connected_so_far(&self) -> u64 {
+        self.stats_so_far().connected
+    }
+
+    /// Stops the probe (SIGTERM; it collects what completed, then writes its stats) and returns
+    /// what it saw. Panics if the probe died instead of finishing.
+    pub fn stop(mut self) -> ProbeStats {
+        let mut c = self.child.take().expect("probe child");
+        signal(c.id(), "TERM");
+        let t0 = Instant::now();
+        while c.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(10) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if c.try_wait().ok().flatten().is_none() {
+            signal_group(c.id(), "KILL");
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+        let st = self.stats_so_far();
+        assert!(
+            st.done,
+            "probe {} did not finish cleanly: {st:?}\n{}",
+            self.label,
+            fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        st
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal_group(c.id(), "KILL");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -597,21 +976,27 @@ impl Edge {
     }
 
     pub fn up_with(opts: EdgeOptions) -> Edge {
-        Self::up_parts(opts.docker, opts.docker, true)
+        Self::up_parts(opts.docker, opts.docker, true, DockerOptions::default())
+    }
+
+    /// Like [`up`](Self::up) with another daemon or daemon config, e.g.
+    /// `Edge::up_docker(DockerOptions::default_docker().daemon(Daemon::Forky))`.
+    pub fn up_docker(d: DockerOptions) -> Edge {
+        Self::up_parts(true, true, true, d)
     }
 
     /// For the compose tests: the topology and dockerd with the imported image, but no `web`
     /// container and no list server (the compose project brings its own containers).
     pub fn up_compose() -> Edge {
-        Self::up_parts(true, false, false)
+        Self::up_parts(true, false, false, DockerOptions::default())
     }
 
     /// The topology alone (the agent runs in srv, e.g. for file-only subcommands).
     pub fn up_bare() -> Edge {
-        Self::up_parts(false, false, false)
+        Self::up_parts(false, false, false, DockerOptions::default())
     }
 
-    fn up_parts(docker: bool, web: bool, lists: bool) -> Edge {
+    fn up_parts(docker: bool, web: bool, lists: bool, dopts: DockerOptions) -> Edge {
         let opts = EdgeOptions { docker };
         let uid = fs::read_to_string("/proc/self/status")
             .ok()
@@ -634,6 +1019,12 @@ impl Edge {
                 "dockerd/docker not found (apt: docker.io)"
             );
         }
+        // Before anything exists: a first build of a tree takes about a minute.
+        let tree = if opts.docker {
+            dopts.daemon.tree()
+        } else {
+            None
+        };
         let name = format!(
             "{PREFIX}{}-{}",
             std::process::id(),
@@ -651,7 +1042,10 @@ impl Edge {
             dir: Some(dir),
             netns: Vec::new(),
             docker: opts.docker,
+            dopts,
+            tree,
             dockerd: Mutex::new(None),
+            probes: AtomicU32::new(0),
             lists: Mutex::new(None),
             routes: Mutex::new(BTreeMap::new()),
             agent,
@@ -684,12 +1078,26 @@ impl Edge {
             }
         }
         eprintln!(
-            "netfw: {} up in {:.1?} ({})",
+            "netfw: {} up in {:.1?} ({}){}",
             e.name,
             t0.elapsed(),
-            steps.join(", ")
+            steps.join(", "),
+            if opts.docker {
+                format!(
+                    " with the {} dockerd, ipv6 {}",
+                    dopts.daemon.suite(),
+                    dopts.ipv6
+                )
+            } else {
+                String::new()
+            }
         );
         e
+    }
+
+    /// The daemon and its config this edge runs.
+    pub fn docker_options(&self) -> DockerOptions {
+        self.dopts
     }
 
     pub fn name(&self) -> &str {
@@ -1269,6 +1677,74 @@ impl Edge {
         })
     }
 
+    /// Starts a continuous probe in `from`'s netns: a new TCP connection to srv's address of
+    /// `fam` on `port` every [`Probe::INTERVAL`], each given [`Probe::CONNECT_TIMEOUT`] (so about
+    /// 20 are in flight against a DROP), until [`Probe::stop`] or its hard limits
+    /// ([`Probe::MAX_DURATION`], [`Probe::MAX_ATTEMPTS`]). Several may run at once. Returns
+    /// once the probe runs (its first stats are written).
+    pub fn start_probe(&self, from: Host, fam: Fam, port: u16) -> Probe {
+        let n = self.probes.fetch_add(1, Ordering::SeqCst);
+        let pdir = self.dir().join("probes");
+        fs::create_dir_all(&pdir).unwrap();
+        let script = pdir.join("probe.py");
+        if !script.exists() {
+            let tmp = pdir.join(format!(".probe.py.{n}"));
+            fs::write(&tmp, PROBE_PY).unwrap();
+            fs::rename(&tmp, &script).unwrap();
+        }
+        let label = format!("{}/{}:{port}", from.role(), fam.suffix());
+        let base = format!("{n}-{}-{}", from.role(), fam.suffix());
+        let stats = pdir.join(format!("{base}.json"));
+        let log_path = pdir.join(format!("{base}.log"));
+        let log = fs::File::create(&log_path).unwrap();
+        let py = which(&["/usr/bin/python3", "python3"]).expect("python3");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(from)])
+            .arg(py)
+            .arg(&script)
+            .arg(match fam {
+                Fam::V4 => "4",
+                Fam::V6 => "6",
+            })
+            .arg(fam.srv_addr())
+            .arg(port.to_string())
+            .arg(&stats)
+            .arg(Probe::INTERVAL.as_secs_f64().to_string())
+            .arg(Probe::CONNECT_TIMEOUT.as_secs_f64().to_string())
+            .arg(Probe::MAX_DURATION.as_secs_f64().to_string())
+            .arg(Probe::MAX_ATTEMPTS.to_string())
+            .env("PATH", PATH_ENV)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("spawn probe");
+        let mut p = Probe {
+            child: Some(child),
+            stats,
+            log: log_path,
+            label,
+        };
+        let t0 = Instant::now();
+        while !p.stats.exists() {
+            if let Some(st) = p.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "probe {} exited ({st}):\n{}",
+                    p.label,
+                    fs::read_to_string(&p.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "probe {} not running after 10 s",
+                p.label
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        p
+    }
+
     // ---- docker -----------------------------------------------------------------------------
 
     fn dockerd_dir(&self) -> PathBuf {
@@ -1383,7 +1859,18 @@ impl Edge {
         // The UDP responder reads the datagram before it answers: with a plain `echo pong` the
         // echo may exit before socat hands it the datagram, socat dies of EPIPE and the answer
         // is lost (about 1 exchange in 100 here).
-        let cmd = "socat TCP6-LISTEN:443,fork,reuseaddr,ipv6only=0 EXEC:'echo hello' & socat UDP6-RECVFROM:443,fork,ipv6only=0 SYSTEM:'read -r l; echo pong' & wait";
+        //
+        // The TCP responder runs echo on the socket itself (nofork): with a pipe in between,
+        // socat may see echo exit before it has read "hello" and close without it (seen as an
+        // empty answer about 1 exchange in 20 under load, e.g. while a killed dockerd exits).
+        //
+        // socat's default listen backlog (5) overflows under continuous probes (start_probe):
+        // the kernel then drops SYNs, which look like a firewall DROP to a prober.
+        //
+        // Nothing goes to the container's stdout/stderr: after a crash of dockerd (kill_dockerd)
+        // nobody drains them, and a container that logs stalls. Seen: socat's "Broken pipe" for
+        // every probe connection closed by RST stopped the container answering within a second.
+        let cmd = "exec >/dev/null 2>&1; socat TCP6-LISTEN:443,fork,reuseaddr,ipv6only=0,backlog=4096 EXEC:'echo hello',nofork & socat UDP6-RECVFROM:443,fork,ipv6only=0 SYSTEM:'read -r l; echo pong' & wait";
         self.docker_ok(&[
             "run",
             "-d",
@@ -1413,15 +1900,23 @@ impl Edge {
 
     /// Waits until the container answers on its own addresses, v4 and v6 (from srv, not
     /// through DOCKER-USER). The v6 ones are usable only after duplicate address detection.
+    /// Without `ipv6` in the daemon config the container has no v6 address: v4 only.
     pub fn wait_container(&self) {
         let t0 = Instant::now();
-        let v6 = self.container_v6();
-        for (p, a) in [
-            (Proto::Tcp, CONTAINER_V4),
-            (Proto::Udp, CONTAINER_V4),
-            (Proto::Tcp, v6.as_str()),
-            (Proto::Udp, v6.as_str()),
-        ] {
+        let mut want = vec![(Proto::Tcp, CONTAINER_V4.to_string())];
+        want.push((Proto::Udp, CONTAINER_V4.to_string()));
+        if self.dopts.ipv6 {
+            let v6 = self.container_v6();
+            assert!(
+                !v6.is_empty(),
+                "the container has no IPv6 address although dockerd runs with --ipv6\n{}",
+                describe(&self.docker(&["inspect", "web"]))
+            );
+            want.push((Proto::Tcp, v6.clone()));
+            want.push((Proto::Udp, v6));
+        }
+        for (p, a) in want {
+            let a = a.as_str();
             while !self.probe_addr(Host::Srv, p, a) {
                 assert!(
                     t0.elapsed() < Duration::from_secs(20),
@@ -1434,7 +1929,8 @@ impl Edge {
     }
 
     /// Waits until the Cloudflare client reaches the published port over TCP and UDP, v4 and v6
-    /// (no rules yet: everyone does). Proves the whole path before a test relies on it.
+    /// (no rules yet: everyone does). Proves the whole path before a test relies on it; without
+    /// `ipv6` in the daemon config the v6 path is docker-proxy on `[::]:443`.
     pub fn wait_wan(&self) {
         let t0 = Instant::now();
         for f in [Fam::V4, Fam::V6] {
@@ -1463,59 +1959,155 @@ impl Edge {
         .to_string()
     }
 
-    /// Starts dockerd in srv (private mount ns, fresh sysfs for the netns, the host's cgroup
-    /// hierarchies, tmpfs /run, private /etc/docker) and waits for its API.
+    /// dockerd's arguments, with our docker dir at `d` (as dockerd sees it).
+    fn dockerd_args(&self, d: &str) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--config-file",
+            &format!("{d}/daemon.json"),
+            "--data-root",
+            &format!("{d}/data"),
+            "--exec-root",
+            &format!("{d}/exec"),
+            "--pidfile",
+            &format!("{d}/docker.pid"),
+            "-H",
+            &format!("unix://{d}/docker.sock"),
+            "--iptables=true",
+            "--bip",
+            "172.18.0.1/16",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if self.dopts.ipv6 {
+            a.extend(
+                [
+                    "--ipv6",
+                    "--fixed-cidr-v6",
+                    "fd00:18::/64",
+                    "--ip6tables",
+                    "--experimental",
+                ]
+                .map(String::from),
+            );
+        }
+        a.extend(
+            [
+                "--cgroup-parent",
+                &format!("/{}", self.cgroup_parent()),
+                "--storage-driver",
+                "overlay2",
+                "--shutdown-timeout",
+                "2",
+                "--log-level",
+                "warn",
+            ]
+            .map(String::from),
+        );
+        a
+    }
+
+    /// Starts dockerd in srv and waits for its API. The host's dockerd runs in a private mount
+    /// ns with a fresh sysfs for the netns, the host's cgroup hierarchies, a private /etc/docker
+    /// and a private /run; a tree's dockerd by chroot into the read-only tree (see
+    /// [`start_dockerd_async`](Self::start_dockerd_async)). Also after
+    /// [`kill_dockerd`](Self::kill_dockerd) and [`flush_netfilter`](Self::flush_netfilter).
+    ///
+    /// /run is a directory of ours (`docker/run`) that outlives a dockerd, as a host's /run
+    /// outlives a crash: the next dockerd's containerd finds the shims of the containers that
+    /// kept running (their sockets are there) and dockerd can kill and restart them.
     pub fn start_dockerd(&self) {
+        self.start_dockerd_async();
+        self.wait_dockerd();
+    }
+
+    /// Starts dockerd and returns at once (the socket may not exist yet): for a test that
+    /// probes while dockerd comes up. [`wait_dockerd`](Self::wait_dockerd) waits for the API.
+    pub fn start_dockerd_async(&self) {
         let mut g = self.dockerd.lock().unwrap();
         assert!(g.is_none(), "dockerd already running");
         let d = self.dockerd_dir();
-        for sub in ["etc", "cli", "cg"] {
+        for sub in ["etc", "cli", "cg", "run"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
         fs::write(d.join("daemon.json"), "{}\n").unwrap();
-        // dockerd 20.10 writes /etc/docker/key.json: give it a private /etc/docker. The docker.io
-        // package ships that directory, so it exists wherever dockerd does.
-        assert!(
-            Path::new("/etc/docker").is_dir(),
-            "/etc/docker is missing: is docker.io installed?"
-        );
-        let script = format!(
-            r#"set -e
-D=$1
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "nsenter"])
+            .arg(format!("--net=/run/netns/{}", self.ns(Host::Srv)));
+        if let Some(tree) = &self.tree {
+            // The tree is bound on itself (a chroot root must be a mount point, or dockerd
+            // finds no mount point for its data root) and made read-only: nothing a daemon does
+            // can change it. What dockerd writes lives on mounts of its own: our docker dir on
+            // /sfw, our run dir on /run, a tmpfs /tmp, a private /etc/docker. The sysfs is this
+            // netns's; the cgroup hierarchies and /dev are the host's.
+            let script = format!(
+                r#"set -e
+D=$1; R=$2; shift 2
+mount --bind "$R" "$R"
+mount -o remount,bind,ro "$R"
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"
+mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
+mount --rbind /dev "$R/dev"
+mount --bind "$D/run" "$R/run"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mount --bind "$D" "$R{TREE_MNT}"
+mount --bind "$D/etc" "$R/etc/docker"
+exec chroot "$R" /usr/sbin/dockerd "$@""#
+            );
+            c.args(["sh", "-c", &script, "sh"])
+                .arg(&d)
+                .arg(tree)
+                .args(self.dockerd_args(TREE_MNT))
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        } else {
+            // dockerd 20.10 writes /etc/docker/key.json: give it a private /etc/docker. The
+            // docker.io package ships that directory, so it exists wherever dockerd does.
+            assert!(
+                Path::new("/etc/docker").is_dir(),
+                "/etc/docker is missing: is docker.io installed?"
+            );
+            let script = r#"set -e
+D=$1; shift
 # `ip netns exec` would mount a sysfs without the cgroup hierarchies: keep them by hand.
 mount --rbind /sys/fs/cgroup "$D/cg"
 mount -t sysfs sysfs /sys
 mount --rbind "$D/cg" /sys/fs/cgroup
 umount -l "$D/cg"
-mount -t tmpfs -o mode=755 tmpfs /run
+mount --bind "$D/run" /run
 mount --bind "$D/etc" /etc/docker
-exec dockerd --config-file "$D/daemon.json" --data-root "$D/data" --exec-root "$D/exec" \
-  --pidfile "$D/docker.pid" -H "unix://$D/docker.sock" \
-  --iptables=true --bip 172.18.0.1/16 \
-  --ipv6 --fixed-cidr-v6 fd00:18::/64 --ip6tables --experimental \
-  --cgroup-parent "/{cg}" --storage-driver overlay2 --shutdown-timeout 2 --log-level warn"#,
-            cg = self.cgroup_parent()
-        );
+exec dockerd "$@""#;
+            c.args(["sh", "-c", script, "sh"])
+                .arg(&d)
+                .args(self.dockerd_args(&d.to_string_lossy()))
+                .env("PATH", PATH_ENV);
+        }
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(d.join("dockerd.log"))
             .unwrap();
-        let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "nsenter"])
-            .arg(format!("--net=/run/netns/{}", self.ns(Host::Srv)))
-            .args(["sh", "-c", &script, "sh"])
-            .arg(&d)
-            .env("PATH", PATH_ENV)
+        let child = c
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0)
             .spawn()
             .expect("spawn dockerd");
-        let pid = child.id();
         *g = Some(child);
-        drop(g);
+    }
+
+    /// Waits (30 s at most) until dockerd started by [`start_dockerd_async`] answers, and checks
+    /// that it lives in srv's network namespace.
+    pub fn wait_dockerd(&self) {
+        let d = self.dockerd_dir();
+        let pid = self
+            .dockerd
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(Child::id)
+            .expect("dockerd not started");
         let t0 = Instant::now();
         loop {
             let o = self.docker(&["version", "--format", "{{.Server.Version}}"]);
@@ -1550,7 +2142,151 @@ exec dockerd --config-file "$D/daemon.json" --data-root "$D/data" --exec-root "$
         assert_eq!(got, srv_ino, "dockerd is not in the srv netns");
     }
 
-    /// SIGTERM to dockerd (it stops the container within --shutdown-timeout), then waits.
+    /// `docker version`'s server version, e.g. "20.10.24+dfsg1", "28.5.2+dfsg4".
+    pub fn docker_server_version(&self) -> String {
+        self.docker_ok(&["version", "--format", "{{.Server.Version}}"])
+            .trim()
+            .to_string()
+    }
+
+    /// The pid of the running dockerd (started by us), if any.
+    pub fn dockerd_pid(&self) -> Option<u32> {
+        self.dockerd.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// A crash of dockerd: SIGKILL to dockerd alone, nothing else is signalled. What stays
+    /// behind is what a crash leaves (seen on 20.10, 26.1 and 28.5 alike): the containers keep
+    /// running under their shims (not dockerd's children) and stay reachable through the NAT
+    /// rules, which also stay; dockerd's own containerd and the docker-proxy processes die with
+    /// it (the kernel kills them when their parent dies, Pdeathsig), so the IPv6 path of a
+    /// daemon without `ipv6` is down, and so is every path after a
+    /// [`flush_netfilter`](Self::flush_netfilter). Returns when containerd and docker-proxy are
+    /// gone. The next [`start_dockerd`](Self::start_dockerd) finds the shims (in our /run),
+    /// kills the old containers and starts them again (restart policy `always`; RestartCount
+    /// stays 0, StartedAt changes).
+    pub fn kill_dockerd(&self) {
+        let mut c = self
+            .dockerd
+            .lock()
+            .unwrap()
+            .take()
+            .expect("kill_dockerd: dockerd is not running");
+        let ctr_pidfile = self.dockerd_dir().join("exec/containerd/containerd.pid");
+        let ctr_pid = fs::read_to_string(&ctr_pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        signal(c.id(), "KILL");
+        let _ = c.wait();
+        // An exited process that nobody has reaped yet is a zombie (state Z).
+        let dead = |pid: u32| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+                .unwrap_or(true)
+        };
+        let t0 = Instant::now();
+        loop {
+            let mut left = self.srv_processes("docker-proxy");
+            left.extend(ctr_pid.filter(|&p| !dead(p)));
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "10 s after dockerd was killed, {left:?} still run (containerd, docker-proxy)"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        // The orphaned containerd is reparented to this machine's PID 1, which reaps late: it
+        // can stay a zombie for seconds. The next dockerd would take the pid in containerd.pid
+        // for a containerd that "is still running" (kill(pid, 0) succeeds on a zombie) and
+        // give up waiting for its socket. systemd reaps at once: drop the pid file of a dead
+        // containerd, as if it had.
+        if ctr_pid.is_some_and(dead) {
+            let _ = fs::remove_file(&ctr_pidfile);
+        }
+    }
+
+    /// The process half of a reboot (the other half is [`flush_netfilter`](Self::flush_netfilter)):
+    /// every process in srv's netns (dockerd, containerd, shims, docker-proxy) and every
+    /// container dies at once (SIGKILL), and what lives on tmpfs on a real server is emptied:
+    /// our /run and dockerd's exec root (`/run/docker` there). The data root stays.
+    /// [`start_dockerd`](Self::start_dockerd) then starts from nothing, and the container
+    /// comes back through its restart policy.
+    pub fn power_off(&self) {
+        let child = self.dockerd.lock().unwrap().take();
+        let srv = self.ns(Host::Srv);
+        let t0 = Instant::now();
+        loop {
+            let mut pids = pids_in_netns(&srv);
+            for h in cgroup_roots() {
+                cgroup_pids(&h.join(self.cgroup_parent()), &mut pids);
+            }
+            pids.retain(|&p| p != std::process::id());
+            if pids.is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "power_off: {pids:?} still run after 10 s"
+            );
+            for p in &pids {
+                signal(*p, "KILL");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(mut c) = child {
+            let _ = c.wait();
+        }
+        // Nothing is left in dockerd's mount namespace, so nothing is mounted below these.
+        let d = self.dockerd_dir();
+        for sub in ["run", "exec"] {
+            let p = d.join(sub);
+            if p.exists() {
+                let o = run(
+                    Command::new("rm")
+                        .args(["-rf", "--one-file-system"])
+                        .arg(&p),
+                    None,
+                    Duration::from_secs(60),
+                );
+                assert!(o.status.success(), "rm {}\n{}", p.display(), describe(&o));
+            }
+        }
+        let _ = fs::remove_file(d.join("docker.pid"));
+        let _ = fs::remove_file(d.join("docker.sock"));
+        // The containers' cgroups went with the boot.
+        for h in cgroup_roots() {
+            let cg = h.join(self.cgroup_parent());
+            if let Ok(rd) = fs::read_dir(&cg) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        rmdir_tree(&e.path());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Empties netfilter in srv as a reboot does: `nft flush ruleset` (all tables, iptables-nft
+    /// ones included), the legacy iptables tables that exist in srv (listed in srv's
+    /// /proc/net/ip{,6}_tables_names; flushed, chains deleted, policies ACCEPT) and the conntrack
+    /// table (flushed over ctnetlink, both families). dockerd (if running) is not told.
+    pub fn flush_netfilter(&self) {
+        self.srv_sh_ok(FLUSH_NETFILTER_SH);
+    }
+
+    /// Processes of a name (`comm`) running in srv's network namespace.
+    pub fn srv_processes(&self, comm: &str) -> Vec<u32> {
+        pids_in_netns(&self.ns(Host::Srv))
+            .into_iter()
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .collect()
+    }
+
+    /// SIGTERM to dockerd (it stops the container within --shutdown-timeout), then waits. A
+    /// no-op when dockerd is not running (e.g. after [`kill_dockerd`](Self::kill_dockerd)).
     pub fn stop_dockerd(&self) {
         let Some(mut c) = self.dockerd.lock().unwrap().take() else {
             return;
