@@ -1432,8 +1432,9 @@ impl Edge {
         fs::rename(&tmp, &p).unwrap();
     }
 
-    /// Runs the agent in srv's network namespace, in a private mount namespace with a tmpfs
-    /// /run (its lock, no journald), without SSH_* in the environment.
+    /// Runs the agent in srv's network namespace, in a private mount namespace whose /run is
+    /// this edge's own directory (shared by the edge's runs, as a box's /run is: its lock;
+    /// no journald), without SSH_* in the environment.
     pub fn agent(&self, args: &[&str]) -> AgentRun {
         self.agent_with(args, &[], Duration::from_secs(90))
     }
@@ -1446,11 +1447,13 @@ impl Edge {
         env: &[(String, String)],
         timeout: Duration,
     ) -> AgentRun {
+        let run_dir = self.agent_run_dir();
+        fs::create_dir_all(&run_dir).unwrap();
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(Host::Srv)])
             .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
-            .arg("mount -t tmpfs -o mode=755 tmpfs /run && exec \"$@\"")
-            .arg("sh")
+            .arg("mount --bind \"$0\" /run && exec \"$@\"")
+            .arg(&run_dir)
             .arg(&self.agent)
             .args(args)
             .env_clear()
@@ -1470,6 +1473,79 @@ impl Edge {
 
     fn cfg(&self) -> String {
         self.config_path().to_string_lossy().into_owned()
+    }
+
+    /// What the agent's runs see as /run.
+    fn agent_run_dir(&self) -> PathBuf {
+        self.dir().join("agent-run")
+    }
+
+    /// Holds the agent's run lock (/run/sapari-agent.lock of the edge's runs) for `d`, as a
+    /// long converge would, until the guard is dropped. Returns once the lock is held.
+    pub fn hold_lock(&self, d: Duration) -> LockHolder {
+        let run_dir = self.agent_run_dir();
+        fs::create_dir_all(&run_dir).unwrap();
+        let lock = run_dir.join("sapari-agent.lock");
+        let child = Command::new("flock")
+            .arg("-x")
+            .arg(&lock)
+            .args(["sleep", &d.as_secs().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn flock");
+        let t0 = Instant::now();
+        loop {
+            let free = Command::new("flock")
+                .args(["-n", "-x"])
+                .arg(&lock)
+                .arg("true")
+                .status()
+                .is_ok_and(|s| s.success());
+            if !free {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "flock never took {lock:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        LockHolder(Some(child))
+    }
+
+    /// A commit-confirmed change waiting for `sapari-agent confirm` (the record a
+    /// `converge --confirm` leaves), with its deadline 10 minutes ahead.
+    pub fn write_pending_confirm(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let p = sapari_agent::confirm::Pending {
+            id: format!("{now}-1"),
+            state: sapari_agent::confirm::PendingState::Pending,
+            started_at: "2026-12-01T00:00:00Z".into(),
+            deadline: "in 10 minutes".into(),
+            deadline_unix: now + 600,
+            window_secs: 600,
+            ssh_connection: None,
+            resources: vec!["firewall".into()],
+            config: Some(self.config_path()),
+            config_sha256: String::new(),
+            unit: format!("sapari-agent-rollback-{now}-1"),
+        };
+        let d = self.state_dir().join("confirm");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(
+            d.join("pending.json"),
+            serde_json::to_vec_pretty(&p).unwrap(),
+        )
+        .unwrap();
+    }
+
+    pub fn remove_pending_confirm(&self) {
+        let _ = fs::remove_file(self.state_dir().join("confirm/pending.json"));
     }
 
     /// `sapari-agent firewall apply --config <ours> --json`
@@ -2397,6 +2473,19 @@ exec dockerd "$@""#;
     /// dockerd's log so far (for failure messages).
     pub fn dockerd_log(&self) -> String {
         fs::read_to_string(self.dockerd_dir().join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+/// The process holding the agent's lock for [`Edge::hold_lock`]; killed when dropped.
+pub struct LockHolder(Option<Child>);
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            signal_group(c.id(), "KILL");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -334,7 +334,7 @@ impl Firewall {
             ) => {
                 let same = last.is_some_and(|s| s.nets == *nets && s.meta.is_some());
                 // A compromised mirror would swap ranges wholesale; Cloudflare adds a few.
-                let old = last.map(|s| s.nets.clone()).unwrap_or_else(|| built_in());
+                let old = last.map(|s| s.nets.clone()).unwrap_or_else(built_in);
                 if let Some(w) = lists::big_change_warning(fam, &old, nets) {
                     notes.push(format!("WARNING: {w}"));
                 }
