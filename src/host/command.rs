@@ -28,6 +28,21 @@ pub struct CmdOutput {
     pub stderr: String,
 }
 
+impl CmdOutput {
+    /// The output of a query that must succeed: a non-zero status becomes the same error
+    /// `Cmd::run` gives, with the command line and the tail of stderr.
+    pub fn success_of(self, cmd: &Cmd) -> Result<Self, CmdError> {
+        if self.status == 0 {
+            return Ok(self);
+        }
+        Err(CmdError::Failed {
+            cmd: cmd.to_string(),
+            status: self.status,
+            stderr: self.stderr,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
     #[error("`{cmd}` could not be started: {source}")]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::{Cmd, Host};
 
@@ -21,17 +21,11 @@ pub async fn list_table(
         .args(["-j", "list", "table", family, name])
         .timeout(TIMEOUT);
     let out = host.query(&cmd).await?;
-    if out.status != 0 {
-        // nft says "No such file or directory" for a table that does not exist.
-        if out.stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        bail!(
-            "`{cmd}` exited with status {}: {}",
-            out.status,
-            out.stderr.trim()
-        );
+    // nft says "No such file or directory" for a table that does not exist.
+    if out.status != 0 && out.stderr.contains("No such file or directory") {
+        return Ok(None);
     }
+    let out = out.success_of(&cmd)?;
     let v = serde_json::from_str(&out.stdout)
         .map_err(|e| anyhow::anyhow!("cannot parse the output of `{cmd}`: {e}"))?;
     Ok(Some(v))
@@ -40,14 +34,7 @@ pub async fn list_table(
 /// `nft list tables`: (family, name) of every table.
 pub async fn list_tables(host: &Host) -> Result<Vec<(String, String)>> {
     let cmd = Cmd::new(PROGRAM).args(["list", "tables"]).timeout(TIMEOUT);
-    let out = host.query(&cmd).await?;
-    if out.status != 0 {
-        bail!(
-            "`{cmd}` exited with status {}: {}",
-            out.status,
-            out.stderr.trim()
-        );
-    }
+    let out = host.query(&cmd).await?.success_of(&cmd)?;
     Ok(parse_tables(&out.stdout))
 }
 

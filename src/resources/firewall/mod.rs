@@ -775,14 +775,7 @@ pub async fn save(host: &Host, backend: Backend, fam: Family) -> Result<FilterTa
     let cmd = Cmd::new(&backend.save(fam))
         .args(["-t", "filter"])
         .timeout(Duration::from_secs(30));
-    let out = host.query(&cmd).await?;
-    if out.status != 0 {
-        bail!(
-            "`{cmd}` exited with status {}: {}",
-            out.status,
-            out.stderr.trim()
-        );
-    }
+    let out = host.query(&cmd).await?.success_of(&cmd)?;
     rules::parse_save(&out.stdout).map_err(|e| anyhow!("cannot parse the output of `{cmd}`: {e}"))
 }
 
