@@ -16,6 +16,7 @@ mod netfw;
 use std::time::{Duration, Instant};
 
 use netfw::Fam::{V4, V6};
+use netfw::Proto::Udp;
 use netfw::{Daemon, DockerOptions, Edge, Host, ProbeStats, Reply};
 
 /// How long the probes keep running after an event, so that the state it left is measured
@@ -168,6 +169,15 @@ fn prove(daemon: Daemon, ipv6: bool) {
     })
     .assert_closed();
     forward_first(&e);
+    // HTTP/3 follows: 443/udp is Cloudflare-only too, over both families.
+    let udp = e.probes(&[
+        (Host::Evil, Udp, V4),
+        (Host::Evil, Udp, V6),
+        (Host::Cf, Udp, V4),
+        (Host::Cf, Udp, V6),
+    ]);
+    let got: Vec<bool> = udp.iter().map(|(_, ok)| *ok).collect();
+    assert_eq!(got, [false, false, true, true], "443/udp: {udp:?}");
 
     watch(&e, "systemctl restart docker", || e.restart_dockerd()).assert_closed();
 
