@@ -117,7 +117,7 @@ fn smoke(daemon: Daemon, ipv6: bool) {
     let tree = daemon.tree();
     let tree_before = tree.as_deref().map(tree_fingerprint);
     let host_before = host_docker_paths();
-    let e = Edge::up_docker(DockerOptions { ipv6, daemon });
+    let e = Edge::up_docker(DockerOptions::default_docker().ipv6(ipv6).daemon(daemon));
     let up = t0.elapsed();
 
     // The daemon asked for.

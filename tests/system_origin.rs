@@ -339,3 +339,27 @@ fn status_fails_while_443_listens_without_the_lock() {
         "{r}"
     );
 }
+
+/// `"live-restore": true`: dockerd goes down and comes back while the container keeps running
+/// (as during a Docker package upgrade with live restore); the lock never depended on dockerd.
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn live_restore_restart_keeps_the_lock() {
+    let e = Edge::up_docker(DockerOptions::default_docker().live_restore(true));
+    let r = e.converge_firewall();
+    assert_eq!(r.code, 0, "{r}");
+    let started = |e: &Edge| e.docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", "web"]);
+    let before = started(&e);
+    watch(&e, "dockerd restart with live-restore", || {
+        e.stop_dockerd();
+        std::thread::sleep(Duration::from_millis(500));
+        e.start_dockerd();
+        e.wait_container();
+    })
+    .assert_closed();
+    assert_eq!(
+        started(&e),
+        before,
+        "live-restore kept the container running"
+    );
+}

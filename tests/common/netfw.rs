@@ -334,6 +334,8 @@ pub struct DockerOptions {
     /// container through `docker-proxy` on `[::]:443`).
     pub ipv6: bool,
     pub daemon: Daemon,
+    /// `"live-restore": true` in daemon.json: containers keep running while dockerd is down.
+    pub live_restore: bool,
 }
 
 impl Default for DockerOptions {
@@ -342,6 +344,7 @@ impl Default for DockerOptions {
         DockerOptions {
             ipv6: true,
             daemon: Daemon::Bookworm,
+            live_restore: false,
         }
     }
 }
@@ -352,7 +355,13 @@ impl DockerOptions {
         DockerOptions {
             ipv6: false,
             daemon: Daemon::Bookworm,
+            live_restore: false,
         }
+    }
+
+    pub fn live_restore(mut self, on: bool) -> Self {
+        self.live_restore = on;
+        self
     }
 
     pub fn daemon(mut self, daemon: Daemon) -> Self {
@@ -2106,7 +2115,12 @@ impl Edge {
         for sub in ["etc", "cli", "cg", "run"] {
             fs::create_dir_all(d.join(sub)).unwrap();
         }
-        fs::write(d.join("daemon.json"), "{}\n").unwrap();
+        let daemon_json = if self.dopts.live_restore {
+            "{\"live-restore\": true}\n"
+        } else {
+            "{}\n"
+        };
+        fs::write(d.join("daemon.json"), daemon_json).unwrap();
         let mut c = Command::new("unshare");
         c.args(["-m", "--propagation", "private", "nsenter"])
             .arg(format!("--net=/run/netns/{}", self.ns(Host::Srv)));

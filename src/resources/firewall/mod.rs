@@ -9,6 +9,8 @@
 //! one restore per family, verifies it from `iptables-save`, and only then stores the list.
 
 pub mod lists;
+mod lock;
+pub use lock::{Loaded, ShownOrigin, observe_origin};
 pub mod origin;
 pub mod rules;
 pub mod snapshot;
@@ -24,7 +26,7 @@ use serde::Serialize;
 use crate::config::{AgentSettings, FirewallSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sockets::Listener;
-use crate::host::{Cmd, FileSpec, Host, nft};
+use crate::host::{Cmd, FileSpec, Host};
 use crate::resources::Name;
 use lists::{Family, LastGood, Stored};
 use origin::Shape;
@@ -486,21 +488,6 @@ pub struct Shown {
     pub notes: Vec<String>,
 }
 
-/// `firewall show`: the origin lock.
-#[derive(Debug, Clone, Serialize)]
-pub struct ShownOrigin {
-    pub table: String,
-    pub in_force: bool,
-    /// Why the table differs from the one wanted (None: it matches).
-    pub drift: Option<String>,
-    /// The table wanted, in words.
-    pub wanted: String,
-    /// The table in force: set sizes and each chain's hook and rules (by their comments).
-    pub shape: Option<Shape>,
-    pub listeners: Vec<Listener>,
-    pub docker_nftables_backend: bool,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct ShownList {
     /// `fetched`, `last-good` or `built-in`.
@@ -587,25 +574,6 @@ impl Firewall {
                 ok.join(", ")
             ),
         }
-    }
-
-    pub fn show_origin(&self, s: &State) -> Option<ShownOrigin> {
-        let o = s.origin.as_ref()?;
-        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
-        let spec = self.origin_spec(s, &choices);
-        let (shape, drift) = match &o.table {
-            Ok(have) => (have.clone(), origin::drift(have.as_ref(), &spec.shape())),
-            Err(e) => (None, Some(e.clone())),
-        };
-        Some(ShownOrigin {
-            table: format!("{} {}", origin::FAMILY, origin::TABLE),
-            in_force: shape.is_some(),
-            drift,
-            wanted: spec.summary(),
-            shape,
-            listeners: o.listeners.clone(),
-            docker_nftables_backend: o.docker_nft,
-        })
     }
 
     pub fn show(&self, s: &State) -> Vec<Shown> {
@@ -942,45 +910,6 @@ impl Firewall {
     }
 }
 
-/// The origin lock's table, Docker's nftables tables, dockerd in this namespace, :443 sockets.
-pub async fn observe_origin(host: &Host) -> Result<OriginState> {
-    let (table, docker_nft) = if !host.program_exists(nft::PROGRAM) {
-        (
-            Err("`nft` is not installed (Debian package nftables)".to_string()),
-            false,
-        )
-    } else {
-        let table = match nft::list_table(host, origin::FAMILY, origin::TABLE).await {
-            Ok(Some(j)) => origin::parse(&j).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("{e:#}")),
-        };
-        let docker_nft = nft::list_tables(host)
-            .await
-            .map(|t| t.iter().any(|(_, n)| n == "docker-bridges"))
-            .unwrap_or(false);
-        (table, docker_nft)
-    };
-    Ok(OriginState {
-        table,
-        docker_nft,
-        dockerd_here: host.process_in_own_netns("dockerd"),
-        listeners: host.listeners(rules::PORT)?,
-    })
-}
-
-/// What `firewall load` did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Loaded {
-    pub changed: bool,
-    /// The table before, in words (`absent`, or why it differed).
-    pub was: Option<String>,
-    pub summary: String,
-    /// Where each family's list came from: `last-good` or `built-in`.
-    pub sources: Vec<(Family, &'static str)>,
-    pub notes: Vec<String>,
-}
-
 impl Firewall {
     /// Both families with their stored lists and default routes; no Docker, nothing fetched.
     fn observe_stored(&self, host: &Host) -> Result<Vec<FamilyState>> {
@@ -1015,130 +944,6 @@ impl Firewall {
             });
         }
         Ok(families)
-    }
-
-    /// The WAN interfaces of the origin lock: configured, else those of the default routes of
-    /// both families; empty when none is known (then every interface but the internal ones).
-    fn origin_wan(&self, s: &State) -> Vec<String> {
-        if !self.cfg.wan_interface.is_empty() && rules::valid_iface(&self.cfg.wan_interface) {
-            return vec![self.cfg.wan_interface.clone()];
-        }
-        let mut v: Vec<String> = s
-            .families
-            .iter()
-            .filter_map(|f| f.route_iface.clone())
-            .filter(|i| rules::valid_iface(i))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    pub fn origin_spec(&self, s: &State, choices: &[ListChoice]) -> origin::Spec {
-        let nets = |fam: Family| {
-            s.families
-                .iter()
-                .zip(choices)
-                .find(|(f, _)| f.family == fam)
-                .map(|(_, c)| c.nets.clone())
-                .unwrap_or_default()
-        };
-        origin::Spec {
-            wan: self.origin_wan(s),
-            v4: nets(Family::V4),
-            v6: nets(Family::V6),
-            public_ports: self.cfg.public_ports.iter().map(|p| p.0).collect(),
-        }
-    }
-
-    fn origin_step(&self, s: &State, choices: &[ListChoice]) -> Result<Option<Step>> {
-        let o = s
-            .origin
-            .as_ref()
-            .ok_or_else(|| anyhow!("internal error: the origin lock was not observed"))?;
-        let have = match &o.table {
-            Ok(t) => t.clone(),
-            Err(e) => bail!(
-                "the origin lock cannot be enforced: {e}; install it (apt-get install nftables; `packages.install` lists it) and converge again"
-            ),
-        };
-        let spec = self.origin_spec(s, choices);
-        Ok(
-            origin::drift(have.as_ref(), &spec.shape()).map(|_| Step::Origin {
-                script: spec.script(),
-                have,
-                spec,
-            }),
-        )
-    }
-
-    async fn apply_origin(&self, host: &Host, spec: &origin::Spec, script: &str) -> Result<()> {
-        nft::load(host, script).await.with_context(|| {
-            format!(
-                "table {} {} was not replaced and is as it was",
-                origin::FAMILY,
-                origin::TABLE
-            )
-        })?;
-        // Read it back: the transaction only counts if the kernel holds what was meant.
-        let have = nft::list_table(host, origin::FAMILY, origin::TABLE)
-            .await?
-            .map(|j| origin::parse(&j))
-            .transpose()
-            .map_err(|e| anyhow!(e))?;
-        if let Some(d) = origin::drift(have.as_ref(), &spec.shape()) {
-            bail!("after `nft -f -`, {d}");
-        }
-        Ok(())
-    }
-
-    /// `sapari-agent firewall load`: the origin lock from the last good (else built-in) lists,
-    /// with no network and no run lock, so it can run at boot before Docker and while another
-    /// run holds the lock. Replacing the table is one transaction, so racing a converge that
-    /// loads a newer list is harmless: either table keeps :443 Cloudflare-only.
-    pub async fn load(&self, host: &Host) -> Result<Loaded> {
-        let families = self.observe_stored(host)?;
-        let origin = observe_origin(host).await?;
-        let s = State {
-            families,
-            now: SystemTime::now(),
-            origin: Some(origin),
-        };
-        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
-        let spec = self.origin_spec(&s, &choices);
-        let sources = s
-            .families
-            .iter()
-            .zip(&choices)
-            .map(|(f, c)| {
-                (
-                    f.family,
-                    match c.source {
-                        Source::BuiltIn => "built-in",
-                        _ => "last-good",
-                    },
-                )
-            })
-            .collect();
-        let notes = choices.iter().flat_map(|c| c.notes.clone()).collect();
-        let step = self.origin_step(&s, &choices)?;
-        let was = match &step {
-            Some(Step::Origin { have, spec, .. }) => Some(match have {
-                None => "absent".to_string(),
-                Some(h) => origin::drift(Some(h), &spec.shape()).unwrap_or_default(),
-            }),
-            _ => None,
-        };
-        if let Some(Step::Origin { spec, script, .. }) = &step {
-            self.apply_origin(host, spec, script).await?;
-        }
-        Ok(Loaded {
-            changed: step.is_some(),
-            was,
-            summary: spec.summary(),
-            sources,
-            notes,
-        })
     }
 }
 
@@ -1420,111 +1225,6 @@ impl Firewall {
             detail,
             &format!("check that this machine reaches {}", self.url(f.family)),
         )
-    }
-
-    /// `origin lock` and `listeners :443`: the table is in force, and covers every socket
-    /// that would answer on :443.
-    fn origin_checks(&self, s: &State) -> Vec<Check> {
-        let fix = "sapari-agent firewall load";
-        let Some(o) = &s.origin else {
-            return vec![];
-        };
-        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
-        let spec = self.origin_spec(s, &choices);
-        let lock = match &o.table {
-            Err(e) => Check::new(
-                "origin lock",
-                Level::Fail,
-                format!("cannot be checked: {e}"),
-                "apt-get install nftables, then sapari-agent firewall load",
-            ),
-            Ok(have) => match origin::drift(have.as_ref(), &spec.shape()) {
-                None => Check::new(
-                    "origin lock",
-                    Level::Pass,
-                    format!(
-                        "table {} {}: {}",
-                        origin::FAMILY,
-                        origin::TABLE,
-                        spec.summary()
-                    ),
-                    fix,
-                ),
-                Some(d) => Check::new("origin lock", Level::Fail, d, fix),
-            },
-        };
-        let covered = lock.level == Level::Pass;
-        let socks: Vec<String> = o
-            .listeners
-            .iter()
-            .map(|l| format!("{}/{} {}", l.proto, l.family, l.local))
-            .collect();
-        let listeners = if socks.is_empty() {
-            Check::new(
-                "listeners :443",
-                Level::Pass,
-                "nothing listens on :443 here (published ports may still reach containers through DNAT)",
-                "",
-            )
-        } else if covered {
-            Check::new(
-                "listeners :443",
-                Level::Pass,
-                format!("{}: v4 and v6 covered by the origin lock", socks.join(", ")),
-                "",
-            )
-        } else {
-            Check::new(
-                "listeners :443",
-                Level::Fail,
-                format!(
-                    "{} answer on :443 and the origin lock is not in force: every address reaches them",
-                    socks.join(", ")
-                ),
-                fix,
-            )
-        };
-        vec![lock, listeners]
-    }
-
-    /// A family without Docker's chains: fine on Docker's nftables backend or docker-proxy's
-    /// IPv6 path when the origin lock is in force, a failure when a dockerd here has no rules.
-    fn no_chains_check(
-        fam: Family,
-        name: &str,
-        (origin_ok, docker_nft, dockerd_here, any_chains): (bool, bool, bool, bool),
-    ) -> Check {
-        let fix = format!("start Docker; {UNIT} then applies the rules");
-        if docker_nft {
-            return Check::new(
-                name,
-                if origin_ok { Level::Pass } else { Level::Fail },
-                "Docker runs its nftables firewall backend (no DOCKER-USER chain): the origin lock is what keeps :443 Cloudflare-only",
-                "sapari-agent firewall load",
-            );
-        }
-        if dockerd_here && !any_chains {
-            return Check::new(
-                name,
-                Level::Fail,
-                "dockerd runs here but neither its iptables chains nor its nftables tables exist (\"iptables\": false?): the agent cannot tell how Docker publishes ports",
-                "remove \"iptables\": false from /etc/docker/daemon.json and restart Docker",
-            );
-        }
-        match fam {
-            Family::V6 if any_chains => Check::new(
-                name,
-                if origin_ok { Level::Pass } else { Level::Fail },
-                "Docker has no ip6tables chains (its default): docker-proxy serves published ports over IPv6 through INPUT, where the origin lock filters :443",
-                "sapari-agent firewall load",
-            ),
-            _ => Check::new(
-                name,
-                Level::Warn,
-                "Docker's iptables chains do not exist (dockerd not running?)",
-                &fix,
-            ),
-        }
     }
 }
 
