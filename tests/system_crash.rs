@@ -1,10 +1,10 @@
 //! Crash consistency: the agent is killed with SIGKILL at many points of a full converge of a
 //! fresh box, and after each kill the box must still be sound: `sshd -t` and `visudo -c`
 //! pass, the operator can still log in with the key, /etc/fstab parses and `swapon -a`
-//! succeeds, DOCKER-USER is either the chain from before the run or the converged one
-//! (never a partial one), and no temp file is left but the one of the write that was cut
-//! short. Then a rerun converges, leaves no temp file anywhere, and the run after it changes
-//! nothing.
+//! succeeds, DOCKER-USER is either the chain from before the run or the converged one (never a
+//! partial one), the origin lock is absent or the converged table, and no temp file is left
+//! but the one of the write that was cut short. Then a rerun converges, leaves no temp file
+//! anywhere, and the run after it changes nothing.
 //!
 //! The kill points come from the agent's test-only hook (src/host/crash.rs): every change
 //! the host layer makes is numbered, `SAPARI_AGENT_TEST_CRASH_COUNT` lists them with a label,
@@ -282,12 +282,23 @@ fn docker_user(b: &TestBox) -> BTreeMap<String, String> {
     m
 }
 
+/// The origin lock's table as nft prints it (counters left out), "absent" without it.
+fn origin_lock(b: &TestBox) -> String {
+    let o = b.nsenter(
+        "if t=$(nft list table inet sapari_agent 2>/dev/null); then \
+           printf '%s\\n' \"$t\" | sed -E 's/ packets [0-9]+ bytes [0-9]+//'; else echo absent; fi",
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// The plan of crash points for this agent binary: the labels of a full converge, and the
-/// DOCKER-USER chain it ends with. Made once by a counting run, cached next to the boxes.
+/// DOCKER-USER chain and origin lock it ends with. Made once by a counting run, cached next to
+/// the boxes.
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct Census {
     labels: Vec<String>,
     chain: BTreeMap<String, String>,
+    origin: String,
     seconds: f64,
 }
 
@@ -329,10 +340,16 @@ fn census(k: &Keys) -> Census {
         chain.values().any(|v| v.contains("--ctorigdstport 443")),
         "the converged DOCKER-USER: {chain:#?}"
     );
+    let origin = origin_lock(&b);
+    assert!(
+        origin.contains("chain cloudflare_only"),
+        "the converged origin lock: {origin}"
+    );
     settled(&b, &op, k, "counting run");
     let c = Census {
         labels,
         chain,
+        origin,
         seconds,
     };
     std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
@@ -399,7 +416,10 @@ fn resource_of(label: &str) -> &'static str {
         "ufw"
     } else if has("docker.service") || has("apt-get") || has("/etc/apt/") {
         "docker"
-    } else if (has("tables-") && has("-restore")) || has("/var/lib/sapari-agent/lists") {
+    } else if (has("tables-") && has("-restore"))
+        || has("nft -f")
+        || has("/var/lib/sapari-agent/lists")
+    {
         "firewall"
     } else if has("SWAPFILE") || has("mkswap") || has("swapon") || has("/etc/fstab") {
         "swap"
@@ -606,6 +626,13 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
             ));
         }
     }
+    // One `nft -f` transaction: no table yet, or the whole one, never half of it.
+    let lock = origin_lock(&b);
+    if lock.trim() != "absent" && lock != c.origin {
+        bad.push(format!(
+            "the origin lock is neither absent nor the converged table:\n{lock}"
+        ));
+    }
     let left: Vec<String> = temps(&b)
         .into_iter()
         .filter(|t| !allowed_after_kill(label, t))
@@ -637,6 +664,12 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
             bad.push(format!(
                 "DOCKER-USER after the rerun: {:#?}",
                 docker_user(&b)
+            ));
+        }
+        if origin_lock(&b) != c.origin {
+            bad.push(format!(
+                "the origin lock after the rerun:\n{}",
+                origin_lock(&b)
             ));
         }
         if login(&op, k) != Some("deploy") {
