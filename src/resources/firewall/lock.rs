@@ -30,8 +30,10 @@ pub struct ShownOrigin {
     pub docker_nftables_backend: bool,
 }
 
-/// The origin lock's table, Docker's nftables tables, dockerd in this namespace, :443 sockets.
-pub async fn observe_origin(host: &Host) -> Result<OriginState> {
+/// The origin lock's table and the sockets on :443. `ask_docker`: also find out whether Docker
+/// runs on its nftables backend, or here without any rules; worth it only when Docker's
+/// iptables chains are missing (one `nft` and a /proc walk a no-op converge does not pay for).
+pub async fn observe_origin(host: &Host, ask_docker: bool) -> Result<OriginState> {
     let (table, docker_nft) = if !host.program_exists(nft::PROGRAM) {
         (
             Err("`nft` is not installed (Debian package nftables)".to_string()),
@@ -43,18 +45,27 @@ pub async fn observe_origin(host: &Host) -> Result<OriginState> {
             Ok(None) => Ok(None),
             Err(e) => Err(format!("{e:#}")),
         };
-        let docker_nft = nft::list_tables(host)
-            .await
-            .map(|t| t.iter().any(|(_, n)| n == "docker-bridges"))
-            .unwrap_or(false);
+        let docker_nft = ask_docker
+            && nft::list_tables(host)
+                .await
+                .map(|t| t.iter().any(|(_, n)| n == "docker-bridges"))
+                .unwrap_or(false);
         (table, docker_nft)
     };
     Ok(OriginState {
         table,
         docker_nft,
-        dockerd_here: host.process_in_own_netns("dockerd"),
+        dockerd_here: ask_docker && host.process_in_own_netns("dockerd"),
         listeners: host.listeners(rules::PORT)?,
     })
+}
+
+/// The table in force, in words, for a plan or a load: `absent`, or why it differs.
+pub(super) fn was(have: Option<&Shape>, spec: &origin::Spec) -> String {
+    match have {
+        None => "absent".into(),
+        Some(h) => origin::drift(Some(h), &spec.shape()).unwrap_or_default(),
+    }
 }
 
 /// What `firewall load` did.
@@ -87,13 +98,13 @@ impl Firewall {
         v
     }
 
-    pub fn origin_spec(&self, s: &State, choices: &[ListChoice]) -> origin::Spec {
+    /// The table wanted for the lists in force (`choose_list` of each family).
+    pub fn origin_spec(&self, s: &State) -> origin::Spec {
         let nets = |fam: Family| {
             s.families
                 .iter()
-                .zip(choices)
-                .find(|(f, _)| f.family == fam)
-                .map(|(_, c)| c.nets.clone())
+                .find(|f| f.family == fam)
+                .map(|f| self.choose_list(f).nets)
                 .unwrap_or_default()
         };
         origin::Spec {
@@ -104,7 +115,7 @@ impl Firewall {
         }
     }
 
-    pub(super) fn origin_step(&self, s: &State, choices: &[ListChoice]) -> Result<Option<Step>> {
+    pub(super) fn origin_step(&self, s: &State) -> Result<Option<Step>> {
         let o = s
             .origin
             .as_ref()
@@ -115,7 +126,7 @@ impl Firewall {
                 "the origin lock cannot be enforced: {e}; install it (apt-get install nftables; `packages.install` lists it) and converge again"
             ),
         };
-        let spec = self.origin_spec(s, choices);
+        let spec = self.origin_spec(s);
         Ok(
             origin::drift(have.as_ref(), &spec.shape()).map(|_| Step::Origin {
                 script: spec.script(),
@@ -156,14 +167,14 @@ impl Firewall {
     /// loads a newer list is harmless: either table keeps :443 Cloudflare-only.
     pub async fn load(&self, host: &Host) -> Result<Loaded> {
         let families = self.observe_stored(host)?;
-        let origin = observe_origin(host).await?;
+        let origin = observe_origin(host, false).await?;
         let s = State {
             families,
             now: SystemTime::now(),
             origin: Some(origin),
         };
         let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
-        let spec = self.origin_spec(&s, &choices);
+        let spec = self.origin_spec(&s);
         let sources = s
             .families
             .iter()
@@ -179,12 +190,9 @@ impl Firewall {
             })
             .collect();
         let notes = choices.iter().flat_map(|c| c.notes.clone()).collect();
-        let step = self.origin_step(&s, &choices)?;
+        let step = self.origin_step(&s)?;
         let was = match &step {
-            Some(Step::Origin { have, spec, .. }) => Some(match have {
-                None => "absent".to_string(),
-                Some(h) => origin::drift(Some(h), &spec.shape()).unwrap_or_default(),
-            }),
+            Some(Step::Origin { have, spec, .. }) => Some(was(have.as_ref(), spec)),
             _ => None,
         };
         if let Some(Step::Origin { spec, script, .. }) = &step {
@@ -203,8 +211,7 @@ impl Firewall {
 impl Firewall {
     pub fn show_origin(&self, s: &State) -> Option<ShownOrigin> {
         let o = s.origin.as_ref()?;
-        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
-        let spec = self.origin_spec(s, &choices);
+        let spec = self.origin_spec(s);
         let (shape, drift) = match &o.table {
             Ok(have) => (have.clone(), origin::drift(have.as_ref(), &spec.shape())),
             Err(e) => (None, Some(e.clone())),
@@ -227,8 +234,7 @@ impl Firewall {
         let Some(o) = &s.origin else {
             return vec![];
         };
-        let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
-        let spec = self.origin_spec(s, &choices);
+        let spec = self.origin_spec(s);
         let lock = match &o.table {
             Err(e) => Check::new(
                 "origin lock",
@@ -287,11 +293,11 @@ impl Firewall {
 
     /// A family without Docker's chains: fine on Docker's nftables backend or docker-proxy's
     /// IPv6 path when the origin lock is in force, a failure when a dockerd here has no rules.
-    pub(super) fn no_chains_check(
-        fam: Family,
-        name: &str,
-        (origin_ok, docker_nft, dockerd_here, any_chains): (bool, bool, bool, bool),
-    ) -> Check {
+    pub(super) fn no_chains_check(s: &State, fam: Family, origin_ok: bool) -> Check {
+        let name = &format!("docker-user {}", fam.as_str());
+        let any_chains = s.families.iter().any(|f| f.docker.is_some());
+        let docker_nft = s.origin.as_ref().is_some_and(|o| o.docker_nft);
+        let dockerd_here = s.origin.as_ref().is_some_and(|o| o.dockerd_here);
         let fix = format!("start Docker; {UNIT} then applies the rules");
         if docker_nft {
             return Check::new(

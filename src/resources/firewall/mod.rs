@@ -185,17 +185,7 @@ impl Describe for Step {
         match self {
             Step::Origin { have, spec, .. } => Change::value(
                 format!("nftables table {} {}", origin::FAMILY, origin::TABLE),
-                Some(
-                    origin::drift(have.as_ref(), &spec.shape())
-                        .map(|d| {
-                            if have.is_none() {
-                                "absent".to_string()
-                            } else {
-                                d
-                            }
-                        })
-                        .unwrap_or_default(),
-                ),
+                Some(lock::was(have.as_ref(), spec)),
                 Some(spec.summary()),
             ),
             Step::Chain {
@@ -510,8 +500,7 @@ impl Firewall {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         if let Some(o) = &s.origin {
-            let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
-            let spec = self.origin_spec(s, &choices);
+            let spec = self.origin_spec(s);
             match &o.table {
                 Err(e) => bad.push(format!("origin lock: {e}")),
                 Ok(have) => match origin::drift(have.as_ref(), &spec.shape()) {
@@ -986,7 +975,8 @@ impl Resource for Firewall {
                 }
             }
         }
-        let origin = Some(observe_origin(host).await?);
+        let chains = families.iter().any(|f| f.docker.is_some());
+        let origin = Some(observe_origin(host, !chains).await?);
         Ok(State {
             families,
             now,
@@ -1005,10 +995,10 @@ impl Resource for Firewall {
         for c in &choices {
             plan.notes.extend(c.notes.iter().cloned());
         }
-        if let Some(st) = self.origin_step(s, &choices)? {
+        if let Some(st) = self.origin_step(s)? {
             plan.steps.push(st);
         }
-        let spec = self.origin_spec(s, &choices);
+        let spec = self.origin_spec(s);
         if spec.wan.is_empty() {
             plan.notes.push(format!(
                 "no WAN interface known (no default route, firewall.wan_interface empty): {}",
@@ -1109,20 +1099,13 @@ impl Resource for Firewall {
         let fix = "sapari-agent firewall apply";
         let mut out = self.origin_checks(s);
         let origin_ok = out.first().is_some_and(|c| c.level == Level::Pass);
-        let docker_nft = s.origin.as_ref().is_some_and(|o| o.docker_nft);
-        let dockerd_here = s.origin.as_ref().is_some_and(|o| o.dockerd_here);
-        let any_chains = s.families.iter().any(|f| f.docker.is_some());
         for f in &s.families {
             let fam = f.family.as_str();
             let name = format!("docker-user {fam}");
             let choice = self.choose_list(f);
             out.push(self.list_check(s, f, &choice));
             let Some((_, table)) = &f.docker else {
-                out.push(Self::no_chains_check(
-                    f.family,
-                    &name,
-                    (origin_ok, docker_nft, dockerd_here, any_chains),
-                ));
+                out.push(Self::no_chains_check(s, f.family, origin_ok));
                 continue;
             };
             let (_, wan, want) = match self.want(s, f) {

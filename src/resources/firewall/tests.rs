@@ -102,8 +102,7 @@ fn state(v4: FamilyState, v6: FamilyState) -> State {
         now: humantime::parse_rfc3339("2026-11-29T12:00:00Z").unwrap(),
         origin: None,
     };
-    let choices: Vec<ListChoice> = s.families.iter().map(|f| fw().choose_list(f)).collect();
-    let shape = fw().origin_spec(&s, &choices).shape();
+    let shape = fw().origin_spec(&s).shape();
     s.origin = Some(OriginState {
         table: Ok(Some(shape)),
         docker_nft: false,
