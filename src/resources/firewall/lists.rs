@@ -295,14 +295,22 @@ fn count_words(family: Family, n: u128) -> String {
 /// Addresses in both lists (`a` and `b` each aggregated, so their nets are disjoint; two
 /// CIDRs are either nested or disjoint, so each pair's overlap is the smaller net).
 fn common_space(a: &[IpNet], b: &[IpNet]) -> u128 {
-    let mut n = 0u128;
-    for x in a {
-        for y in b {
-            if x.contains(y) {
-                n = n.saturating_add(net_size(y));
-            } else if y.contains(x) {
-                n = n.saturating_add(net_size(x));
-            }
+    // Both aggregated: sorted, no overlaps within a list. Two prefixes either nest or are
+    // disjoint, so one sweep finds every common range (a converge computes this for lists of
+    // thousands of ranges, several times: it must not be quadratic).
+    let (mut i, mut j, mut n) = (0, 0, 0u128);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (&a[i], &b[j]);
+        if x.contains(y) {
+            n = n.saturating_add(net_size(y));
+            j += 1;
+        } else if y.contains(x) {
+            n = n.saturating_add(net_size(x));
+            i += 1;
+        } else if x < y {
+            i += 1;
+        } else {
+            j += 1;
         }
     }
     n
@@ -976,5 +984,34 @@ mod tests {
         let a = nets(&["1.0.0.0/24", "2.0.0.0/24"]);
         let b = nets(&["2.0.0.0/24", "3.0.0.0/24"]);
         assert_eq!(list_diff(&a, &b), "+3.0.0.0/24 -1.0.0.0/24");
+    }
+
+    #[test]
+    fn common_space_sweep_agrees_with_every_pair() {
+        // Nested, disjoint and adjacent ranges of mixed sizes, both families.
+        let a: Vec<IpNet> = (0..300u32)
+            .map(|k| format!("45.{}.{}.0/{}", 64 + k / 64, (k % 64) * 4, 22 + k % 3))
+            .chain((0..40u32).map(|k| format!("2a01:4f8:{:x}::/{}", k * 3, 40 + k % 9)))
+            .map(|n| n.parse::<IpNet>().unwrap().trunc())
+            .collect();
+        let b: Vec<IpNet> = (0..300u32)
+            .map(|k| format!("45.{}.{}.0/{}", 64 + k / 50, (k % 50) * 5, 20 + k % 6))
+            .chain((0..40u32).map(|k| format!("2a01:4f8:{:x}::/{}", k * 2, 36 + k % 11)))
+            .map(|n| n.parse::<IpNet>().unwrap().trunc())
+            .collect();
+        let (a, b) = (IpNet::aggregate(&a), IpNet::aggregate(&b));
+        let mut pairs = 0u128;
+        for x in &a {
+            for y in &b {
+                if x.contains(y) {
+                    pairs += net_size(y);
+                } else if y.contains(x) {
+                    pairs += net_size(x);
+                }
+            }
+        }
+        assert!(pairs > 0);
+        assert_eq!(common_space(&a, &b), pairs);
+        assert_eq!(common_space(&b, &a), pairs);
     }
 }
