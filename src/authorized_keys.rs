@@ -12,8 +12,12 @@ pub fn split_options(line: &str) -> (Option<&str>, &str) {
         return (None, line);
     }
     let mut quoted = false;
+    let mut escaped = false;
     for (i, c) in line.char_indices() {
         match c {
+            // sshd reads `\"` inside a quoted option as a quote character (auth-options.c).
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             c if c.is_whitespace() && !quoted => {
                 return (Some(&line[..i]), line[i..].trim_start());

@@ -10,6 +10,7 @@ pub mod nft;
 pub mod sockets;
 pub mod sys;
 pub mod systemd;
+pub mod userdir;
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ use anyhow::{Result, bail};
 
 pub use command::{Cmd, CmdOutput};
 pub use files::{FileSpec, FileState};
+pub use userdir::UserDir;
 
 /// Prefix of the private directories validated writes assemble their candidate in.
 pub const CANDIDATE_PREFIX: &str = "sapari-agent-candidate.";
@@ -53,6 +55,13 @@ impl Host {
 
     pub fn read_text(&self, path: &Path) -> Result<Option<String>> {
         files::read_text_opt(path)
+    }
+
+    /// A directory `uid` controls, opened for reads and writes that never follow a link
+    /// below it ([`userdir`]). `follow` only for a path root chose, such as the home
+    /// directory from /etc/passwd.
+    pub fn user_dir(&self, path: &Path, uid: u32, follow: bool) -> Result<Option<UserDir>> {
+        UserDir::open(path, uid, follow)
     }
 
     /// Names of the entries of a directory, sorted; empty when the directory does not exist.
@@ -234,6 +243,39 @@ impl Host {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Write `name` inside a user's directory (see [`userdir`]): never through a link, and
+    /// into the directory that was checked even if its path was swapped since.
+    pub fn write_in(
+        &self,
+        dir: &UserDir,
+        name: &str,
+        content: &[u8],
+        spec: FileSpec,
+        backup: bool,
+    ) -> Result<()> {
+        let path = dir.path().join(name);
+        self.guard(&path.display())?;
+        log::info!("writing {}", path.display());
+        dir.write(name, content, spec, backup)
+    }
+
+    /// Create the directory `name` in a user's directory if missing, with `spec`.
+    pub fn ensure_dir_in(&self, dir: &UserDir, name: &str, spec: FileSpec) -> Result<()> {
+        self.guard(&dir.path().join(name).display())?;
+        dir.ensure_subdir(name, spec)
+    }
+
+    /// Set mode and owner of `name` in a user's directory, refusing a link.
+    pub fn set_meta_in(&self, dir: &UserDir, name: &str, spec: FileSpec) -> Result<()> {
+        self.guard(&dir.path().join(name).display())?;
+        dir.set_meta(name, spec)
+    }
+
+    pub fn remove_in(&self, dir: &UserDir, name: &str) -> Result<()> {
+        self.guard(&dir.path().join(name).display())?;
+        dir.remove(name)
     }
 
     pub fn set_hostname(&self, name: &str) -> Result<()> {
