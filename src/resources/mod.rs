@@ -96,19 +96,58 @@ impl FromStr for Name {
 /// Facts about this run that are not configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunContext {
-    /// `--force`: apply a firewall that would not admit the current SSH client.
+    /// `--force`: apply a firewall that would not admit the current SSH client, or remove
+    /// the key the current SSH session logged in with.
     pub force: bool,
     /// The address this run was started from over SSH (`SSH_CONNECTION`).
     pub ssh_client: Option<std::net::IpAddr>,
+    /// The rest of `SSH_CONNECTION`: client port, and the address and port it reached.
+    pub ssh_link: Option<SshLink>,
+    /// The user who logged in over SSH (before sudo), when known.
+    pub ssh_user: Option<String>,
+    /// Started from a terminal: an operator is at the keyboard.
+    pub interactive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshLink {
+    pub client_port: u16,
+    pub server: std::net::IpAddr,
+    pub server_port: u16,
 }
 
 impl RunContext {
     /// Read `SSH_CONNECTION` ("client_ip client_port server_ip server_port").
     pub fn from_env(force: bool) -> Self {
         // Through sudo too: it drops SSH_CONNECTION, and operators converge with sudo.
-        let ssh_client = crate::host::sys::ssh_connection()
-            .and_then(|v| v.split_whitespace().next().and_then(|ip| ip.parse().ok()));
-        Self { force, ssh_client }
+        let conn = crate::host::sys::ssh_connection().unwrap_or_default();
+        let f: Vec<&str> = conn.split_whitespace().collect();
+        let ssh_client = f.first().and_then(|ip| ip.parse().ok());
+        let ssh_link = match f.as_slice() {
+            [_, cp, sip, sp] => match (cp.parse(), sip.parse(), sp.parse()) {
+                (Ok(client_port), Ok(server), Ok(server_port)) => Some(SshLink {
+                    client_port,
+                    server,
+                    server_port,
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
+        let ssh_user = ssh_client.and(
+            std::env::var("SUDO_USER")
+                .ok()
+                .or_else(|| std::env::var("USER").ok())
+                .filter(|u| !u.is_empty()),
+        );
+        use std::io::IsTerminal;
+        Self {
+            force,
+            ssh_client,
+            ssh_link,
+            ssh_user,
+            interactive: std::io::stdin().is_terminal(),
+        }
     }
 }
 
@@ -116,8 +155,8 @@ impl RunContext {
 pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
     vec![
         Box::new(hostname::Hostname::new(&cfg.hostname)),
-        Box::new(users::Users::new(&cfg.users)),
-        Box::new(sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0)),
+        Box::new(users::Users::new(&cfg.users, ctx)),
+        Box::new(sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0, ctx)),
         Box::new(deploy_key::DeployKey::new(&cfg.deploy_key, &cfg.users)),
         Box::new(ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)),
         Box::new(packages::Packages::new(&cfg.packages, &cfg.ufw)),

@@ -809,6 +809,7 @@ mod tests {
         let ctx = RunContext {
             force: false,
             ssh_client: Some("198.51.100.7".parse().unwrap()),
+            ..RunContext::default()
         };
         let r = res(ctx.clone());
         let s = fresh();
@@ -819,6 +820,7 @@ mod tests {
             let r = res(RunContext {
                 force: false,
                 ssh_client: Some(client.parse().unwrap()),
+                ..RunContext::default()
             });
             assert!(r.plan(&s).is_ok(), "{client}");
         }

@@ -2,8 +2,7 @@
 //! non-root `deploy` user in `sudo` and `docker` with a locked password, its
 //! authorized_keys, and a NOPASSWD sudoers drop-in that is validated before it is installed.
 
-use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -13,8 +12,9 @@ use crate::authorized_keys;
 use crate::config::UsersSettings;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::accounts::{self, Accounts};
-use crate::host::{Cmd, FileSpec, FileState, Host};
-use crate::resources::Name;
+use crate::host::userdir::Kind;
+use crate::host::{Cmd, FileSpec, FileState, Host, UserDir};
+use crate::resources::{Name, RunContext};
 
 pub const GROUPS: [&str; 2] = ["sudo", "docker"];
 const SHELL: &str = "/bin/bash";
@@ -22,11 +22,15 @@ const ROOT_KEYS: &str = "/root/.ssh/authorized_keys";
 
 pub struct Users {
     cfg: UsersSettings,
+    ctx: RunContext,
 }
 
 impl Users {
-    pub fn new(cfg: &UsersSettings) -> Self {
-        Self { cfg: cfg.clone() }
+    pub fn new(cfg: &UsersSettings, ctx: &RunContext) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            ctx: ctx.clone(),
+        }
     }
 
     fn name(&self) -> &str {
@@ -63,6 +67,21 @@ pub struct State {
     pub ssh_dir: Option<DirInfo>,
     pub authorized_keys: Option<FileState>,
     pub sudoers: Option<FileState>,
+    /// UID_MIN from /etc/login.defs: below it are system accounts.
+    pub uid_min: u32,
+    /// The key the SSH session of this run logged in with, when it matters (exclusive keys).
+    pub session_key: SessionKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SessionKey {
+    /// Not run over SSH, or not asked.
+    #[default]
+    NotApplicable,
+    /// `SHA256:...` as sshd logged it.
+    Known(String),
+    /// Over SSH, but the key could not be found (why).
+    Unknown(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,13 +161,17 @@ impl Describe for Step {
     }
 }
 
-/// The user's authorized_keys after adding `wanted` (by key identity: options and comments of
-/// an existing line are kept). With `exclusive`, key lines not in `wanted` are dropped.
+/// The user's authorized_keys after adding `wanted` (by key identity: comments and the
+/// options of an existing line are kept, unless the wanted line carries options of its own,
+/// which then replace the line: a restriction in agent.toml or on root's key must reach a
+/// key the file already holds). With `exclusive`, key lines not in `wanted` are dropped.
 pub fn merge_keys(existing: Option<&str>, wanted: &[String], exclusive: bool) -> String {
-    let wanted_ids: BTreeSet<String> = wanted
-        .iter()
-        .filter_map(|k| authorized_keys::identity(k))
-        .collect();
+    let mut want: BTreeMap<String, &String> = BTreeMap::new();
+    for k in wanted {
+        if let Some(id) = authorized_keys::identity(k) {
+            want.entry(id).or_insert(k);
+        }
+    }
     let mut have = BTreeSet::new();
     let mut out: Vec<String> = Vec::new();
     for line in existing.unwrap_or("").lines() {
@@ -158,13 +181,22 @@ pub fn merge_keys(existing: Option<&str>, wanted: &[String], exclusive: bool) ->
             continue;
         }
         let id = authorized_keys::identity(t);
-        if exclusive && !id.as_ref().is_some_and(|i| wanted_ids.contains(i)) {
-            continue;
+        match id.as_ref().and_then(|i| want.get(i)) {
+            Some(w) => {
+                let (wanted_opts, _) = authorized_keys::split_options(w);
+                let (have_opts, _) = authorized_keys::split_options(t);
+                if wanted_opts.is_some() && wanted_opts != have_opts {
+                    out.push(w.to_string());
+                } else {
+                    out.push(line.to_string());
+                }
+            }
+            None if exclusive => continue,
+            None => out.push(line.to_string()),
         }
         if let Some(id) = id {
             have.insert(id);
         }
-        out.push(line.to_string());
     }
     for k in wanted {
         if let Some(id) = authorized_keys::identity(k)
@@ -180,34 +212,180 @@ pub fn merge_keys(existing: Option<&str>, wanted: &[String], exclusive: bool) ->
     s
 }
 
-/// Root's keys as plain `type key comment`: cloud images often prefix them with
-/// `command="echo Please login as ..."` options that would make them useless for our user.
+/// The key lines of `old` that are gone from `new` (by identity).
+pub fn removed_keys(old: &str, new: &str) -> Vec<String> {
+    let kept: BTreeSet<String> = new.lines().filter_map(authorized_keys::identity).collect();
+    old.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| authorized_keys::identity(l).is_some_and(|i| !kept.contains(&i)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The options cloud-init puts before root's keys to send people to the default user
+/// (`disable_root_opts`). Only this exact prefix is dropped on import: any other option
+/// restricts the key (`from=`, `command=`, `restrict`) and must not be widened into a bare
+/// key for a user with passwordless sudo.
+pub fn is_cloud_init_redirect(options: &str) -> bool {
+    let Some(rest) = options.strip_prefix(
+        "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user \\\"",
+    ) else {
+        return false;
+    };
+    let Some((user, tail)) = rest.split_once("\\\"") else {
+        return false;
+    };
+    !user.is_empty()
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && tail == " rather than the user \\\"root\\\".';echo;sleep 10;exit 142\""
+}
+
+/// Root's keys for the managed user: cloud-init's "Please login as" prefix is dropped,
+/// every other option is kept verbatim.
 pub fn importable_root_keys(root: &str) -> Vec<String> {
     root.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter(|l| authorized_keys::parse(l).is_ok())
-        .map(|l| authorized_keys::split_options(l).1.to_string())
+        .map(|l| match authorized_keys::split_options(l) {
+            (Some(o), key) if is_cloud_init_redirect(o) => key.to_string(),
+            _ => l.to_string(),
+        })
         .collect()
 }
 
-fn dir_info(path: &Path) -> Option<DirInfo> {
-    std::fs::metadata(path)
-        .ok()
-        .filter(|m| m.is_dir())
-        .map(|m| DirInfo {
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
+/// The default when /etc/login.defs does not say (shadow's own default).
+const DEFAULT_UID_MIN: u32 = 1000;
+
+pub fn uid_min(login_defs: &str) -> u32 {
+    login_defs
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some("UID_MIN")).then(|| f.next()?.parse().ok())?
         })
+        .next_back()
+        .unwrap_or(DEFAULT_UID_MIN)
+}
+
+/// `ssh-keygen -l`'s `SHA256:...` of a key line.
+fn fingerprint(line: &str) -> Option<String> {
+    authorized_keys::parse(line)
+        .ok()
+        .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+}
+
+/// From sshd's log: the key of the login from `addr` port `port` by `user`.
+pub fn session_key_in_log(log: &str, user: &str, addr: &str, port: u16) -> Option<String> {
+    let needle = format!("Accepted publickey for {user} from {addr} port {port} ");
+    log.lines()
+        .rev()
+        .find_map(|l| l.split_once(&needle).map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().find(|w| w.starts_with("SHA256:")))
+        .map(str::to_string)
+}
+
+fn ssh_dir_of(home: &UserDir) -> Result<UserDir> {
+    home.subdir(".ssh")?
+        .with_context(|| format!("{}/.ssh is missing", home.path().display()))
+}
+
+/// The home, `~/.ssh` and authorized_keys of `uid`, read without following anything the
+/// user could have planted (see `host::userdir`).
+fn observe_keys(
+    host: &Host,
+    home: &Path,
+    uid: u32,
+) -> Result<(bool, Option<DirInfo>, Option<FileState>)> {
+    let Some(h) = host.user_dir(home, uid, true)? else {
+        return Ok((false, None, None));
+    };
+    let Some(m) = h.lstat(".ssh")? else {
+        return Ok((true, None, None));
+    };
+    if m.kind != Kind::Dir {
+        bail!(
+            "{}/.ssh is not a directory (a link or a file); root does not follow links in a user's home. Remove it and converge again",
+            home.display()
+        );
+    }
+    let ssh = ssh_dir_of(&h)?;
+    let info = DirInfo {
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+    };
+    Ok((true, Some(info), ssh.read("authorized_keys")?))
 }
 
 impl Users {
-    fn home(&self, a: &Accounts) -> PathBuf {
-        a.user(self.name()).map_or_else(
-            || PathBuf::from(format!("/home/{}", self.name())),
-            |u| u.home.clone(),
-        )
+    /// `exclusive_keys` must not cut off the SSH session this run came from: its key is
+    /// looked up in sshd's log, and removing it (or removing any key when it cannot be
+    /// found) needs `--force`.
+    fn guard_session_key(&self, s: &State, old: &str, new: &str) -> Result<()> {
+        let removed = removed_keys(old, new);
+        if removed.is_empty() || self.ctx.force {
+            return Ok(());
+        }
+        match &s.session_key {
+            SessionKey::NotApplicable => Ok(()),
+            SessionKey::Known(fp) => {
+                if removed
+                    .iter()
+                    .any(|l| fingerprint(l).as_deref() == Some(fp.as_str()))
+                {
+                    bail!(
+                        "refusing to remove key {fp} from {}'s authorized_keys: this SSH session logged in with it (users.exclusive_keys = true and the key is not in users.authorized_keys). Add it to users.authorized_keys, or pass --force if you have another way in. Nothing was changed",
+                        self.name()
+                    );
+                }
+                Ok(())
+            }
+            SessionKey::Unknown(why) => bail!(
+                "refusing to remove {} key(s) from {}'s authorized_keys (users.exclusive_keys = true): this run came over SSH and the key this session used is unknown ({why}). Pass --force if you are sure you keep a way in. Nothing was changed",
+                removed.len(),
+                self.name()
+            ),
+        }
+    }
+
+    /// Only asked when `exclusive_keys` could remove the key this SSH session came in with.
+    async fn session_key(&self, host: &Host) -> SessionKey {
+        let (Some(addr), Some(link)) = (self.ctx.ssh_client, &self.ctx.ssh_link) else {
+            return SessionKey::NotApplicable;
+        };
+        if !self.cfg.exclusive_keys {
+            return SessionKey::NotApplicable;
+        }
+        let user = self
+            .ctx
+            .ssh_user
+            .clone()
+            .unwrap_or_else(|| self.name().to_string());
+        let cmd = Cmd::new("journalctl").args([
+            "--no-pager",
+            "-o",
+            "cat",
+            "--since=-7d",
+            "_COMM=sshd",
+            "_COMM=sshd-session",
+        ]);
+        match host.query(&cmd).await {
+            Ok(o) if o.status == 0 => {
+                match session_key_in_log(&o.stdout, &user, &addr.to_string(), link.client_port) {
+                    Some(k) => SessionKey::Known(k),
+                    None => SessionKey::Unknown(format!(
+                        "sshd's journal has no \"Accepted publickey for {user} from {addr} port {}\"",
+                        link.client_port
+                    )),
+                }
+            }
+            Ok(o) => SessionKey::Unknown(format!("journalctl failed: {}", o.stderr.trim())),
+            Err(e) => SessionKey::Unknown(format!("journalctl failed: {e}")),
+        }
     }
 
     fn wanted_keys(&self, s: &State) -> Vec<String> {
@@ -237,18 +415,25 @@ impl Resource for Users {
 
     async fn observe(&self, host: &Host) -> Result<State> {
         let accounts = host.accounts()?;
-        let home = self.home(&accounts);
         let shadow = host.read_text(Path::new("/etc/shadow")).ok().flatten();
+        let login_defs = host.read_text(Path::new("/etc/login.defs"))?;
+        let (home, ssh_dir, authorized_keys) = match accounts.user(self.name()) {
+            None => (false, None, None),
+            Some(u) => observe_keys(host, &u.home, u.uid)?,
+        };
+        let session_key = self.session_key(host).await;
         Ok(State {
             password: shadow
                 .as_deref()
                 .and_then(|s| accounts::shadow_password(s, self.name()))
                 .map(str::to_string),
             root_keys: host.read_text(Path::new(ROOT_KEYS)).ok().flatten(),
-            home: dir_info(&home).is_some(),
-            ssh_dir: dir_info(&home.join(".ssh")),
-            authorized_keys: host.read(&home.join(".ssh/authorized_keys"))?,
+            home,
+            ssh_dir,
+            authorized_keys,
             sudoers: host.read(&self.sudoers_path())?,
+            uid_min: uid_min(login_defs.as_deref().unwrap_or("")),
+            session_key,
             accounts,
         })
     }
@@ -268,6 +453,16 @@ impl Resource for Users {
                 if u.uid == 0 {
                     bail!(
                         "user {name} has uid 0; the managed user must be a non-root account (users.name)"
+                    );
+                }
+                // The agent creates its user with useradd's defaults, so at or above
+                // UID_MIN; below it is a system account (www-data, nobody, a daemon's user)
+                // that sudo and a login key must never be handed to.
+                if u.uid < s.uid_min {
+                    bail!(
+                        "users.name = {name:?} is an existing system account (uid {} is below UID_MIN {}); the agent manages a login user of its own. Choose another name; nothing was changed",
+                        u.uid,
+                        s.uid_min
                     );
                 }
                 // A `useradd` killed after writing /etc/passwd leaves the user without a home,
@@ -308,6 +503,7 @@ impl Resource for Users {
         let old = s.authorized_keys.as_ref().map(FileState::text);
         let new = merge_keys(old.as_deref(), &wanted, self.cfg.exclusive_keys);
         if old.as_deref() != Some(new.as_str()) && !(old.is_none() && new.is_empty()) {
+            self.guard_session_key(s, old.as_deref().unwrap_or(""), &new)?;
             plan.steps.push(Step::WriteAuthorizedKeys { old, new });
         } else if let Some(f) = &s.authorized_keys
             && (f.mode != 0o600 || Some(f.uid) != uid || Some(f.gid) != gid)
@@ -398,20 +594,23 @@ impl Resource for Users {
                         uid: u.uid,
                         gid: u.gid,
                     };
-                    let dir = u.home.join(".ssh");
+                    let home = host.user_dir(&u.home, u.uid, true)?.with_context(|| {
+                        format!("home directory {} of {name} is missing", u.home.display())
+                    })?;
+                    if let Step::SshDir { .. } = step {
+                        host.ensure_dir_in(&home, ".ssh", spec(0o700))?;
+                        continue;
+                    }
+                    let ssh = ssh_dir_of(&home)?;
                     match step {
-                        Step::SshDir { .. } => host.ensure_dir(&dir, spec(0o700))?,
-                        Step::WriteAuthorizedKeys { new, .. } => host.write(
-                            &dir.join("authorized_keys"),
+                        Step::WriteAuthorizedKeys { new, .. } => host.write_in(
+                            &ssh,
+                            "authorized_keys",
                             new.as_bytes(),
                             spec(0o600),
                             true,
                         )?,
-                        _ => {
-                            let p = dir.join("authorized_keys");
-                            host.chown(&p, u.uid, u.gid)?;
-                            host.chmod(&p, 0o600)?;
-                        }
+                        _ => host.set_meta_in(&ssh, "authorized_keys", spec(0o600))?,
                     }
                 }
                 Step::WriteSudoers { old, new } => {
@@ -503,10 +702,20 @@ mod tests {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5XCtKcP+JC48vXbIoe+UVO/zcUdqfXFZ2HI0vvRsPW ci";
 
     fn res(keys: &[&str]) -> Users {
-        Users::new(&UsersSettings {
-            authorized_keys: keys.iter().map(|k| AuthorizedKey(k.to_string())).collect(),
-            ..UsersSettings::default()
-        })
+        Users::new(
+            &UsersSettings {
+                authorized_keys: keys.iter().map(|k| AuthorizedKey(k.to_string())).collect(),
+                ..UsersSettings::default()
+            },
+            &RunContext::default(),
+        )
+    }
+
+    /// cloud-init's `disable_root_opts` as it lands in /root/.ssh/authorized_keys.
+    fn redirected(key: &str) -> String {
+        format!(
+            "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command=\"echo 'Please login as the user \\\"debian\\\" rather than the user \\\"root\\\".';echo;sleep 10;exit 142\" {key}"
+        )
     }
 
     fn fresh() -> State {
@@ -516,13 +725,13 @@ mod tests {
                 groups: accounts::parse_group("root:x:0:\nsudo:x:27:\n"),
             },
             password: None,
-            root_keys: Some(format!(
-                "no-port-forwarding,command=\"echo 'Please login as \\\"ubuntu\\\"';sleep 10\" {K2}\n"
-            )),
+            root_keys: Some(format!("{}\n", redirected(K2))),
             home: false,
             ssh_dir: None,
             authorized_keys: None,
             sudoers: None,
+            uid_min: 1000,
+            session_key: SessionKey::NotApplicable,
         }
     }
 
@@ -557,6 +766,8 @@ mod tests {
                 uid: 0,
                 gid: 0,
             }),
+            uid_min: 1000,
+            session_key: SessionKey::NotApplicable,
         }
     }
 
@@ -635,10 +846,13 @@ mod tests {
 
     #[test]
     fn no_key_anywhere_is_a_note() {
-        let r = Users::new(&UsersSettings {
-            import_root_keys: false,
-            ..UsersSettings::default()
-        });
+        let r = Users::new(
+            &UsersSettings {
+                import_root_keys: false,
+                ..UsersSettings::default()
+            },
+            &RunContext::default(),
+        );
         let p = r.plan(&fresh()).unwrap();
         assert!(p.notes[0].contains("no authorized key"));
         assert!(
@@ -652,10 +866,13 @@ mod tests {
     fn sudo_off_removes_our_drop_in_only() {
         let r = res(&[K1]);
         let mut s = converged(&r);
-        let off = Users::new(&UsersSettings {
-            passwordless_sudo: false,
-            ..r.cfg.clone()
-        });
+        let off = Users::new(
+            &UsersSettings {
+                passwordless_sudo: false,
+                ..r.cfg.clone()
+            },
+            &RunContext::default(),
+        );
         assert_eq!(off.plan(&s).unwrap().steps, vec![Step::RemoveSudoers]);
         s.sudoers = None;
         assert!(off.plan(&s).unwrap().steps.is_empty());
@@ -680,5 +897,122 @@ mod tests {
         let c = r.checks(&fresh());
         assert_eq!(c[0].level, Level::Fail);
         assert_eq!(c[1].level, Level::Fail);
+    }
+
+    #[test]
+    fn restricted_root_keys_keep_their_options() {
+        let restricted =
+            format!("from=\"10.9.8.7\",command=\"/usr/bin/rrsync -ro /srv\",restrict {K1}");
+        let root = format!("{restricted}\n{}\n", redirected(K2));
+        // Only cloud-init's exact redirect is dropped; the restricted key stays restricted.
+        assert_eq!(
+            importable_root_keys(&root),
+            vec![restricted.clone(), K2.to_string()]
+        );
+        // A look-alike with one more option is kept whole.
+        let lookalike = format!("{},permitopen=\"*:*\"", redirected(""));
+        assert!(!is_cloud_init_redirect(lookalike.trim()));
+        let other_victim = redirected(K2).replace("\\\"root\\\"", "\\\"admin\\\"");
+        assert_eq!(
+            importable_root_keys(&other_victim),
+            vec![other_victim.clone()]
+        );
+    }
+
+    #[test]
+    fn options_reach_a_line_that_already_holds_the_key() {
+        // A box converged by a version that imported the restricted key bare.
+        let restricted = format!("from=\"10.9.8.7\",restrict {K1}");
+        let merged = merge_keys(Some(&format!("{K1}\n{K2}\n")), &[restricted.clone()], false);
+        assert_eq!(merged, format!("{restricted}\n{K2}\n"));
+        assert_eq!(
+            merge_keys(Some(&merged), &[restricted.clone()], false),
+            merged
+        );
+        // A bare wanted key leaves options added by hand alone.
+        assert_eq!(merge_keys(Some(&merged), &[K1.to_string()], false), merged);
+        let mut r = res(&[]);
+        r.cfg.import_root_keys = true;
+        let mut s = converged(&r);
+        s.root_keys = Some(format!("{restricted}\n"));
+        s.authorized_keys.as_mut().unwrap().content = format!("{K1}\n").into_bytes();
+        let p = r.plan(&s).unwrap();
+        assert!(
+            p.steps.iter().any(
+                |st| matches!(st, Step::WriteAuthorizedKeys { new, .. } if *new == format!("{restricted}\n"))
+            ),
+            "{:?}",
+            p.steps
+        );
+    }
+
+    #[test]
+    fn a_system_account_is_refused() {
+        let r = Users::new(
+            &UsersSettings {
+                name: crate::config::Username("www-data".into()),
+                ..UsersSettings::default()
+            },
+            &RunContext::default(),
+        );
+        let mut s = fresh();
+        s.accounts.users =
+            accounts::parse_passwd("www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n");
+        let e = r.plan(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("system account") && e.contains("UID_MIN 1000"),
+            "{e}"
+        );
+        assert_eq!(uid_min("# c\nUID_MIN\t\t 2000\nUID_MAX 60000\n"), 2000);
+        assert_eq!(uid_min(""), 1000);
+    }
+
+    fn over_ssh(force: bool, key: SessionKey) -> (Users, State) {
+        let ctx = RunContext {
+            force,
+            ssh_client: Some("192.0.2.50".parse().unwrap()),
+            ..RunContext::default()
+        };
+        let mut r = Users::new(
+            &UsersSettings {
+                authorized_keys: vec![AuthorizedKey(K1.into())],
+                exclusive_keys: true,
+                import_root_keys: false,
+                ..UsersSettings::default()
+            },
+            &ctx,
+        );
+        r.cfg.exclusive_keys = true;
+        let mut s = converged(&r);
+        s.session_key = key;
+        (r, s)
+    }
+
+    #[test]
+    fn exclusive_keys_keep_the_key_of_this_session() {
+        let k2_fp = fingerprint(K2).unwrap();
+        let (r, s) = over_ssh(false, SessionKey::Known(k2_fp.clone()));
+        let e = r.plan(&s).unwrap_err().to_string();
+        assert!(e.contains(&k2_fp) && e.contains("--force"), "{e}");
+        let (r, s) = over_ssh(false, SessionKey::Known(fingerprint(K1).unwrap()));
+        assert!(r.plan(&s).is_ok(), "removing another key is fine");
+        let (r, s) = over_ssh(false, SessionKey::Unknown("no log".into()));
+        assert!(
+            r.plan(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown (no log)")
+        );
+        let (r, s) = over_ssh(true, SessionKey::Known(k2_fp));
+        assert!(r.plan(&s).is_ok(), "--force overrides");
+        let log = format!(
+            "Accepted publickey for deploy from 192.0.2.50 port 51000 ssh2: ED25519 {}\nAccepted publickey for deploy from 192.0.2.50 port 5100 ssh2: ED25519 SHA256:other\n",
+            fingerprint(K2).unwrap()
+        );
+        assert_eq!(
+            session_key_in_log(&log, "deploy", "192.0.2.50", 51000),
+            fingerprint(K2)
+        );
+        assert_eq!(session_key_in_log(&log, "deploy", "192.0.2.50", 510), None);
     }
 }
