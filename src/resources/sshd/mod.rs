@@ -14,7 +14,9 @@ use crate::authorized_keys;
 use crate::config::SshdSettings;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, FileSpec, Host, systemd};
-use crate::resources::Name;
+use crate::resources::{Name, RunContext};
+
+mod admission;
 
 const ETC_SSH: &str = "/etc/ssh";
 pub const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
@@ -36,17 +38,27 @@ const MACS: &str =
     "hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com";
 const HOST_KEY_ALGORITHMS: &str = "ssh-ed25519-cert-v01@openssh.com,ssh-ed25519,rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-512,rsa-sha2-256-cert-v01@openssh.com,rsa-sha2-256";
 
+/// Written before the configuration files and removed after sshd reloaded them: a run
+/// killed in between leaves it, and the next run reloads even though the files already
+/// match. In /run, because a reboot starts sshd from the files anyway.
+pub const RELOAD_PENDING: &str = "/run/sapari-agent/sshd.reload-pending";
+/// A client address outside every private range: `Match Address` blocks written for the
+/// local network or loopback must not hide what the internet gets.
+const PUBLIC_PROBE: &str = "203.0.113.1";
+
 pub struct Sshd {
     cfg: SshdSettings,
     /// The managed user: `sshd -T` is evaluated for a connection as this user.
     user: String,
+    ctx: RunContext,
 }
 
 impl Sshd {
-    pub fn new(cfg: &SshdSettings, user: &str) -> Self {
+    pub fn new(cfg: &SshdSettings, user: &str, ctx: &RunContext) -> Self {
         Self {
             cfg: cfg.clone(),
             user: user.to_string(),
+            ctx: ctx.clone(),
         }
     }
 
@@ -150,8 +162,20 @@ pub struct State {
     pub unit: Option<Unit>,
     pub socket_active: bool,
     /// Non-root members of group sudo with at least one valid authorized key.
-    pub key_users: Vec<String>,
+    pub key_users: Vec<KeyUser>,
     pub sshd_installed: bool,
+    /// `sshd -T` for a connection from a public address (`Effective::Unknown` when not asked).
+    pub effective_public: Effective,
+    /// A run wrote the configuration and was stopped before sshd reloaded it.
+    pub reload_pending: bool,
+}
+
+/// A sudo member who could log in with a key, as the lock-out guard needs to judge them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUser {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub key_algorithms: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -425,12 +449,69 @@ pub fn parse_units(text: &str) -> (Option<Unit>, bool) {
 }
 
 impl Sshd {
+    /// Managed settings `sshd -T` reports otherwise, for a loopback and for a public
+    /// client (a `Match Address` block can harden one and not the other).
     fn effective_mismatches(&self, s: &State) -> Vec<(String, String, String)> {
-        match &s.effective {
-            Effective::Values(v) => effective_mismatches(v, &self.settings()),
-            _ => Vec::new(),
+        let mut out = Vec::new();
+        for (eff, whom) in [
+            (&s.effective, ""),
+            (&s.effective_public, " for a public client"),
+        ] {
+            if let Effective::Values(v) = eff {
+                for (k, got, want) in effective_mismatches(v, &self.settings()) {
+                    if !out
+                        .iter()
+                        .any(|(x, _, _): &(String, String, String)| *x == k)
+                    {
+                        out.push((format!("{k}{whom}"), got, want));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The logins to judge the candidate for: this SSH session's user first.
+    fn logins_to_judge<'a>(&self, s: &'a State) -> Vec<&'a KeyUser> {
+        let mut users: Vec<&KeyUser> = s.key_users.iter().collect();
+        if let Some(me) = &self.ctx.ssh_user {
+            users.sort_by_key(|u| u.name != *me);
+        }
+        users
+    }
+}
+
+/// Managed keywords set inside `Match` blocks: (file, keyword). They apply to some
+/// connections only, so the checks for loopback and a public client may not see them.
+pub fn match_block_settings(
+    main: &str,
+    drop_ins: &[(String, String)],
+    settings: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let mut files: Vec<(String, &str)> = vec![(SSHD_CONFIG.to_string(), main)];
+    files.extend(
+        drop_ins
+            .iter()
+            .map(|(n, t)| (format!("{DROP_DIR}/{n}"), t.as_str())),
+    );
+    let mut out = Vec::new();
+    for (file, text) in files {
+        let mut in_match = false;
+        for line in text.lines() {
+            let Some((k, _)) = split_line(line) else {
+                continue;
+            };
+            if k == "match" {
+                in_match = true;
+            } else if in_match
+                && let Some((name, _)) = settings.iter().find(|(n, _)| n.eq_ignore_ascii_case(&k))
+                && !out.iter().any(|(f, n)| *f == file && n == name)
+            {
+                out.push((file.clone(), name.to_string()));
+            }
         }
     }
+    out
 }
 
 #[async_trait]
@@ -465,58 +546,42 @@ impl Resource for Sshd {
         }
         let sshd_installed = host.program_exists("sshd");
         let privsep_dir = Path::new(PRIVSEP_DIR).is_dir();
-        let spec = format!("user={},host=localhost,addr=127.0.0.1", self.user);
-        let effective_cmd = Cmd::new("sshd").args(["-T", "-C", &spec]);
+        let local = format!("user={},host=localhost,addr=127.0.0.1", self.user);
+        let public = format!("user={},host={PUBLIC_PROBE},addr={PUBLIC_PROBE}", self.user);
         let units_cmd = units_cmd();
         let booted = host.systemd_booted();
-        let (effective, units) = tokio::join!(
-            async {
-                if !sshd_installed {
-                    return Ok(Effective::Unknown("sshd is not installed".into()));
-                }
-                if !privsep_dir {
-                    return Ok(Effective::Unknown(format!("{PRIVSEP_DIR} is missing")));
-                }
-                if !nix::unistd::geteuid().is_root() {
-                    // sshd -T must read the host keys; without root it fails for that alone.
-                    return Ok(Effective::Unknown(
-                        "not root: `sshd -T` cannot read the host keys".into(),
-                    ));
-                }
-                let out = host.query(&effective_cmd).await?;
-                Ok::<_, anyhow::Error>(if out.status == 0 {
-                    Effective::Values(parse_effective(&out.stdout))
-                } else {
-                    Effective::Invalid(out.stderr.trim().lines().collect::<Vec<_>>().join(" | "))
-                })
-            },
-            async {
+        let effective_of = |spec: String| async move {
+            if !sshd_installed {
+                return Ok(Effective::Unknown("sshd is not installed".into()));
+            }
+            if !privsep_dir {
+                return Ok(Effective::Unknown(format!("{PRIVSEP_DIR} is missing")));
+            }
+            if !nix::unistd::geteuid().is_root() {
+                // sshd -T must read the host keys; without root it fails for that alone.
+                return Ok(Effective::Unknown(
+                    "not root: `sshd -T` cannot read the host keys".into(),
+                ));
+            }
+            let out = host
+                .query(&Cmd::new("sshd").args(["-T", "-C", &spec]))
+                .await?;
+            Ok::<_, anyhow::Error>(if out.status == 0 {
+                Effective::Values(parse_effective(&out.stdout))
+            } else {
+                Effective::Invalid(out.stderr.trim().lines().collect::<Vec<_>>().join(" | "))
+            })
+        };
+        let (effective, effective_public, units) =
+            tokio::join!(effective_of(local), effective_of(public), async {
                 if booted {
                     host.query(&units_cmd).await.map(|o| o.stdout).ok()
                 } else {
                     None
                 }
-            }
-        );
+            });
         let (unit, socket_active) = units.map_or((None, false), |t| parse_units(&t));
-        let accounts = host.accounts()?;
-        let mut key_users = Vec::new();
-        if let Some(g) = accounts.group("sudo") {
-            for u in accounts
-                .users
-                .iter()
-                .filter(|u| u.uid != 0 && (u.gid == g.gid || g.members.contains(&u.name)))
-            {
-                let keys = host
-                    .read_text(&u.home.join(".ssh/authorized_keys"))
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                if !authorized_keys::valid_keys(&keys).is_empty() {
-                    key_users.push(u.name.clone());
-                }
-            }
-        }
+        let key_users = key_users(host, &host.accounts()?);
         Ok(State {
             main,
             drop_ins,
@@ -529,6 +594,8 @@ impl Resource for Sshd {
             socket_active,
             key_users,
             sshd_installed,
+            effective_public: effective_public?,
+            reload_pending: Path::new(RELOAD_PENDING).exists(),
         })
     }
 
@@ -653,6 +720,16 @@ impl Resource for Sshd {
                 "sshd -T reports values other than {ours} sets: {}; look for Match blocks or Include lines elsewhere in {ETC_SSH}",
                 list.join("; ")
             );
+        } else if s.reload_pending {
+            plan.steps.push(Step::Reload);
+            plan.notes.push(format!(
+                "a previous run wrote sshd's configuration but was stopped before reloading sshd ({RELOAD_PENDING} is there): reloading now, so the running daemon uses what the files say"
+            ));
+        }
+        for (file, key) in match_block_settings(main, &s.drop_ins, &settings) {
+            plan.notes.push(format!(
+                "{file} sets {key} inside a Match block: connections it matches may get another value than {ours} sets (checked for 127.0.0.1 and {PUBLIC_PROBE} only)"
+            ));
         }
         if let Some(u) = &s.unit {
             plan.notes.push(format!(
@@ -712,9 +789,14 @@ impl Resource for Sshd {
             }
         }
         if files.is_empty() {
+            if steps.contains(&Step::Reload) {
+                reload(host, s).await?;
+                host.remove_file(Path::new(RELOAD_PENDING))?;
+            }
             return Ok(());
         }
-        validate_candidate(host, s, &files).await?;
+        validate_candidate(host, s, &files, &self.logins_to_judge(s), &self.ctx).await?;
+        mark_reload_pending(host)?;
         let mut previous: Vec<(PathBuf, Option<String>)> = Vec::new();
         for (path, content) in &files {
             previous.push((path.clone(), host.read_text(path)?));
@@ -739,6 +821,7 @@ impl Resource for Sshd {
         if steps.contains(&Step::Reload) {
             reload(host, s).await?;
         }
+        host.remove_file(Path::new(RELOAD_PENDING))?;
         Ok(())
     }
 
@@ -797,10 +880,52 @@ impl Resource for Sshd {
     }
 }
 
+/// Non-root sudo members with a valid key, read through `host::userdir`: a member's
+/// planted link or FIFO counts as no key, never as a read of what it points to.
+fn key_users(host: &Host, accounts: &crate::host::accounts::Accounts) -> Vec<KeyUser> {
+    let Some(g) = accounts.group("sudo") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for u in accounts
+        .users
+        .iter()
+        .filter(|u| u.uid != 0 && (u.gid == g.gid || g.members.contains(&u.name)))
+    {
+        let keys = host
+            .user_dir(&u.home, u.uid, true)
+            .ok()
+            .flatten()
+            .and_then(|h| h.subdir(".ssh").ok().flatten())
+            .and_then(|ssh| ssh.read_text("authorized_keys").ok().flatten())
+            .unwrap_or_default();
+        let mut algs: Vec<String> = authorized_keys::valid_keys(&keys)
+            .iter()
+            .map(|k| k.algorithm().as_str().to_string())
+            .collect();
+        algs.sort();
+        algs.dedup();
+        if !algs.is_empty() {
+            out.push(KeyUser {
+                name: u.name.clone(),
+                groups: accounts.groups_of(&u.name),
+                key_algorithms: algs,
+            });
+        }
+    }
+    out
+}
+
 /// Validate the configuration as it will be after the change, before installing any file:
 /// the candidate tree (main file, every drop-in, our new files) is assembled in a private
 /// directory with the Include pointed at it, and `sshd -t -f` judges it.
-async fn validate_candidate(host: &Host, s: &State, files: &[(PathBuf, String)]) -> Result<()> {
+async fn validate_candidate(
+    host: &Host,
+    s: &State,
+    files: &[(PathBuf, String)],
+    logins: &[&KeyUser],
+    ctx: &RunContext,
+) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("sapari-agent-sshd.")
         .tempdir()
@@ -834,23 +959,86 @@ async fn validate_candidate(host: &Host, s: &State, files: &[(PathBuf, String)])
         .join("\n");
     let main_path = dir.path().join("sshd_config");
     std::fs::write(&main_path, main + "\n")?;
-    host.query(&Cmd::new("sshd").args(["-t", "-f", &main_path.to_string_lossy()]))
+    let main_arg = main_path.to_string_lossy().into_owned();
+    let unmask =
+        |text: &str| text.replace(&format!("{}/", drop.display()), &format!("{DROP_DIR}/"));
+    let out = host
+        .query(&Cmd::new("sshd").args(["-t", "-f", &main_arg]))
         .await
-        .and_then(|o| {
-            if o.status == 0 {
-                Ok(())
-            } else {
-                let msg = o
-                    .stderr
-                    .replace(&format!("{}/", drop.display()), &format!("{DROP_DIR}/"));
-                Err(anyhow::anyhow!("{}", msg.trim()))
-            }
-        })
         .map_err(|e| {
             anyhow::anyhow!(
                 "the new sshd configuration does not validate (nothing was installed): {e}"
             )
-        })
+        })?;
+    if out.status != 0 {
+        bail!(
+            "the new sshd configuration does not validate (nothing was installed): {}",
+            unmask(&out.stderr).trim()
+        );
+    }
+    admit_someone(host, &main_arg, logins, ctx)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", unmask(&e.to_string())))
+}
+
+/// The lock-out guard, judged by sshd itself: `sshd -T` of the candidate for each keyed
+/// sudo member (this session's user first), from this session's address when there is
+/// one; refused unless one of them would be let in with a key.
+async fn admit_someone(
+    host: &Host,
+    main: &str,
+    logins: &[&KeyUser],
+    ctx: &RunContext,
+) -> Result<()> {
+    let addr = ctx
+        .ssh_client
+        .unwrap_or_else(|| PUBLIC_PROBE.parse().expect("a valid address"));
+    let (laddr, lport) = ctx.ssh_link.as_ref().map_or_else(
+        || ("0.0.0.0".to_string(), 22),
+        |l| (l.server.to_string(), l.server_port),
+    );
+    let mut refusals = Vec::new();
+    for u in logins {
+        let spec = format!(
+            "user={},addr={addr},host={addr},laddr={laddr},lport={lport}",
+            u.name
+        );
+        let out = host
+            .query(&Cmd::new("sshd").args(["-T", "-f", main, "-C", &spec]))
+            .await?;
+        if out.status != 0 {
+            refusals.push(format!("{}: sshd -T failed: {}", u.name, out.stderr.trim()));
+            continue;
+        }
+        let login = admission::Login {
+            user: &u.name,
+            groups: &u.groups,
+            addr,
+            key_algorithms: &u.key_algorithms,
+        };
+        match admission::refusal(&parse_effective(&out.stdout), &login) {
+            None => return Ok(()),
+            Some(why) => refusals.push(format!("{}: {why}", u.name)),
+        }
+    }
+    if refusals.is_empty() {
+        bail!(
+            "refusing to change sshd: no non-root member of group sudo has a valid key, so nobody could log in afterwards; nothing was installed"
+        );
+    }
+    bail!(
+        "refusing to change sshd: with the new configuration sshd would let none of the keyed sudo users in from {addr} ({}). Fix the sshd settings in agent.toml (e.g. sshd.allow_users) or the file named; nothing was installed and sshd was not reloaded",
+        refusals.join("; ")
+    )
+}
+
+/// Before the first file is written (see [`RELOAD_PENDING`]).
+pub fn mark_reload_pending(host: &Host) -> Result<()> {
+    let marker = Path::new(RELOAD_PENDING);
+    if let Some(dir) = marker.parent() {
+        host.ensure_dir(dir, FileSpec::root(0o700))?;
+    }
+    host.write(marker, b"", FileSpec::root(0o600), false)
 }
 
 fn units_cmd() -> Cmd {
@@ -922,7 +1110,7 @@ mod tests {
     use super::*;
 
     fn res() -> Sshd {
-        Sshd::new(&SshdSettings::default(), "deploy")
+        Sshd::new(&SshdSettings::default(), "deploy", &RunContext::default())
     }
 
     const DEBIAN_MAIN: &str = "Include /etc/ssh/sshd_config.d/*.conf\n#PermitRootLogin prohibit-password\nKbdInteractiveAuthentication no\nUsePAM yes\nX11Forwarding yes\nSubsystem sftp /usr/lib/openssh/sftp-server\n";
@@ -959,8 +1147,14 @@ mod tests {
                 active: true,
             }),
             socket_active: false,
-            key_users: vec!["deploy".into()],
+            key_users: vec![KeyUser {
+                name: "deploy".into(),
+                groups: vec!["sudo".into()],
+                key_algorithms: vec!["ssh-ed25519".into()],
+            }],
             sshd_installed: true,
+            effective_public: effective_ok(r),
+            reload_pending: false,
         }
     }
 
@@ -971,6 +1165,7 @@ mod tests {
         s.effective = Effective::Values(parse_effective(
             "passwordauthentication yes\npermitrootlogin yes\n",
         ));
+        s.effective_public = s.effective.clone();
         s
     }
 
@@ -1013,6 +1208,7 @@ mod tests {
                 ..SshdSettings::default()
             },
             "deploy",
+            &RunContext::default(),
         );
         assert!(compat.drop_in_content(true).contains("curve25519-sha256"));
         // 50-cloud-init's PasswordAuthentication yes is read after ours: not an override.
@@ -1051,6 +1247,7 @@ mod tests {
                 ..SshdSettings::default()
             },
             "deploy",
+            &RunContext::default(),
         );
         s.drop_ins[1].1 = n.drop_in_content(true);
         let p = n.plan(&s).unwrap();
@@ -1168,5 +1365,52 @@ mod tests {
         assert_eq!((m.as_str(), n), ("# c\n1 2 6 100 4095 5 B", 1));
         let e = parse_effective("allowusers deploy\nallowusers ops\n");
         assert_eq!(e["allowusers"], vec!["deploy", "ops"]);
+    }
+
+    #[test]
+    fn a_pending_reload_is_retried_when_the_files_already_match() {
+        let r = res();
+        let mut s = converged(&r);
+        s.reload_pending = true;
+        let p = r.plan(&s).unwrap();
+        assert_eq!(p.steps, vec![Step::Reload]);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("stopped before reloading")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn a_public_client_is_judged_too_and_match_blocks_are_named() {
+        let r = res();
+        let mut s = converged(&r);
+        s.effective_public = Effective::Values(parse_effective(
+            "passwordauthentication yes\npermitrootlogin no\n",
+        ));
+        let e = r.plan(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("PasswordAuthentication for a public client"),
+            "{e}"
+        );
+        let main = format!("{DEBIAN_MAIN}Match Address 10.0.0.0/8\n  PasswordAuthentication yes\n");
+        let found = match_block_settings(&main, &[], &r.settings());
+        assert_eq!(
+            found,
+            vec![(
+                SSHD_CONFIG.to_string(),
+                "PasswordAuthentication".to_string()
+            )]
+        );
+        let mut s = converged(&r);
+        s.main = Some(main);
+        let p = r.plan(&s).unwrap();
+        assert!(
+            p.notes.iter().any(|n| n.contains("inside a Match block")),
+            "{:?}",
+            p.notes
+        );
     }
 }
