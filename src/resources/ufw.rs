@@ -240,7 +240,14 @@ pub struct State {
     pub input_policy: String,
     pub output_policy: String,
     pub rules: Vec<Tuple>,
+    /// A run changed ufw's files and was stopped before ufw loaded them (see `RELOAD_PENDING`).
+    pub reload_pending: bool,
 }
+
+/// Written before the first change to an active ufw and removed once ufw reports it is
+/// active with the result: a run killed in between (a `ufw` command writes its files, then
+/// loads them) leaves it, and the next run reloads. In /run: a boot loads the files anyway.
+pub const RELOAD_PENDING: &str = "/run/sapari-agent/ufw.reload-pending";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -265,6 +272,8 @@ pub enum Step {
         from: String,
     },
     Enable,
+    /// `ufw reload`: the files are right, the loaded rules may not be.
+    Reload,
 }
 
 impl Describe for Step {
@@ -296,6 +305,11 @@ impl Describe for Step {
                 Change::value("default outgoing", Some(from.clone()), Some("allow".into()))
             }
             Step::Enable => Change::value("ufw", Some("inactive".into()), Some("active".into())),
+            Step::Reload => Change::value(
+                "loaded rules",
+                Some("maybe older than the files (a previous run was stopped before ufw loaded them)".into()),
+                Some("reloaded from the files".into()),
+            ),
         }
     }
 }
@@ -428,6 +442,7 @@ impl Resource for Ufw {
                 .and_then(|d| shell_var(d, "DEFAULT_OUTPUT_POLICY"))
                 .unwrap_or_default(),
             rules,
+            reload_pending: Path::new(RELOAD_PENDING).exists(),
         })
     }
 
@@ -504,6 +519,16 @@ impl Resource for Ufw {
         }
         if !s.enabled {
             plan.steps.push(Step::Enable);
+        } else if s.reload_pending && plan.steps.is_empty() {
+            plan.steps.push(Step::Reload);
+            plan.notes.push(format!(
+                "a previous run changed ufw and was stopped before ufw loaded the result ({RELOAD_PENDING} is there): reloading"
+            ));
+        }
+        if self.ctx.ssh_client.is_none() && self.ctx.interactive && !plan.steps.is_empty() {
+            plan.notes.push(
+                "this run is interactive but its SSH client could not be found (no SSH_CONNECTION here or in a parent process): the check that the firewall admits you was not made; keep another way in (Tailscale, the Hetzner console)".into(),
+            );
         }
         if !plan.steps.is_empty()
             && let Some(client) = self.ctx.ssh_client
@@ -528,7 +553,7 @@ impl Resource for Ufw {
         Ok(plan)
     }
 
-    async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {
+    async fn apply(&self, host: &Host, s: &State, steps: &[Step]) -> Result<()> {
         // Allow rules first, then the deny default, then enable: at no moment is the box
         // closed to the rules it is meant to have. IPV6=yes comes before the rules: ufw
         // refuses IPv6 rules without it, and an active ufw has no IPv6 chains to add them to
@@ -543,7 +568,11 @@ impl Resource for Ufw {
             Step::DefaultOutgoing { .. } => 4,
             Step::DefaultIncoming { .. } => 5,
             Step::Enable => 6,
+            Step::Reload => 7,
         };
+        if s.enabled {
+            crate::resources::sshd::mark_pending(host, Path::new(RELOAD_PENDING))?;
+        }
         let mut steps: Vec<&Step> = steps.iter().collect();
         steps.sort_by_key(|s| order(s));
         for step in steps {
@@ -572,6 +601,7 @@ impl Resource for Ufw {
                     Cmd::new("ufw").args(["default", "allow", "outgoing"])
                 }
                 Step::Enable => Cmd::new("ufw").args(["--force", "enable"]),
+                Step::Reload => Cmd::new("ufw").arg("reload"),
             };
             host.run(&cmd).await?;
         }
@@ -583,6 +613,7 @@ impl Resource for Ufw {
                 status.stdout.trim()
             );
         }
+        host.remove_file(Path::new(RELOAD_PENDING))?;
         Ok(())
     }
 
@@ -690,6 +721,7 @@ mod tests {
             input_policy: "ACCEPT".into(),
             output_policy: "ACCEPT".into(),
             rules: vec![],
+            reload_pending: false,
         }
     }
 
@@ -703,6 +735,7 @@ mod tests {
             input_policy: "DROP".into(),
             output_policy: "ACCEPT".into(),
             rules: r.desired(true),
+            reload_pending: false,
         }
     }
 
@@ -984,5 +1017,36 @@ mod tests {
         assert!(p.notes[0].contains("/proc/sys/net/ipv6"), "{:?}", p.notes);
         s.ipv6 = true;
         assert!(prune.plan(&s).unwrap().steps.is_empty());
+    }
+
+    #[test]
+    fn a_run_stopped_before_ufw_loaded_its_files_is_reloaded() {
+        let r = res(RunContext::default());
+        let mut s = converged(&r);
+        assert!(r.plan(&s).unwrap().steps.is_empty());
+        s.reload_pending = true;
+        let p = r.plan(&s).unwrap();
+        assert_eq!(p.steps, vec![Step::Reload]);
+        assert!(
+            p.notes.iter().any(|n| n.contains("stopped before")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn an_interactive_run_without_a_known_client_says_so() {
+        let r = res(RunContext {
+            interactive: true,
+            ..RunContext::default()
+        });
+        let p = r.plan(&fresh()).unwrap();
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("SSH client could not be found")),
+            "{:?}",
+            p.notes
+        );
     }
 }

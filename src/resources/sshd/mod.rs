@@ -1033,8 +1033,12 @@ async fn admit_someone(
 }
 
 /// Before the first file is written (see [`RELOAD_PENDING`]).
-pub fn mark_reload_pending(host: &Host) -> Result<()> {
-    let marker = Path::new(RELOAD_PENDING);
+fn mark_reload_pending(host: &Host) -> Result<()> {
+    mark_pending(host, Path::new(RELOAD_PENDING))
+}
+
+/// A "written but not loaded yet" marker, for sshd and ufw alike.
+pub fn mark_pending(host: &Host, marker: &Path) -> Result<()> {
     if let Some(dir) = marker.parent() {
         host.ensure_dir(dir, FileSpec::root(0o700))?;
     }
