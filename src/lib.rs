@@ -307,7 +307,8 @@ fn save_last_run(host: &Host, dir: &Path, report: &serde_json::Value) {
         .and_then(|_| {
             let mut body = serde_json::to_vec_pretty(report)?;
             body.push(b'\n');
-            host.write(&path, &body, FileSpec::root(0o644), false)
+            // 0600: the report holds the plan's diffs of root's files.
+            host.write(&path, &body, FileSpec::root(0o600), false)
         });
     if let Err(e) = result {
         log::warn!("cannot save the run report to {}: {e:#}", path.display());

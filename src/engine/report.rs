@@ -43,6 +43,17 @@ impl Change {
     }
 }
 
+impl Change {
+    /// A file in a user's directory: summaries only. Its content is the user's (and a file
+    /// the user swapped in may hold anything), so it never reaches a report or a log.
+    pub fn user_file(path: &str, old: Option<&str>, new: &str) -> Self {
+        Self {
+            diff: None,
+            ..Self::file(path, old, new)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -193,5 +204,18 @@ mod tests {
         assert_eq!(v["changes"][0]["to"], "4G");
         assert!(v["error"].is_null());
         assert!(v["changes"][0].get("diff").is_none());
+    }
+
+    #[test]
+    fn a_user_file_change_carries_no_content() {
+        let c = Change::user_file(
+            "/home/deploy/.ssh/config",
+            Some("Host secret\n"),
+            "Host a\n",
+        );
+        assert!(c.diff.is_none());
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("secret"), "{json}");
+        assert_eq!(c.to.as_deref(), Some("1 lines"));
     }
 }
