@@ -283,8 +283,88 @@ impl Resource for Tailscale {
     }
 }
 
+/// Most bytes a keyring download may have: Tailscale's is a few KiB; more is not a key, and
+/// the cap holds while streaming so a hostile server cannot fill memory.
+const KEY_MAX_BYTES: usize = 64 * 1024;
+const KEY_MAX_REDIRECTS: usize = 5;
+
+/// Redirects are followed only to https: a hop to plain http would let anyone on the path
+/// choose what the download holds, whatever the first URL was.
+fn https_redirects_only() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.url().scheme() != "https" {
+            let to = attempt.url().to_string();
+            attempt.error(format!("refusing redirect to non-HTTPS {to}"))
+        } else if attempt.previous().len() > KEY_MAX_REDIRECTS {
+            attempt.error(format!("more than {KEY_MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Everything but the https-only switch, which tests leave off to reach a loopback server.
+fn key_client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(https_redirects_only())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("sapari-agent/", env!("CARGO_PKG_VERSION")))
+}
+
+fn key_client() -> Result<reqwest::Client> {
+    key_client_builder()
+        .https_only(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot set up the HTTPS client: {}", crate::error_chain(&e)))
+}
+
+/// The body of `url`, refused as soon as more than `cap` bytes are announced or arrive.
+async fn fetch_capped(client: &reqwest::Client, url: &str, cap: usize) -> Result<Vec<u8>> {
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot fetch {url}: {}", crate::request_error(&e)))?;
+    let from = if resp.url().as_str() == url {
+        url.to_string()
+    } else {
+        format!("{url} (redirected to {})", resp.url())
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("{from} answered HTTP {status}");
+    }
+    if let Some(len) = resp.content_length()
+        && len > cap as u64
+    {
+        bail!("{from} announced {len} bytes, more than the {cap} a signing key may have");
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if body.len() + c.len() > cap {
+                    bail!("{from} sent more than {cap} bytes, more than a signing key may have");
+                }
+                body.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => bail!("cannot read {from}: {}", crate::request_error(&e)),
+        }
+    }
+}
+
+/// The keyring apt gets: only the one key with fingerprint `pin`, rebuilt from its own
+/// packets, so nothing else the download holds can become trusted.
+fn keyring(download: &[u8], url: &str, pin: &str) -> Result<Vec<u8>> {
+    crate::openpgp::pinned_keyring(download, "Tailscale", pin).map_err(|e| {
+        anyhow::anyhow!("refusing Tailscale's signing key from {url}: {e:#}; nothing written")
+    })
+}
+
 /// Tailscale's repository, trusted only through its pinned key: the key is downloaded over
-/// HTTPS and written only if its OpenPGP fingerprint is Tailscale's published one.
+/// HTTPS and apt gets only the primary key with Tailscale's published fingerprint.
 async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
     let base = format!("https://pkgs.tailscale.com/stable/{os_id}");
     let url = format!("{base}/{codename}.noarmor.gpg");
@@ -292,28 +372,10 @@ async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
         Name::Tailscale,
         &format!("fetching Tailscale's signing key from {url}"),
     );
-    let key = async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
-        let resp = client.get(&url).send().await?.error_for_status()?;
-        anyhow::Ok(resp.bytes().await?.to_vec())
-    }
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot fetch Tailscale's signing key from {url}: {e:#}"))?;
-    if key.len() > 64 * 1024 {
-        bail!(
-            "{url} returned {} bytes, not a signing key; nothing written",
-            key.len()
-        );
-    }
-    let fp = crate::openpgp::fingerprint(&key)
-        .map_err(|e| anyhow::anyhow!("{url} is not an OpenPGP key ({e}); nothing written"))?;
-    if fp != TAILSCALE_FINGERPRINT {
-        bail!(
-            "the key from {url} has fingerprint {fp}, not Tailscale's {TAILSCALE_FINGERPRINT}; nothing written"
-        );
-    }
+    let download = fetch_capped(&key_client()?, &url, KEY_MAX_BYTES)
+        .await
+        .map_err(|e| anyhow::anyhow!("Tailscale's signing key: {e:#}; nothing written"))?;
+    let key = keyring(&download, &url, TAILSCALE_FINGERPRINT)?;
     let spec = crate::host::FileSpec::root(0o644);
     host.write(std::path::Path::new(KEYRING), &key, spec, false)?;
     let list = format!(
@@ -470,5 +532,199 @@ mod tests {
                 .to_string()
                 .contains("tailscale.enabled = false")
         );
+    }
+
+    const REPO: &[u8] = include_bytes!("../testdata/openpgp/repo.gpg");
+    const REPO_FP: &str = "AA07D3C91E7CF053EB2618D4AD2543E5EBBB8742";
+    const ATTACKER: &[u8] = include_bytes!("../testdata/openpgp/attacker.gpg");
+
+    #[test]
+    fn the_keyring_holds_only_the_pinned_key() {
+        let url = "https://example.invalid/noble.noarmor.gpg";
+        let out = keyring(REPO, url, REPO_FP).unwrap();
+        assert_eq!(crate::openpgp::fingerprint(&out).unwrap(), REPO_FP);
+        let body = |b: &[u8]| -> Vec<(u8, Vec<u8>)> {
+            crate::openpgp::packets(b)
+                .unwrap()
+                .iter()
+                .map(|p| (p.tag, p.body.to_vec()))
+                .collect()
+        };
+        assert_eq!(body(&out), body(REPO));
+
+        let e = keyring(&[REPO, ATTACKER].concat(), url, REPO_FP)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "refusing Tailscale's signing key from {url}: the download holds 2 primary keys"
+            )),
+            "{e}"
+        );
+        assert!(
+            e.ends_with(&format!(
+                "only Tailscale's {REPO_FP} is accepted; nothing written"
+            )),
+            "{e}"
+        );
+        let e = keyring(REPO, url, TAILSCALE_FINGERPRINT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "the primary key is {REPO_FP}, not Tailscale's {TAILSCALE_FINGERPRINT}"
+            )),
+            "{e}"
+        );
+        let e = keyring(&[REPO, b"\0"].concat(), url, REPO_FP)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not an OpenPGP packet header"), "{e}");
+    }
+
+    /// A plain-HTTP server on 127.0.0.1 for the download limits; the paths are the cases.
+    mod http {
+        use super::*;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        async fn reply(path: &str, port: u16, tcp: &mut tokio::net::TcpStream) {
+            let head = |status: &str, extra: &str| {
+                format!("HTTP/1.1 {status}\r\n{extra}Connection: close\r\n\r\n").into_bytes()
+            };
+            let redirect = |to: String| {
+                head(
+                    "302 Found",
+                    &format!("Location: {to}\r\nContent-Length: 0\r\n"),
+                )
+            };
+            let (head, body, chunk): (Vec<u8>, Vec<u8>, usize) = match path {
+                "/key" => (
+                    head("200 OK", &format!("Content-Length: {}\r\n", REPO.len())),
+                    REPO.to_vec(),
+                    REPO.len(),
+                ),
+                // No Content-Length: only the streaming count can stop these.
+                p if p.starts_with("/stream/") => {
+                    let n: usize = p["/stream/".len()..].parse().unwrap();
+                    (head("200 OK", ""), vec![0xA5; n], 1000)
+                }
+                "/announced" => (
+                    head("200 OK", "Content-Length: 100000\r\n"),
+                    vec![0xA5; 100],
+                    100,
+                ),
+                "/to-http" => (redirect(format!("http://127.0.0.1:{port}/key")), vec![], 1),
+                _ => (head("404 Not Found", "Content-Length: 0\r\n"), vec![], 1),
+            };
+            if tcp.write_all(&head).await.is_err() {
+                return;
+            }
+            for c in body.chunks(chunk) {
+                // The client hangs up once over its cap; the rest of the body is never sent.
+                if tcp.write_all(c).await.is_err() || tcp.flush().await.is_err() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            let _ = tcp.shutdown().await;
+        }
+
+        /// The port, and how many connections the server accepted.
+        async fn serve() -> (u16, Arc<AtomicUsize>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let count = accepted.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let req = String::from_utf8_lossy(&got);
+                        let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        reply(&path, port, &mut tcp).await;
+                    });
+                }
+            });
+            (port, accepted)
+        }
+
+        #[tokio::test(flavor = "current_thread")]
+        async fn the_download_is_capped_while_streaming() {
+            let (port, _) = serve().await;
+            let client = key_client_builder().build().unwrap();
+            let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+            let get = |p: &str| {
+                let (c, u) = (client.clone(), url(p));
+                async move { fetch_capped(&c, &u, KEY_MAX_BYTES).await }
+            };
+
+            assert_eq!(get("/key").await.unwrap(), REPO);
+            assert_eq!(get("/stream/65536").await.unwrap().len(), 65536);
+
+            let e = get("/stream/65537").await.unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "{} sent more than 65536 bytes, more than a signing key may have",
+                    url("/stream/65537")
+                )
+            );
+            let e = get("/stream/10000000").await.unwrap_err().to_string();
+            assert!(e.contains("sent more than 65536 bytes"), "{e}");
+            let e = get("/announced").await.unwrap_err().to_string();
+            assert!(
+                e.contains("announced 100000 bytes, more than the 65536 a signing key may have"),
+                "{e}"
+            );
+            let e = get("/missing").await.unwrap_err().to_string();
+            assert!(e.contains("answered HTTP 404 Not Found"), "{e}");
+        }
+
+        #[tokio::test(flavor = "current_thread")]
+        async fn a_redirect_to_http_is_refused() {
+            let (port, accepted) = serve().await;
+            let client = key_client_builder().build().unwrap();
+            let url = format!("http://127.0.0.1:{port}/to-http");
+            let e = fetch_capped(&client, &url, KEY_MAX_BYTES)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "refusing redirect to non-HTTPS http://127.0.0.1:{port}/key"
+                )),
+                "{e}"
+            );
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                1,
+                "the redirect was followed"
+            );
+        }
+
+        #[tokio::test(flavor = "current_thread")]
+        async fn the_key_client_never_speaks_plain_http() {
+            let (port, accepted) = serve().await;
+            let url = format!("http://127.0.0.1:{port}/key");
+            let e = fetch_capped(&key_client().unwrap(), &url, KEY_MAX_BYTES)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("cannot fetch {url}")), "{e}");
+            assert_eq!(accepted.load(Ordering::SeqCst), 0, "it connected over http");
+        }
     }
 }

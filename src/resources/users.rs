@@ -923,10 +923,14 @@ mod tests {
     fn options_reach_a_line_that_already_holds_the_key() {
         // A box converged by a version that imported the restricted key bare.
         let restricted = format!("from=\"10.9.8.7\",restrict {K1}");
-        let merged = merge_keys(Some(&format!("{K1}\n{K2}\n")), &[restricted.clone()], false);
+        let merged = merge_keys(
+            Some(&format!("{K1}\n{K2}\n")),
+            std::slice::from_ref(&restricted),
+            false,
+        );
         assert_eq!(merged, format!("{restricted}\n{K2}\n"));
         assert_eq!(
-            merge_keys(Some(&merged), &[restricted.clone()], false),
+            merge_keys(Some(&merged), std::slice::from_ref(&restricted), false),
             merged
         );
         // A bare wanted key leaves options added by hand alone.
