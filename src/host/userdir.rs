@@ -312,7 +312,25 @@ impl UserDir {
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
         let fd = openat(self.fd.as_fd(), name, flags, Mode::empty())
             .map_err(|e| self.refusal(name, e))?;
-        set_meta(&fd, &self.child(name), spec)
+        let path = self.child(name);
+        // Judge what was opened: a name swapped for a hard link to /etc/shadow after the
+        // plan must not be handed to the user by a chown.
+        let meta = Meta::of(&fstat(fd.as_fd()).map_err(|e| stat_error(&path, e))?);
+        match meta.kind {
+            Kind::Dir => {}
+            Kind::File if meta.nlink == 1 => {}
+            Kind::File => bail!(
+                "{} has {} hard links; root changes the owner only of a file with one link. Replace it with a copy",
+                path.display(),
+                meta.nlink
+            ),
+            k => bail!(
+                "{} is {}; refusing to change it",
+                path.display(),
+                kind_name(k)
+            ),
+        }
+        set_meta(&fd, &path, spec)
     }
 
     pub(super) fn remove(&self, name: &str) -> Result<()> {

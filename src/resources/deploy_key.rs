@@ -10,11 +10,16 @@
 //!
 //! No private key material ever reaches the state, a change, a note, a log line or an
 //! error: observation keeps only the public half of the key.
+//!
+//! `~/.ssh` is the user's, and root runs this: every read and write below the home goes
+//! through [`UserDir`] handles, so a link, FIFO or hard link the user planted is reported
+//! or refused instead of read (a root-only file never reaches the diff), and a `~/.ssh`
+//! swapped for a link after observe cannot redirect a write.
 
 use std::fmt;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -25,6 +30,7 @@ use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
 
 use crate::config::{DeployKeySettings, UsersSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
+use crate::host::userdir::{self, UserDir};
 use crate::host::{FileSpec, Host};
 use crate::resources::Name;
 
@@ -274,23 +280,24 @@ impl DeployKey {
             return Ok(State::default());
         };
         let p = self.paths(&user.home);
-        let key_dir = p.key.parent().filter(|d| *d != p.ssh_dir);
-        let private = match lstat(&p.key)? {
-            None => None,
-            Some(entry) if entry.kind != Kind::File => Some(PrivateKeyFile {
-                entry,
-                key: Err("not a regular file".into()),
-            }),
-            Some(entry) => read_private_key(&p.key)?.map(|key| PrivateKeyFile { entry, key }),
-        };
+        let open = |dir: &Path| open_dir(host, &user.home, user.uid, dir);
+        let home = open(&user.home)?;
+        let ssh = open(&p.ssh_dir)?;
+        let key_dir = p.key_dir().map(open).transpose()?;
+        let kd = key_dir.as_ref().unwrap_or(&ssh).handle.as_ref();
+        let sd = ssh.handle.as_ref();
+        let private = read_private_key(kd, file_name(&p.key)?)?;
+        let public = read_text_file(kd, file_name(&p.public)?)?;
+        let known_hosts = read_text_file(sd, file_name(&p.known_hosts)?)?;
+        let config = read_text_file(sd, file_name(&p.config)?)?;
         Ok(State {
-            home: stat(&user.home)?,
-            ssh_dir: lstat(&p.ssh_dir)?,
-            key_dir: key_dir.map(stat).transpose()?.flatten(),
+            home: home.entry,
+            ssh_dir: ssh.entry,
+            key_dir: key_dir.and_then(|d| d.entry),
             private,
-            public: read_text_file(host, &p.public)?,
-            known_hosts: read_text_file(host, &p.known_hosts)?,
-            config: read_text_file(host, &p.config)?,
+            public,
+            known_hosts,
+            config,
             user: Some(user),
         })
     }
@@ -302,6 +309,13 @@ struct Paths {
     public: PathBuf,
     known_hosts: PathBuf,
     config: PathBuf,
+}
+
+impl Paths {
+    /// The directory of `deploy_key.path` when it is not `~/.ssh`.
+    fn key_dir(&self) -> Option<&Path> {
+        self.key.parent().filter(|d| *d != self.ssh_dir)
+    }
 }
 
 /// The managed user, from /etc/passwd.
@@ -451,61 +465,193 @@ fn entry_of(m: &std::fs::Metadata) -> Entry {
     }
 }
 
-fn inspect(path: &Path, follow: bool) -> Result<Option<Entry>> {
-    let m = if follow {
-        std::fs::metadata(path)
-    } else {
-        std::fs::symlink_metadata(path)
+fn entry_from(m: &userdir::Meta) -> Entry {
+    Entry {
+        kind: match m.kind {
+            userdir::Kind::File => Kind::File,
+            userdir::Kind::Dir => Kind::Dir,
+            userdir::Kind::Symlink => Kind::Symlink,
+            userdir::Kind::Other => Kind::Other,
+        },
+        meta: Meta {
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+        },
+    }
+}
+
+/// A directory on the way to the files: what it is, for the planner, and when it is a
+/// directory the handle every read and write below it goes through.
+#[derive(Debug, Default)]
+struct Opened {
+    entry: Option<Entry>,
+    handle: Option<UserDir>,
+}
+
+/// Open `dir` as `uid`'s. The home and a directory outside it are paths root chose (the
+/// passwd entry, `deploy_key.path`) and are followed like any path root names; below the
+/// home every component is the user's to plant a link in, so each is opened without
+/// following, from the home's descriptor.
+fn open_dir(host: &Host, home: &Path, uid: u32, dir: &Path) -> Result<Opened> {
+    let Ok(rel) = dir.strip_prefix(home) else {
+        return open_chosen(host, dir, uid);
     };
-    match m {
+    let names = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => n.to_str(),
+            _ => None,
+        })
+        .collect::<Option<Vec<&str>>>()
+        .with_context(|| {
+            format!(
+                "cannot open {}: only plain UTF-8 names are followed below the home {}",
+                dir.display(),
+                home.display()
+            )
+        })?;
+    let Some((last, between)) = names.split_last() else {
+        return open_chosen(host, dir, uid);
+    };
+    let Some(mut cur) = open_chosen(host, home, uid)?.handle else {
+        return Ok(Opened::default());
+    };
+    for name in between {
+        match cur.subdir(name)? {
+            Some(d) => cur = d,
+            None => return Ok(Opened::default()),
+        }
+    }
+    let Some(m) = cur.lstat(last)? else {
+        return Ok(Opened::default());
+    };
+    if m.kind != userdir::Kind::Dir {
+        return Ok(Opened {
+            entry: Some(entry_from(&m)),
+            handle: None,
+        });
+    }
+    // What was opened is described, not what lstat saw a moment earlier.
+    Ok(match cur.subdir(last)? {
+        Some(d) => Opened {
+            entry: Some(entry_from(&d.meta()?)),
+            handle: Some(d),
+        },
+        None => Opened::default(),
+    })
+}
+
+fn open_chosen(host: &Host, path: &Path, uid: u32) -> Result<Opened> {
+    match host.user_dir(path, uid, true) {
+        Ok(Some(d)) => Ok(Opened {
+            entry: Some(entry_from(&d.meta()?)),
+            handle: Some(d),
+        }),
+        Ok(None) => Ok(Opened::default()),
+        Err(e) => match stat(path) {
+            // A file where the directory should be: the planner says what to do about it.
+            Ok(Some(entry)) if entry.kind != Kind::Dir => Ok(Opened {
+                entry: Some(entry),
+                handle: None,
+            }),
+            _ => Err(e),
+        },
+    }
+}
+
+/// What a path root chose points to (a link there is root's doing).
+fn stat(path: &Path) -> Result<Option<Entry>> {
+    match std::fs::metadata(path) {
         Ok(m) => Ok(Some(entry_of(&m))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow!("cannot inspect {}: {e}", path.display())),
     }
 }
 
-/// What is at `path` itself: links are not followed (they are refused).
-fn lstat(path: &Path) -> Result<Option<Entry>> {
-    inspect(path, false)
+fn file_name(path: &Path) -> Result<&str> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} does not end in a file name", path.display()))
 }
 
-/// For directories root chose (the home in /etc/passwd, the directory of
-/// `deploy_key.path`), a link is root's doing and is followed.
-fn stat(path: &Path) -> Result<Option<Entry>> {
-    inspect(path, true)
-}
-
-fn read_text_file(host: &Host, path: &Path) -> Result<Option<TextFile>> {
-    let Some(entry) = lstat(path)? else {
+/// The regular file `name` in `dir`, judged by what is opened: anything else is kept as
+/// its kind with no content (the planner refuses it), and a hard link, a file over the
+/// size limit or of another owner is an error naming it.
+fn read_text_file(dir: Option<&UserDir>, name: &str) -> Result<Option<TextFile>> {
+    let Some(f) = read_regular(dir, name)? else {
         return Ok(None);
     };
-    let text = if entry.kind == Kind::File {
-        host.read_text(path)?.unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok(Some(TextFile { entry, text }))
+    Ok(Some(match f {
+        Err(entry) => TextFile {
+            entry,
+            text: String::new(),
+        },
+        Ok((entry, f)) => TextFile {
+            entry,
+            text: f.text(),
+        },
+    }))
 }
 
-/// Parse the private key file, keeping only its public half. ssh-key reads the file into
-/// memory that is zeroed when dropped.
-fn read_private_key(path: &Path) -> Result<Option<Result<KeyInfo, String>>> {
-    match PrivateKey::read_openssh_file(path) {
-        Ok(k) => Ok(Some(Ok(KeyInfo::of(&k)))),
-        Err(ssh_key::Error::Io(ErrorKind::NotFound)) => Ok(None),
-        Err(ssh_key::Error::Io(ErrorKind::InvalidData)) => {
-            Ok(Some(Err("not a text file".to_string())))
+/// `Err(entry)`: present but not a regular file, so not read.
+type Regular = Result<(Entry, crate::host::FileState), Entry>;
+
+fn read_regular(dir: Option<&UserDir>, name: &str) -> Result<Option<Regular>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let Some(m) = dir.lstat(name)? else {
+        return Ok(None);
+    };
+    if m.kind != userdir::Kind::File {
+        return Ok(Some(Err(entry_from(&m))));
+    }
+    // Between the lstat and the open a link may have replaced the file: `read` refuses
+    // it rather than following it.
+    let Some(f) = dir.read(name)? else {
+        return Ok(None);
+    };
+    let entry = Entry {
+        kind: Kind::File,
+        meta: Meta {
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+        },
+    };
+    Ok(Some(Ok((entry, f))))
+}
+
+/// Parse the private key file, keeping only its public half.
+fn read_private_key(dir: Option<&UserDir>, name: &str) -> Result<Option<PrivateKeyFile>> {
+    Ok(read_regular(dir, name)?.map(|f| match f {
+        Err(entry) => PrivateKeyFile {
+            entry,
+            key: Err("not a regular file".into()),
+        },
+        Ok((entry, mut f)) => {
+            let key = parse_private_key(&f.content);
+            // ssh-key zeroes its own copies; this buffer is ours to clear.
+            f.content.fill(0);
+            std::hint::black_box(&f.content);
+            PrivateKeyFile { entry, key }
         }
-        Err(ssh_key::Error::Io(kind)) => Err(anyhow!(
-            "cannot read {}: {}",
-            path.display(),
-            std::io::Error::from(kind)
-        )),
-        Err(ssh_key::Error::AlgorithmUnknown) => Ok(Some(Err(
+    }))
+}
+
+/// Why the key cannot be used, in words that never contain key material.
+fn parse_private_key(content: &[u8]) -> Result<KeyInfo, String> {
+    let Ok(text) = std::str::from_utf8(content) else {
+        return Err("not a text file".to_string());
+    };
+    match PrivateKey::from_openssh(text) {
+        Ok(k) => Ok(KeyInfo::of(&k)),
+        Err(ssh_key::Error::AlgorithmUnknown) => Err(
             "unsupported key type (sapari-agent reads ed25519 and RSA keys in OpenSSH format)"
                 .to_string(),
-        ))),
-        Err(e) => Ok(Some(Err(format!("not an OpenSSH private key ({e})")))),
+        ),
+        Err(e) => Err(format!("not an OpenSSH private key ({e})")),
     }
 }
 
@@ -575,7 +721,7 @@ impl Describe for Step {
                 Some("ed25519 (generated)".into()),
             ),
             Step::Write { path, old, new, .. } => {
-                Change::file(&path.display().to_string(), old.as_deref(), new)
+                Change::user_file(&path.display().to_string(), old.as_deref(), new)
             }
         }
     }
@@ -646,15 +792,47 @@ fn public_note(line: &str) -> String {
     format!("public key (add to GitHub -> Settings -> Deploy keys): {line}")
 }
 
-/// Refuse to act when `path` has become a symbolic link since it was observed: every
-/// path we touch is in a directory the user controls.
-fn not_a_link(path: &Path) -> Result<()> {
-    match lstat(path)? {
-        Some(e) if e.kind == Kind::Symlink => bail!(
-            "{} became a symbolic link during the run; not following it",
+/// The directory holding `path`, opened again for this step (a step before may have
+/// created it), and `path`'s name in it. Whatever the path points to by now, the write
+/// lands in the directory just checked, or fails.
+fn containing<'a>(host: &Host, user: &Owner, path: &'a Path) -> Result<(UserDir, &'a str)> {
+    let name = file_name(path)?;
+    let parent = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let Opened { entry, handle } = open_dir(host, &user.home, user.uid, parent)?;
+    if let Some(e) = &entry {
+        require(parent, e, Kind::Dir)?;
+    }
+    let dir = handle.with_context(|| {
+        format!(
+            "{} disappeared during the run; run `{HINT}` again",
+            parent.display()
+        )
+    })?;
+    Ok((dir, name))
+}
+
+/// Refuse a `SetMeta` on something other than what was planned: a chown through a hard
+/// link would hand the user whatever file it shares with.
+fn still(dir: &UserDir, name: &str, kind: userdir::Kind) -> Result<()> {
+    let path = dir.path().join(name);
+    match dir.lstat(name)? {
+        None => bail!(
+            "{} disappeared during the run; run `{HINT}` again",
             path.display()
         ),
-        _ => Ok(()),
+        Some(m) if m.kind != kind => bail!(
+            "{} changed kind during the run; not touching it. Check it and run `{HINT}`",
+            path.display()
+        ),
+        Some(m) if kind == userdir::Kind::File && m.nlink != 1 => bail!(
+            "{} has {} hard links; sapari-agent does not change a file that shares its \
+             contents. Replace it with a copy and run `{HINT}`",
+            path.display(),
+            m.nlink
+        ),
+        Some(_) => Ok(()),
     }
 }
 
@@ -721,7 +899,7 @@ impl Resource for DeployKey {
                 to: user.meta(DIR_MODE),
             }),
         }
-        if let Some(dir) = p.key.parent().filter(|d| *d != p.ssh_dir) {
+        if let Some(dir) = p.key_dir() {
             match &s.key_dir {
                 Some(e) => require(dir, e, Kind::Dir)?,
                 None => bail!(
@@ -816,20 +994,25 @@ impl Resource for DeployKey {
     }
 
     async fn apply(&self, host: &Host, s: &State, steps: &[Step]) -> Result<()> {
-        let ssh_dir = s.user.as_ref().map(|u| self.paths(&u.home).ssh_dir);
-        for step in steps {
-            if let Some(dir) = ssh_dir
-                .as_deref()
-                .filter(|d| step.path().parent() == Some(d))
-            {
-                not_a_link(dir)?;
+        let Some(user) = &s.user else {
+            if steps.is_empty() {
+                return Ok(());
             }
-            not_a_link(step.path())?;
+            bail!("internal error: deploy-key steps for a user that was not observed");
+        };
+        let ssh_dir = self.paths(&user.home).ssh_dir;
+        for step in steps {
+            let (dir, name) = containing(host, user, step.path())?;
             match step {
-                Step::CreateDir { path, to } => host.ensure_dir(path, to.spec())?,
+                Step::CreateDir { to, .. } => host.ensure_dir_in(&dir, name, to.spec())?,
                 Step::SetMeta { path, to, .. } => {
-                    host.chown(path, to.uid, to.gid)?;
-                    host.chmod(path, to.mode)?;
+                    let kind = if *path == ssh_dir {
+                        userdir::Kind::Dir
+                    } else {
+                        userdir::Kind::File
+                    };
+                    still(&dir, name, kind)?;
+                    host.set_meta_in(&dir, name, to.spec())?;
                 }
                 Step::Generate {
                     path,
@@ -839,13 +1022,20 @@ impl Resource for DeployKey {
                     gid,
                 } => {
                     // Never replace a key: it may be registered at GitHub.
-                    if lstat(path)?.is_some() {
+                    if dir.lstat(name)?.is_some() {
                         bail!(
                             "{} appeared during the run; not replacing it",
                             path.display()
                         );
                     }
-                    not_a_link(public)?;
+                    // Checked before the key is written, so a refused .pub leaves no key
+                    // without its public half.
+                    let public_name = file_name(public)?;
+                    if let Some(m) = dir.lstat(public_name)?
+                        && m.kind != userdir::Kind::File
+                    {
+                        require(public, &entry_from(&m), Kind::File)?;
+                    }
                     let key = new_key(comment)?;
                     let pem = key
                         .to_openssh(LineEnding::LF)
@@ -855,17 +1045,18 @@ impl Resource for DeployKey {
                         uid: *uid,
                         gid: *gid,
                     };
-                    host.write(path, pem.as_bytes(), spec(PRIVATE_MODE), false)?;
+                    host.write_in(&dir, name, pem.as_bytes(), spec(PRIVATE_MODE), false)?;
                     let line = KeyInfo::of(&key).public_line(comment)?;
-                    host.write(
-                        public,
+                    host.write_in(
+                        &dir,
+                        public_name,
                         format!("{line}\n").as_bytes(),
                         spec(PUBLIC_MODE),
                         true,
                     )?;
                 }
-                Step::Write { path, old, new, to } => {
-                    host.write(path, new.as_bytes(), to.spec(), old.is_some())?;
+                Step::Write { old, new, to, .. } => {
+                    host.write_in(&dir, name, new.as_bytes(), to.spec(), old.is_some())?;
                 }
             }
         }
@@ -1134,13 +1325,8 @@ mod tests {
         assert!(new.contains(&format!("IdentityFile {KEY}\n")));
         assert!(new.contains("IdentitiesOnly yes\n"));
         assert_eq!(to.mode, 0o600);
-        assert!(
-            p.steps[3]
-                .change()
-                .diff
-                .unwrap()
-                .contains("+Host github.com")
-        );
+        // ~/.ssh/config is the user's file: the report gets line counts, not its content.
+        assert!(p.steps[3].change().diff.is_none());
         assert!(
             p.notes.iter().any(|n| n.contains("will be generated")),
             "{:?}",
@@ -1439,6 +1625,11 @@ mod tests {
         assert_eq!(mode(&key_path), 0o600);
         assert_eq!(mode(&pub_path), 0o644);
         assert_eq!(mode(&ssh.join("config")), 0o600);
+        assert_eq!(mode(&ssh.join("known_hosts")), 0o644);
+        assert_eq!(
+            std::fs::read_to_string(ssh.join("known_hosts")).unwrap(),
+            merge_known_hosts("", &github_lines())
+        );
 
         let pem = std::fs::read_to_string(&key_path).unwrap();
         assert!(pem.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
@@ -1498,5 +1689,293 @@ mod tests {
         let derived = String::from_utf8(out.stdout).unwrap();
         let fields = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
         assert_eq!(fields(&derived), fields(&pub_text));
+    }
+
+    /// A home in a tempdir, owned by whoever runs the test, with a root-only "secret" and
+    /// room for other directories beside it.
+    fn tmp_home() -> (tempfile::TempDir, Owner) {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(d.path().join("secret"), "SECRET root:$y$hash\n").unwrap();
+        let me = Owner {
+            name: "deploy".into(),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            home,
+        };
+        (d, me)
+    }
+
+    fn mkdir(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir(path).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    fn at(path: &Path) -> String {
+        path.to_string_lossy().into_owned()
+    }
+
+    fn with_path(path: &Path) -> DeployKey {
+        let cfg = DeployKeySettings {
+            path: Some(at(path).parse().unwrap()),
+            ..DeployKeySettings::default()
+        };
+        DeployKey::new(&cfg, &UsersSettings::default())
+    }
+
+    #[test]
+    fn links_to_a_secret_are_reported_never_read() {
+        use std::os::unix::fs::symlink;
+        let (d, me) = tmp_home();
+        let host = Host::new(Access::ReadOnly);
+        let ssh = me.home.join(".ssh");
+        mkdir(&ssh, 0o700);
+        let secret = d.path().join("secret");
+        symlink(&secret, ssh.join("known_hosts")).unwrap();
+        let s = res().observe_for(&host, Some(me.clone())).unwrap();
+        let kh = s.known_hosts.as_ref().unwrap();
+        assert_eq!(kh.entry.kind, Kind::Symlink);
+        assert!(kh.text.is_empty());
+        assert!(!format!("{s:?}").contains("SECRET"), "{s:?}");
+        let e = format!("{:#}", res().plan(&s).unwrap_err());
+        assert!(e.contains(&at(&ssh.join("known_hosts"))), "{e}");
+        assert!(e.contains("symbolic link") && !e.contains("SECRET"), "{e}");
+
+        // The key, its .pub and the config as links too: each is seen as a link, none read.
+        for name in ["github_deploy_key", "github_deploy_key.pub", "config"] {
+            symlink(&secret, ssh.join(name)).unwrap();
+        }
+        let s = res().observe_for(&host, Some(me.clone())).unwrap();
+        let state = format!("{s:?}");
+        assert!(!state.contains("SECRET"), "{state}");
+        let f = s.private.as_ref().unwrap();
+        assert_eq!(f.entry.kind, Kind::Symlink);
+        assert!(f.key.is_err());
+        assert_eq!(s.public.as_ref().unwrap().entry.kind, Kind::Symlink);
+        assert_eq!(s.config.as_ref().unwrap().entry.kind, Kind::Symlink);
+        let e = format!("{:#}", res().plan(&s).unwrap_err());
+        assert!(
+            e.contains(&at(&ssh.join("github_deploy_key"))) && !e.contains("SECRET"),
+            "{e}"
+        );
+        assert!(
+            res()
+                .checks(&s)
+                .iter()
+                .all(|c| !c.detail.contains("SECRET"))
+        );
+
+        // A key directory below the home that is a link is the user's doing: not followed.
+        let other = d.path().join("other");
+        mkdir(&other, 0o700);
+        std::fs::copy(&secret, other.join("gh.pub")).unwrap();
+        symlink(&other, me.home.join("keys")).unwrap();
+        let r = with_path(&me.home.join("keys/gh"));
+        let s = r.observe_for(&host, Some(me.clone())).unwrap();
+        assert_eq!(s.key_dir.unwrap().kind, Kind::Symlink);
+        assert!(s.public.is_none() && s.private.is_none(), "{s:?}");
+        assert!(!format!("{s:?}").contains("SECRET"));
+        let e = format!("{:#}", r.plan(&s).unwrap_err());
+        assert!(
+            e.contains(&at(&me.home.join("keys"))) && e.contains("symbolic link"),
+            "{e}"
+        );
+    }
+
+    /// Between observe and apply the user swaps a directory for a link to another one:
+    /// apply fails naming it and writes nothing there.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_directory_swapped_for_a_link_after_observe_gets_nothing() {
+        use std::os::unix::fs::symlink;
+        let host = Host::new(Access::ReadWrite);
+        for (ssh_exists, custom) in [(true, false), (false, false), (true, true)] {
+            let (d, me) = tmp_home();
+            let ssh = me.home.join(".ssh");
+            if ssh_exists {
+                mkdir(&ssh, 0o700);
+            }
+            let keys = me.home.join("keys");
+            let (r, swapped) = if custom {
+                mkdir(&keys, 0o700);
+                (with_path(&keys.join("gh")), keys.clone())
+            } else {
+                (res(), ssh.clone())
+            };
+            let s = r.observe_for(&host, Some(me.clone())).unwrap();
+            let p = r.plan(&s).unwrap();
+            assert!(
+                p.steps.iter().any(|st| matches!(st, Step::Generate { .. })),
+                "{:?}",
+                p.steps
+            );
+            let elsewhere = d.path().join("elsewhere");
+            mkdir(&elsewhere, 0o755);
+            let moved = d.path().join("moved");
+            if swapped.exists() {
+                std::fs::rename(&swapped, &moved).unwrap();
+            }
+            symlink(&elsewhere, &swapped).unwrap();
+            let e = format!("{:#}", r.apply(&host, &s, &p.steps).await.unwrap_err());
+            assert!(
+                e.contains(&at(&swapped)) && e.contains("symbolic link"),
+                "{ssh_exists} {custom}: {e}"
+            );
+            assert_eq!(
+                names_in(&elsewhere),
+                Vec::<String>::new(),
+                "written through"
+            );
+            if moved.exists() {
+                assert_eq!(names_in(&moved), Vec::<String>::new());
+            }
+        }
+    }
+
+    #[test]
+    fn fifos_do_not_hang_observe() {
+        let (_d, me) = tmp_home();
+        let ssh = me.home.join(".ssh");
+        mkdir(&ssh, 0o700);
+        for name in [
+            "github_deploy_key",
+            "github_deploy_key.pub",
+            "known_hosts",
+            "config",
+        ] {
+            nix::unistd::mkfifo(
+                &ssh.join(name),
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+            )
+            .unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let who = me.clone();
+        // With no writer, a blocking open of a FIFO never returns: a hang fails here.
+        std::thread::spawn(move || {
+            let _ = tx.send(res().observe_for(&Host::new(Access::ReadOnly), Some(who)));
+        });
+        let s = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("observe hung on a FIFO")
+            .unwrap();
+        assert_eq!(s.private.as_ref().unwrap().entry.kind, Kind::Other);
+        for f in [&s.public, &s.known_hosts, &s.config] {
+            assert_eq!(f.as_ref().unwrap().entry.kind, Kind::Other);
+        }
+        let e = format!("{:#}", res().plan(&s).unwrap_err());
+        assert!(e.contains("special file"), "{e}");
+    }
+
+    #[test]
+    fn hard_links_and_huge_files_are_errors_naming_the_file() {
+        let (d, me) = tmp_home();
+        let host = Host::new(Access::ReadOnly);
+        let ssh = me.home.join(".ssh");
+        mkdir(&ssh, 0o700);
+        let secret = d.path().join("secret");
+        for name in ["config", "known_hosts", "github_deploy_key"] {
+            let f = ssh.join(name);
+            std::fs::hard_link(&secret, &f).unwrap();
+            let e = format!(
+                "{:#}",
+                res().observe_for(&host, Some(me.clone())).unwrap_err()
+            );
+            assert!(e.contains(&at(&f)) && e.contains("hard links"), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
+            std::fs::remove_file(&f).unwrap();
+        }
+        let f = ssh.join("known_hosts");
+        std::fs::File::create(&f)
+            .unwrap()
+            .set_len(userdir::MAX_FILE + 1)
+            .unwrap();
+        let e = format!(
+            "{:#}",
+            res().observe_for(&host, Some(me.clone())).unwrap_err()
+        );
+        assert!(e.contains(&at(&f)) && e.contains("limit"), "{e}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn modes_are_fixed_in_place_but_never_through_a_hard_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, me) = tmp_home();
+        let host = Host::new(Access::ReadWrite);
+        let r = res();
+        let s = r.observe_for(&host, Some(me.clone())).unwrap();
+        r.apply(&host, &s, &r.plan(&s).unwrap().steps)
+            .await
+            .unwrap();
+        let kh = me.home.join(".ssh/known_hosts");
+        let loosen =
+            |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        loosen(&kh);
+        let s = r.observe_for(&host, Some(me.clone())).unwrap();
+        let p = r.plan(&s).unwrap();
+        assert!(
+            matches!(&p.steps[..], [Step::SetMeta { path, .. }] if *path == kh),
+            "{:?}",
+            p.steps
+        );
+        r.apply(&host, &s, &p.steps).await.unwrap();
+        assert_eq!(mode_of(&kh), 0o644);
+
+        // Planned as a file of its own; by apply it shares the secret's inode.
+        loosen(&kh);
+        let s = r.observe_for(&host, Some(me.clone())).unwrap();
+        let p = r.plan(&s).unwrap();
+        let secret = d.path().join("secret");
+        loosen(&secret);
+        std::fs::remove_file(&kh).unwrap();
+        std::fs::hard_link(&secret, &kh).unwrap();
+        let e = format!("{:#}", r.apply(&host, &s, &p.steps).await.unwrap_err());
+        assert!(e.contains(&at(&kh)) && e.contains("hard links"), "{e}");
+        assert_eq!(mode_of(&secret), 0o600, "changed through the hard link");
+    }
+
+    /// A `deploy_key.path` outside the home is root's choice: its directory is used as
+    /// named, a link there included.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_key_directory_outside_the_home_round_trips() {
+        use std::os::unix::fs::symlink;
+        let (d, me) = tmp_home();
+        let host = Host::new(Access::ReadWrite);
+        let keys = d.path().join("keys");
+        mkdir(&keys, 0o755);
+        let r = with_path(&keys.join("gh"));
+        let s = r.observe_for(&host, Some(me.clone())).unwrap();
+        assert_eq!(s.key_dir.unwrap().kind, Kind::Dir);
+        let p = r.plan(&s).unwrap();
+        assert_eq!(p.steps.len(), 4, "{:?}", p.steps);
+        r.apply(&host, &s, &p.steps).await.unwrap();
+        assert_eq!(names_in(&keys), ["gh", "gh.pub"]);
+        assert_eq!(mode_of(&keys.join("gh")), 0o600);
+        assert_eq!(mode_of(&keys.join("gh.pub")), 0o644);
+        assert_eq!(mode_of(&me.home.join(".ssh")), 0o700);
+        assert_eq!(names_in(&me.home.join(".ssh")), ["config", "known_hosts"]);
+        let s = r.observe_for(&host, Some(me.clone())).unwrap();
+        assert!(r.plan(&s).unwrap().steps.is_empty());
+
+        let linked = d.path().join("keys-link");
+        symlink(&keys, &linked).unwrap();
+        let s = with_path(&linked.join("gh"))
+            .observe_for(&host, Some(me.clone()))
+            .unwrap();
+        assert!(s.private.unwrap().key.is_ok());
     }
 }
