@@ -6,7 +6,12 @@ use std::fmt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long to wait for a killed child to be reaped before giving up on it.
+const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Cmd {
@@ -51,7 +56,16 @@ pub enum CmdError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{cmd}` did not finish within {timeout:?} and was killed")]
+    #[error("`{cmd}` was started but collecting its output or exit status failed: {source}")]
+    Wait {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "`{cmd}` did not finish within {timeout:?} and was killed with its process group; \
+         run it by hand to see where it hangs"
+    )]
     Timeout { cmd: String, timeout: Duration },
     #[error("`{cmd}` exited with status {status}{}", tail(.stderr))]
     Failed {
@@ -59,6 +73,54 @@ pub enum CmdError {
         status: i32,
         stderr: String,
     },
+}
+
+/// A running child that leads its own process group (`process_group(0)`: group ID = PID).
+/// Until it is reaped the group is killed when this is dropped, so a caller that gives up
+/// on the command (a dropped future) stops what it started, too.
+struct Group {
+    child: tokio::process::Child,
+    /// `None` once reaped: from then on the number may belong to someone else.
+    pgid: Option<Pid>,
+}
+
+impl Group {
+    fn new(child: tokio::process::Child) -> Self {
+        // A PID of 0 or 1 would make killpg hit our own group or init; never kill those.
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .filter(|&id| id > 1)
+            .map(Pid::from_raw);
+        Self { child, pgid }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child.wait().await;
+        if status.is_ok() {
+            self.pgid = None;
+        }
+        status
+    }
+
+    fn kill(&mut self) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH is fine (the whole group is already gone); the child itself is killed
+            // directly as well in case it moved to another group.
+            if let Err(e) = killpg(pgid, Signal::SIGKILL)
+                && e != nix::errno::Errno::ESRCH
+            {
+                log::warn!("cannot kill process group {pgid}: {e}");
+            }
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn tail(stderr: &str) -> String {
@@ -135,10 +197,20 @@ impl Cmd {
     }
 
     /// Run and return the output whatever the exit status.
+    ///
+    /// The timeout covers everything: feeding stdin, draining stdout and stderr, and the
+    /// exit. They run concurrently, so a child that fills its output pipe before reading its
+    /// input cannot deadlock against us. The child leads its own process group; on timeout,
+    /// or if this future is dropped first, the whole group is killed, so an `apt-get` that
+    /// times out does not leave its `dpkg` running. A normal exit kills nothing: what the
+    /// child left behind on purpose (a daemon) is not ours to stop.
     pub async fn output(&self) -> Result<CmdOutput, CmdError> {
         let shown = self.to_string();
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
+            // Callers parse apt, sshd, ufw and iptables output: it must not be translated.
+            // A caller's own LC_ALL comes later and so wins.
+            .env("LC_ALL", "C")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
@@ -147,39 +219,79 @@ impl Cmd {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own group, so that one signal reaches everything it started. Side effect:
+            // an operator's Ctrl-C reaches only the agent, not the children directly.
+            .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| CmdError::Spawn {
+        let child = cmd.spawn().map_err(|source| CmdError::Spawn {
             cmd: shown.clone(),
             source,
         })?;
-        if let (Some(data), Some(mut pipe)) = (&self.stdin, child.stdin.take()) {
-            // A program that exits without reading stdin is not our error to report.
-            let _ = pipe.write_all(data).await;
-        }
+        let mut group = Group::new(child);
+        let stdin = group.child.stdin.take();
+        let (Some(mut stdout), Some(mut stderr)) =
+            (group.child.stdout.take(), group.child.stderr.take())
+        else {
+            unreachable!("stdout and stderr are piped above");
+        };
         if self.mutating {
             super::crash::point(|| format!("{shown}: running"));
         }
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(r) => r.map_err(|source| CmdError::Spawn {
+        let feed = async {
+            if let (Some(data), Some(mut pipe)) = (&self.stdin, stdin) {
+                // A program that exits without reading all of its stdin (EPIPE) is not an
+                // error by itself: its exit status decides.
+                if let Err(e) = pipe.write_all(data).await
+                    && e.kind() != std::io::ErrorKind::BrokenPipe
+                {
+                    log::debug!("`{shown}`: writing its stdin failed: {e}");
+                }
+                // `pipe` is dropped here: the child sees end of input.
+            }
+        };
+        let run = async {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let ((), o, e) = tokio::join!(
+                feed,
+                stdout.read_to_end(&mut out),
+                stderr.read_to_end(&mut err)
+            );
+            o?;
+            e?;
+            // Reaped only after both pipes closed: until then the child, even a zombie,
+            // holds its PID and so its group ID, and a kill of the group on timeout cannot
+            // reach an unrelated process that was given the same number.
+            let status = group.wait().await?;
+            Ok::<_, std::io::Error>((status, out, err))
+        };
+        let finished = tokio::time::timeout(self.timeout, run).await;
+        let (status, out, err) = match finished {
+            Ok(r) => r.map_err(|source| CmdError::Wait {
                 cmd: shown.clone(),
                 source,
             })?,
             Err(_) => {
+                group.kill();
+                // SIGKILL ends anything not stuck in the kernel; one that is (state D) is
+                // left to tokio's reaping of dropped children rather than holding up the
+                // error.
+                let _ = tokio::time::timeout(REAP_AFTER_KILL, group.wait()).await;
                 return Err(CmdError::Timeout {
                     cmd: shown,
                     timeout: self.timeout,
                 });
             }
         };
-        let status = out.status.code().unwrap_or_else(|| {
+        let status = status.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
-            128 + out.status.signal().unwrap_or(0)
+            128 + status.signal().unwrap_or(0)
         });
         log::debug!("ran `{shown}`: status {status}");
         Ok(CmdOutput {
             status,
-            stdout: self.redact(&String::from_utf8_lossy(&out.stdout)),
-            stderr: self.redact(&String::from_utf8_lossy(&out.stderr)),
+            stdout: self.redact(&String::from_utf8_lossy(&out)),
+            stderr: self.redact(&String::from_utf8_lossy(&err)),
         })
     }
 
@@ -274,6 +386,191 @@ mod tests {
     fn stdin_is_fed() {
         let out = rt().block_on(Cmd::new("cat").stdin("hello").run()).unwrap();
         assert_eq!(out.stdout, "hello");
+    }
+
+    /// Whether PID is a live `sleep`: absent, a zombie (killed, reparented, not yet reaped
+    /// by init) or a reused number that is not `sleep` all count as dead.
+    fn sleep_alive(pid: i32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            return false;
+        };
+        let comm = &stat[open + 1..close];
+        let state = stat[close + 1..].split_whitespace().next();
+        comm == "sleep" && state != Some("Z")
+    }
+
+    /// Kills a leftover `sleep` if an assertion failed, so a failing test does not leave it.
+    struct KillSleep(Option<i32>);
+
+    impl Drop for KillSleep {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0.filter(|&p| p > 1 && sleep_alive(p)) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn read_pid(file: &std::path::Path) -> i32 {
+        let text = std::fs::read_to_string(file).unwrap();
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("pid file {text:?}: {e}"))
+    }
+
+    fn wait_dead(pid: i32) -> bool {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if !sleep_alive(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn timeout_covers_stdin_the_child_never_reads() {
+        let t0 = std::time::Instant::now();
+        let e = rt()
+            .block_on(
+                Cmd::new("sh")
+                    .args(["-c", "sleep 30"])
+                    .stdin(vec![b'x'; 4 << 20])
+                    .timeout(Duration::from_secs(1))
+                    .output(),
+            )
+            .unwrap_err();
+        assert!(matches!(e, CmdError::Timeout { .. }), "{e}");
+        // Far above the 1 s timeout, far below the 30 s the child would take.
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        let m = e.to_string();
+        assert!(m.contains("`sh -c 'sleep 30'`") && m.contains("1s"), "{m}");
+    }
+
+    #[test]
+    fn unread_stdin_is_not_an_error_the_exit_status_decides() {
+        let data = vec![b'x'; 4 << 20];
+        let ok = rt()
+            .block_on(
+                Cmd::new("sh")
+                    .args(["-c", "exit 0"])
+                    .stdin(data.clone())
+                    .run(),
+            )
+            .unwrap();
+        assert_eq!(ok.status, 0);
+        let e = rt()
+            .block_on(Cmd::new("sh").args(["-c", "exit 4"]).stdin(data).run())
+            .unwrap_err();
+        assert!(matches!(e, CmdError::Failed { status: 4, .. }), "{e}");
+    }
+
+    #[test]
+    fn large_stdin_stdout_and_stderr_at_once_do_not_deadlock() {
+        const N: usize = 2 << 20;
+        // Both outputs are written before stdin is read: feeding stdin first, then reading,
+        // would block both sides for good.
+        let script = format!(
+            "head -c {N} /dev/zero | tr '\\0' a; head -c {N} /dev/zero | tr '\\0' b >&2; wc -c"
+        );
+        let cmd = Cmd::new("sh")
+            .args(["-c", &script])
+            .stdin(vec![b'x'; N])
+            .timeout(Duration::from_secs(60));
+        // The outer bound turns a deadlock into a failure instead of a hung test.
+        let out = rt()
+            .block_on(async { tokio::time::timeout(Duration::from_secs(90), cmd.run()).await })
+            .expect("deadlocked")
+            .unwrap();
+        let (a, count) = out.stdout.split_at(N);
+        assert!(a.bytes().all(|b| b == b'a'), "stdout is not {N} 'a's");
+        assert_eq!(count.trim(), N.to_string(), "the child read all of stdin");
+        assert_eq!(out.stderr.len(), N);
+        assert!(out.stderr.bytes().all(|b| b == b'b'));
+    }
+
+    #[test]
+    fn timeout_kills_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", file.display());
+        let mut guard = KillSleep(None);
+        let e = rt()
+            .block_on(
+                Cmd::new("sh")
+                    .args(["-c", &script])
+                    .timeout(Duration::from_secs(1))
+                    .output(),
+            )
+            .unwrap_err();
+        assert!(matches!(e, CmdError::Timeout { .. }), "{e}");
+        let pid = read_pid(&file);
+        guard.0 = Some(pid);
+        assert!(
+            wait_dead(pid),
+            "grandchild sleep {pid} survived the timeout"
+        );
+    }
+
+    #[test]
+    fn dropping_the_future_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", file.display());
+        let mut guard = KillSleep(None);
+        let cmd = Cmd::new("sh")
+            .args(["-c", &script])
+            .timeout(Duration::from_secs(60));
+        let gave_up = rt().block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), cmd.output())
+                .await
+                .is_err()
+        });
+        assert!(gave_up);
+        let pid = read_pid(&file);
+        guard.0 = Some(pid);
+        assert!(wait_dead(pid), "grandchild sleep {pid} survived the drop");
+    }
+
+    #[test]
+    fn a_normal_exit_leaves_background_processes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        // Detached from our pipes, as a daemon would be.
+        let script = format!(
+            "sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {}",
+            file.display()
+        );
+        let mut guard = KillSleep(None);
+        rt().block_on(Cmd::new("sh").args(["-c", &script]).run())
+            .unwrap();
+        let pid = read_pid(&file);
+        guard.0 = Some(pid);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            sleep_alive(pid),
+            "a normal exit killed background sleep {pid}"
+        );
+    }
+
+    #[test]
+    fn lc_all_is_c_unless_the_caller_sets_it() {
+        let out = rt()
+            .block_on(Cmd::new("sh").args(["-c", "echo \"$LC_ALL\""]).run())
+            .unwrap();
+        assert_eq!(out.stdout, "C\n");
+        let out = rt()
+            .block_on(
+                Cmd::new("sh")
+                    .args(["-c", "echo \"$LC_ALL\""])
+                    .env("LC_ALL", "C.UTF-8")
+                    .run(),
+            )
+            .unwrap();
+        assert_eq!(out.stdout, "C.UTF-8\n");
     }
 
     #[test]
