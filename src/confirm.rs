@@ -1,5 +1,6 @@
-//! Commit confirmed: `converge --confirm SECONDS` keeps the previous sshd drop-in, UFW rules
-//! and DOCKER-USER chain, and a timer restores them unless `sapari-agent confirm` runs in time.
+//! Commit confirmed: `converge --confirm SECONDS` keeps the previous sshd drop-in, UFW rules,
+//! DOCKER-USER chain and the managed user's sudoers drop-in, and a timer restores them unless
+//! `sapari-agent confirm` runs in time, from an SSH login opened after the change.
 //!
 //! The rollback is armed *before* anything is applied: a converge that dies half-way (its SSH
 //! session dropped, a kill, a crash) still gets rolled back. It is a transient systemd timer,
@@ -18,7 +19,7 @@ use crate::cli::{ConfirmArgs, RollbackArgs};
 use crate::config::{self, Config};
 use crate::engine::{Check, Level, lock};
 use crate::exit;
-use crate::host::{Access, Cmd, FileSpec, Host};
+use crate::host::{Access, Cmd, FileSpec, Host, sys};
 use crate::resources::firewall::{
     self,
     lists::Family,
@@ -40,7 +41,8 @@ const LOST_AFTER: u64 = 120;
 const ROLLBACK_LOCK_WAIT: Duration = Duration::from_secs(3600);
 
 /// The resources whose previous state is kept and restored.
-pub const GUARDED: [Name; 3] = [Name::Sshd, Name::Ufw, Name::Firewall];
+pub const GUARDED: [Name; 4] = [Name::Users, Name::Sshd, Name::Ufw, Name::Firewall];
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 // ---- what is kept on disk -------------------------------------------------------------------
 
@@ -68,6 +70,19 @@ pub struct Pending {
     pub config: Option<PathBuf>,
     pub config_sha256: String,
     pub unit: String,
+    /// When the change was applied: when it was armed while applying, the end of the run once
+    /// pending. Only a login that started later can confirm it. None: written by a version
+    /// that did not record it.
+    #[serde(default)]
+    pub changed: Option<Stamp>,
+}
+
+/// A moment on the clock /proc counts process start times on (CLOCK_BOOTTIME), which only
+/// means something within the boot it was read in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub boot_id: String,
+    pub boottime_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +124,35 @@ pub struct Snapshot {
     pub ufw: Vec<FileSnap>,
     /// Only the families whose iptables tables hold Docker's chains.
     pub chains: Vec<ChainSnap>,
+    /// Everything else that is kept, each restored its own way. Empty in a snapshot of a
+    /// version that kept none.
+    #[serde(default)]
+    pub items: Vec<Item>,
+}
+
+/// A kept file outside sshd, ufw and the chains. One more kind of kept state is one more
+/// variant here, with its arms in `capture_items`, `recapture_item` and `restore_item`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Item {
+    /// The managed user's sudoers drop-in: losing it can leave the user without sudo, and so
+    /// without `sudo sapari-agent confirm`. Sudo reads it on every call: nothing to reload.
+    Sudoers(FileSnap),
+}
+
+impl Item {
+    /// The resource whose change this undoes (a rolled-back marker then names it).
+    pub fn resource(&self) -> Name {
+        match self {
+            Item::Sudoers(_) => Name::Users,
+        }
+    }
+
+    pub fn file(&self) -> &FileSnap {
+        match self {
+            Item::Sudoers(f) => f,
+        }
+    }
 }
 
 // ---- pure parts -----------------------------------------------------------------------------
@@ -200,6 +244,12 @@ fn chain_lines(c: &ChainSnap) -> &[String] {
 /// files and chains). An absent chain and an empty one filter the same.
 pub fn differing(saved: &Snapshot, now: &Snapshot) -> Vec<Name> {
     let mut out = Vec::new();
+    for (s, n) in saved.items.iter().zip(&now.items) {
+        let name = s.resource();
+        if s.file().content != n.file().content && !out.contains(&name) {
+            out.push(name);
+        }
+    }
     if contents_differ(&saved.sshd, &now.sshd) {
         out.push(Name::Sshd);
     }
@@ -270,6 +320,81 @@ pub fn chain_restore_text(c: &ChainSnap) -> String {
     s
 }
 
+/// One thing a rollback does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Put a kept item back its own way.
+    Item(Item),
+    /// Put a saved sshd file back (or remove it).
+    Write(FileSnap),
+    /// `sshd -t`, then reload the running sshd.
+    ReloadSshd,
+    Ufw(UfwAction),
+    /// ufw must end up on or off as it was.
+    CheckUfw {
+        want_on: bool,
+    },
+    /// Replace one family's DOCKER-USER chain with the saved one.
+    Chain(ChainSnap),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Item(i) => write!(f, "putting back {}", i.file().path.display()),
+            Step::Write(s) | Step::Ufw(UfwAction::Write(s)) => {
+                write!(f, "putting back {}", s.path.display())
+            }
+            Step::ReloadSshd => f.write_str("reloading sshd"),
+            Step::Ufw(UfwAction::Disable) => f.write_str("ufw --force disable"),
+            Step::Ufw(UfwAction::Reload) => f.write_str("ufw reload"),
+            Step::CheckUfw { .. } => f.write_str("checking ufw's state"),
+            Step::Chain(c) => write!(f, "restoring the {} {CHAIN} chain", c.family),
+        }
+    }
+}
+
+/// What a rollback does, per resource, in converge order. Only what differs is written, but
+/// every daemon is reloaded and every chain re-applied even when nothing differs: a run (or
+/// an earlier rollback) killed between a write and its reload leaves the files as saved and
+/// the daemon running something else. `sshd_present`: there is an sshd to reload.
+pub fn rollback_plan(
+    saved: &Snapshot,
+    now: &Snapshot,
+    sshd_present: bool,
+) -> Vec<(Name, Vec<Step>)> {
+    let mut plan: Vec<(Name, Vec<Step>)> = Vec::new();
+    let mut add = |name: Name, step: Step| match plan.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, steps)) => steps.push(step),
+        None => plan.push((name, vec![step])),
+    };
+    for (s, n) in saved.items.iter().zip(&now.items) {
+        if s.file().content != n.file().content {
+            add(s.resource(), Step::Item(s.clone()));
+        }
+    }
+    for (s, n) in saved.sshd.iter().zip(&now.sshd) {
+        if s.content != n.content {
+            add(Name::Sshd, Step::Write(s.clone()));
+        }
+    }
+    if sshd_present {
+        add(Name::Sshd, Step::ReloadSshd);
+    }
+    for a in ufw_restore_plan(saved, now) {
+        add(Name::Ufw, Step::Ufw(a));
+    }
+    let want_on = saved.ufw_installed && ufw_enabled(&saved.ufw);
+    if now.ufw_installed || want_on {
+        add(Name::Ufw, Step::CheckUfw { want_on });
+    }
+    for c in &saved.chains {
+        add(Name::Firewall, Step::Chain(c.clone()));
+    }
+    plan.sort_by_key(|(n, _)| Name::ALL.iter().position(|a| a == n));
+    plan
+}
+
 fn family_named(s: &str) -> Option<Family> {
     Family::ALL.into_iter().find(|f| f.as_str() == s)
 }
@@ -328,22 +453,81 @@ pub fn marker_verdict(
     ))
 }
 
-/// `confirm` must come from another SSH session than the converge: only a new login proves
-/// that logging in still works. Err: the refusal; Ok: a note, if any.
-pub fn session_verdict(
-    starter: Option<&str>,
-    current: Option<&str>,
-) -> Result<Option<String>, String> {
-    match (starter, current) {
-        (Some(s), Some(c)) if s == c => Err(format!(
-            "refusing to confirm from the SSH session that ran the converge ({s}): it stayed open through the change, so it proves nothing. Open a NEW SSH session (with ssh connection sharing, `ssh -S none ...`) and run `sudo sapari-agent confirm` there"
-        )),
-        (_, Some(_)) => Ok(None),
-        (_, None) => Ok(Some(
-            "confirmed without SSH (console or timer): this does not show that SSH logins still work"
-                .into(),
-        )),
+/// Where `confirm` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// `SSH_CONNECTION`, through sudo.
+    pub ssh_connection: Option<String>,
+    /// The sshd process of the login `confirm` runs under.
+    pub session: Option<sys::SshSession>,
+    /// None: unreadable; the change then counts as made in this boot.
+    pub boot_id: Option<String>,
+    /// CLOCK_BOOTTIME and the wall clock, read together: they turn boot-relative times into
+    /// times a person can compare.
+    pub boot_ms: u64,
+    pub unix_ms: u64,
+}
+
+impl Caller {
+    fn wall(&self, boot_ms: u64) -> String {
+        let unix_ms = self
+            .unix_ms
+            .saturating_sub(self.boot_ms)
+            .saturating_add(boot_ms);
+        rfc3339(unix_ms / 1000)
     }
+}
+
+/// `confirm` must come from an SSH login that started after the change was applied: only a
+/// new login proves that logging in still works. A session that stayed open (the converge's
+/// own, one opened earlier, a multiplexed `ssh` riding an old connection, a tmux pane) proves
+/// nothing. Err: the refusal; Ok: a note, if any.
+pub fn session_verdict(p: &Pending, c: &Caller) -> Result<Option<String>, String> {
+    if let (Some(s), Some(now)) = (&p.ssh_connection, &c.ssh_connection)
+        && s == now
+    {
+        return Err(format!(
+            "refusing to confirm from the SSH session that ran the converge ({s}): it stayed open through the change, so it proves nothing. Open a NEW SSH session (with ssh connection sharing, `ssh -S none ...`) and run `sudo sapari-agent confirm` there"
+        ));
+    }
+    let Some(session) = &c.session else {
+        return match &c.ssh_connection {
+            Some(conn) => Err(format!(
+                "refusing to confirm: this runs with SSH_CONNECTION={conn} but has no sshd process above it (tmux, screen or a shell left over from an older login keep that variable), so when its login happened cannot be told. Open a NEW SSH connection and run `sudo sapari-agent confirm` directly in it, not in tmux or screen"
+            )),
+            // As before: a console (or a timer) may confirm; it is said what that proves.
+            None => Ok(Some(
+                "confirmed without SSH (console or timer): this does not show that SSH logins still work"
+                    .into(),
+            )),
+        };
+    };
+    let Some(changed) = &p.changed else {
+        return Err(format!(
+            "refusing to confirm: the record of the change {} does not say when the change was applied (an older sapari-agent wrote it), so this SSH session cannot be shown to be newer. It is rolled back at {}; then re-run `sudo sapari-agent converge --confirm SECONDS` and confirm from a new SSH session",
+            p.id, p.deadline
+        ));
+    };
+    if c.boot_id.as_deref().is_some_and(|b| b != changed.boot_id) {
+        // Rebooted since the change: every login of this boot came after it.
+        return Ok(None);
+    }
+    if p.state == PendingState::Applying {
+        return Err(format!(
+            "refusing to confirm: the converge that made the change {} did not finish (it was killed or crashed), so when its last step was applied is unknown and no SSH session can be shown to be newer. It is rolled back at {}; then re-run `sudo sapari-agent converge --confirm SECONDS`",
+            p.id, p.deadline
+        ));
+    }
+    if session.started_ms < changed.boottime_ms {
+        return Err(format!(
+            "this SSH session was opened at {} ({} pid {}), before the change at {}; open a new SSH connection (that proves a fresh login works; with ssh connection sharing, `ssh -S none ...`) and run `sudo sapari-agent confirm` from it",
+            c.wall(session.started_ms),
+            session.comm,
+            session.pid,
+            c.wall(changed.boottime_ms)
+        ));
+    }
+    Ok(None)
 }
 
 // ---- reading and writing the state ----------------------------------------------------------
@@ -392,6 +576,21 @@ fn sha256(data: &[u8]) -> String {
     firewall::lists::sha256_hex(data)
 }
 
+fn boot_id(host: &Host) -> Result<String> {
+    host.read_text(Path::new(BOOT_ID))?
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("{BOOT_ID} is missing or empty"))
+}
+
+/// Now, as a login's start time compares with it.
+fn stamp(host: &Host) -> Result<Stamp> {
+    Ok(Stamp {
+        boot_id: boot_id(host)?,
+        boottime_ms: sys::boottime_ms()?,
+    })
+}
+
 // ---- capture and restore --------------------------------------------------------------------
 
 fn file_snap(host: &Host, path: &Path) -> Result<FileSnap> {
@@ -416,6 +615,48 @@ fn file_snap(host: &Host, path: &Path) -> Result<FileSnap> {
             gid: 0,
         },
     })
+}
+
+/// As the users resource names it (`Users::sudoers_path`, which is private to it).
+fn sudoers_path(user: &str) -> PathBuf {
+    PathBuf::from(format!("/etc/sudoers.d/90-sapari-{user}"))
+}
+
+/// Captured whatever the configuration enables: a change may be the one that removes them.
+fn capture_items(host: &Host, cfg: &Config) -> Result<Vec<Item>> {
+    Ok(vec![Item::Sudoers(file_snap(
+        host,
+        &sudoers_path(&cfg.users.name.0),
+    )?)])
+}
+
+/// The same item as it is now.
+fn recapture_item(host: &Host, item: &Item) -> Result<Item> {
+    Ok(match item {
+        Item::Sudoers(f) => Item::Sudoers(file_snap(host, &f.path)?),
+    })
+}
+
+async fn restore_item(host: &Host, item: &Item) -> Result<()> {
+    match item {
+        // As the users resource installs it: checked by visudo before it is in place, and
+        // 0440 root:root whatever it had, since sudo ignores a drop-in that is not.
+        Item::Sudoers(FileSnap {
+            path,
+            content: Some(c),
+            ..
+        }) => {
+            host.write_validated(path, c.as_bytes(), FileSpec::root(0o440), false, |c| {
+                Cmd::new("visudo").args(["-c", "-f", &c.to_string_lossy()])
+            })
+            .await
+        }
+        Item::Sudoers(FileSnap {
+            path,
+            content: None,
+            ..
+        }) => host.remove_file(path),
+    }
 }
 
 fn sshd_paths(host: &Host, drop_in: &str) -> Result<Vec<PathBuf>> {
@@ -465,6 +706,7 @@ async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
         ufw_installed: host.program_exists("ufw"),
         ufw,
         chains,
+        items: capture_items(host, cfg)?,
     })
 }
 
@@ -489,6 +731,11 @@ async fn recapture(host: &Host, saved: &Snapshot) -> Result<Snapshot> {
         ufw_installed: host.program_exists("ufw"),
         ufw: files(&saved.ufw)?,
         chains,
+        items: saved
+            .items
+            .iter()
+            .map(|i| recapture_item(host, i))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -519,91 +766,95 @@ fn put_back(host: &Host, f: &FileSnap) -> Result<()> {
     }
 }
 
-async fn restore_sshd(host: &Host, saved: &Snapshot, now: &Snapshot) -> Result<()> {
-    for (s, n) in saved.sshd.iter().zip(&now.sshd) {
-        if s.content != n.content {
-            put_back(host, s)?;
-        }
-    }
-    sshd::validate_and_reload(host).await
-}
-
-async fn restore_ufw(host: &Host, saved: &Snapshot, now: &Snapshot) -> Result<()> {
-    let plan = ufw_restore_plan(saved, now);
-    for a in &plan {
-        match a {
-            UfwAction::Disable => {
-                host.run(&Cmd::new("ufw").args(["--force", "disable"]))
-                    .await?;
+async fn run_step(host: &Host, step: &Step) -> Result<()> {
+    match step {
+        Step::Item(i) => restore_item(host, i).await,
+        Step::Write(f) | Step::Ufw(UfwAction::Write(f)) => put_back(host, f),
+        Step::ReloadSshd => sshd::validate_and_reload(host).await,
+        Step::Ufw(UfwAction::Disable) => host
+            .run(&Cmd::new("ufw").args(["--force", "disable"]))
+            .await
+            .map(drop),
+        Step::Ufw(UfwAction::Reload) => host.run(&Cmd::new("ufw").arg("reload")).await.map(drop),
+        Step::CheckUfw { want_on } => {
+            let st = host.query(&Cmd::new("ufw").arg("status")).await?;
+            let on = st.stdout.contains("Status: active");
+            if on != *want_on {
+                bail!(
+                    "ufw reports `{}` after the restore, expected {}",
+                    st.stdout.lines().next().unwrap_or("").trim(),
+                    if *want_on { "active" } else { "inactive" }
+                );
             }
-            UfwAction::Write(f) => put_back(host, f)?,
-            UfwAction::Reload => {
-                host.run(&Cmd::new("ufw").arg("reload")).await?;
-            }
+            Ok(())
+        }
+        Step::Chain(c) => {
+            let (fam, backend) = family_backend(c)?;
+            host.run(
+                &Cmd::new(&backend.restore(fam))
+                    .args(["--noflush", "--wait", firewall::XTABLES_WAIT_SECS])
+                    .stdin(chain_restore_text(c))
+                    .timeout(Duration::from_secs(60)),
+            )
+            .await
+            .map(drop)
+            .with_context(|| format!("the {} {CHAIN} chain was not restored", fam.label()))
         }
     }
-    let want_on = saved.ufw_installed && ufw_enabled(&saved.ufw);
-    if now.ufw_installed || want_on {
-        let st = host.query(&Cmd::new("ufw").arg("status")).await?;
-        let on = st.stdout.contains("Status: active");
-        if on != want_on {
-            bail!(
-                "ufw reports `{}` after the restore, expected {}",
-                st.stdout.lines().next().unwrap_or("").trim(),
-                if want_on { "active" } else { "inactive" }
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn restore_chains(host: &Host, saved: &Snapshot, now: &Snapshot) -> Result<()> {
-    for (s, n) in saved.chains.iter().zip(&now.chains) {
-        if chain_lines(s) == chain_lines(n) {
-            continue;
-        }
-        let (fam, backend) = family_backend(s)?;
-        host.run(
-            &Cmd::new(&backend.restore(fam))
-                .args(["--noflush", "--wait", firewall::XTABLES_WAIT_SECS])
-                .stdin(chain_restore_text(s))
-                .timeout(Duration::from_secs(60)),
-        )
-        .await
-        .with_context(|| format!("the {} {CHAIN} chain was not restored", fam.label()))?;
-    }
-    Ok(())
 }
 
 #[derive(Debug, Default)]
 struct Restored {
+    /// What differed and is back.
     resources: Vec<Name>,
     errors: Vec<String>,
 }
 
-/// Put back every guarded resource that differs from `saved`, each on its own (one failing
-/// does not keep the others from coming back), then check by reading everything again.
-async fn restore_all(host: &Host, saved: &Snapshot) -> Restored {
+/// Run every step of `plan`, even after one failed: one resource failing must not keep the
+/// others from coming back and being reloaded, and within sshd a partial restore that
+/// `sshd -t` accepts is closer to the saved state than the change. `changed`: what differed,
+/// which counts as restored once all its steps worked.
+async fn execute<F, Fut>(plan: Vec<(Name, Vec<Step>)>, changed: &[Name], mut run: F) -> Restored
+where
+    F: FnMut(Step) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let mut r = Restored::default();
+    for (name, steps) in plan {
+        let mut ok = true;
+        for step in steps {
+            let shown = step.to_string();
+            if let Err(e) = run(step).await {
+                ok = false;
+                r.errors.push(format!("{name}: {shown}: {e:#}"));
+            }
+        }
+        if ok && changed.contains(&name) {
+            r.resources.push(name);
+        } else if ok {
+            log::info!("commit confirmed: {name} was as saved; reloaded it all the same");
+        }
+    }
+    r
+}
+
+/// Put back what differs from `saved` and reload everything, then check by reading it all
+/// again.
+async fn restore_all(host: &Host, saved: &Snapshot) -> Restored {
     let now = match recapture(host, saved).await {
         Ok(n) => n,
         Err(e) => {
-            r.errors
-                .push(format!("cannot read the current state: {e:#}"));
-            return r;
+            return Restored {
+                resources: vec![],
+                errors: vec![format!("cannot read the current state: {e:#}")],
+            };
         }
     };
-    for name in differing(saved, &now) {
-        let res = match name {
-            Name::Sshd => restore_sshd(host, saved, &now).await,
-            Name::Ufw => restore_ufw(host, saved, &now).await,
-            _ => restore_chains(host, saved, &now).await,
-        };
-        match res {
-            Ok(()) => r.resources.push(name),
-            Err(e) => r.errors.push(format!("{name}: {e:#}")),
-        }
-    }
+    let plan = rollback_plan(saved, &now, host.program_exists("sshd"));
+    let mut r = execute(plan, &differing(saved, &now), |step| async move {
+        run_step(host, &step).await
+    })
+    .await;
     match recapture(host, saved).await {
         Ok(after) => {
             for name in differing(saved, &after) {
@@ -622,7 +873,7 @@ async fn roll_back(host: &Host, dir: &Path, p: &Pending) -> Result<RolledBack> {
     let sdir = dir.join(&p.id);
     let saved: Snapshot = read_json(host, &sdir.join(SNAPSHOT))?.ok_or_else(|| {
         anyhow!(
-            "the saved state {} is missing; nothing can be restored (remove {} once you have checked sshd, ufw and DOCKER-USER by hand)",
+            "the saved state {} is missing; nothing can be restored (remove {} once you have checked sshd, ufw, DOCKER-USER and the sudoers drop-in by hand)",
             sdir.join(SNAPSHOT).display(),
             dir.join(PENDING).display()
         )
@@ -870,6 +1121,10 @@ async fn arm(
             exe.display()
         );
     }
+    // Read before anything is created: without it no login could ever confirm the change.
+    let armed_at = stamp(host).context(
+        "cannot read the boot id and CLOCK_BOOTTIME, needed to tell a login opened after the change from an older one",
+    )?;
     let started = unix_now();
     let id = new_id(started, std::process::id());
     let sdir = dir.join(&id);
@@ -901,6 +1156,7 @@ async fn arm(
             config: config_path,
             config_sha256,
             unit: unit_name(&id),
+            changed: Some(armed_at),
         };
         write_json(host, &dir.join(PENDING), &pending)?;
         let argv = arm_argv(&id, window, &exe, copy.as_deref());
@@ -922,7 +1178,7 @@ async fn arm(
                 );
             }
             log::info!(
-                "commit confirmed: saved sshd, ufw and DOCKER-USER as {id}; rollback armed in {window}s"
+                "commit confirmed: saved sshd, ufw, DOCKER-USER and the sudoers drop-in as {id}; rollback armed in {window}s"
             );
             Ok(Session {
                 dir: dir.to_path_buf(),
@@ -961,12 +1217,25 @@ impl Session {
             let _ = host.remove_tree(&dir.join(&pending.id));
             return Outcome {
                 json: serde_json::json!({ "pending": false, "id": pending.id,
-                    "reason": "sshd, ufw and firewall are unchanged: nothing to confirm" }),
-                line: "confirm: sshd, ufw and firewall are unchanged: nothing to confirm, no rollback armed"
+                    "reason": "users (sudoers), sshd, ufw and firewall are unchanged: nothing to confirm" }),
+                line: "confirm: users (sudoers), sshd, ufw and firewall are unchanged: nothing to confirm, no rollback armed"
                     .into(),
                 failed: false,
             };
         }
+        // The run is over: everything it changed is in place, so a login from now on is new.
+        // Should the clock fail now (it worked when armed), record nothing: `confirm` over SSH
+        // then refuses rather than accept a login opened during the run.
+        pending.changed = match sys::boottime_ms() {
+            Ok(ms) => pending.changed.map(|s| Stamp {
+                boottime_ms: ms,
+                ..s
+            }),
+            Err(e) => {
+                log::error!("{e:#}: no SSH login can confirm this change");
+                None
+            }
+        };
         let now = unix_now();
         pending.state = PendingState::Pending;
         pending.deadline_unix = now + pending.window_secs;
@@ -1088,10 +1357,16 @@ pub async fn confirm(a: &ConfirmArgs) -> i32 {
         }
         Err(e) => return refuse(format!("{e:#}")),
     };
-    let note = match session_verdict(
-        pending.ssh_connection.as_deref(),
-        host.ssh_connection().as_deref(),
-    ) {
+    let caller = Caller {
+        ssh_connection: host.ssh_connection(),
+        session: sys::ssh_session(),
+        boot_id: boot_id(&host).ok(),
+        boot_ms: sys::boottime_ms().unwrap_or(0),
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let note = match session_verdict(&pending, &caller) {
         Ok(n) => n,
         Err(why) => return refuse(why),
     };
@@ -1281,6 +1556,10 @@ mod tests {
                 backend: "nft".into(),
                 lines: Some(vec!["-A DOCKER-USER -j RETURN".into()]),
             }],
+            items: vec![Item::Sudoers(f(
+                "/etc/sudoers.d/90-sapari-deploy",
+                Some("deploy ALL=(ALL:ALL) NOPASSWD: ALL\n"),
+            ))],
         }
     }
 
@@ -1444,15 +1723,227 @@ mod tests {
         );
     }
 
+    const BOOT: &str = "0b3f7c1e-0000-4000-8000-000000000001";
+
+    fn pending(state: PendingState, changed_ms: Option<u64>) -> Pending {
+        Pending {
+            id: "1-2".into(),
+            state,
+            started_at: rfc3339(1000),
+            deadline: rfc3339(1020),
+            deadline_unix: 1020,
+            window_secs: 20,
+            ssh_connection: Some("192.0.2.50 50000 203.0.113.10 22".into()),
+            resources: vec!["ufw".into()],
+            config: None,
+            config_sha256: "x".into(),
+            unit: unit_name("1-2"),
+            changed: changed_ms.map(|ms| Stamp {
+                boot_id: BOOT.into(),
+                boottime_ms: ms,
+            }),
+        }
+    }
+
+    /// A caller whose boot-relative clock reads 600 s at 2026-01-01T00:10:00Z.
+    fn caller(conn: Option<&str>, session_started_ms: Option<u64>) -> Caller {
+        Caller {
+            ssh_connection: conn.map(str::to_string),
+            session: session_started_ms.map(|ms| sys::SshSession {
+                pid: 4242,
+                comm: "sshd-session".into(),
+                started_ms: ms,
+            }),
+            boot_id: Some(BOOT.into()),
+            boot_ms: 600_000,
+            unix_ms: 1_767_226_200_000,
+        }
+    }
+
+    const OLD: &str = "192.0.2.50 50000 203.0.113.10 22";
+    const NEW: &str = "192.0.2.50 50001 203.0.113.10 22";
+
     #[test]
-    fn only_a_new_session_confirms() {
-        let a = "192.0.2.50 50000 203.0.113.10 22";
-        let b = "192.0.2.50 50001 203.0.113.10 22";
-        let e = session_verdict(Some(a), Some(a)).unwrap_err();
+    fn the_converges_own_session_cannot_confirm() {
+        let p = pending(PendingState::Pending, Some(100_000));
+        let e = session_verdict(&p, &caller(Some(OLD), Some(200_000))).unwrap_err();
         assert!(e.contains("NEW SSH session"), "{e}");
-        assert_eq!(session_verdict(Some(a), Some(b)), Ok(None));
-        assert_eq!(session_verdict(None, Some(b)), Ok(None));
-        assert!(session_verdict(Some(a), None).unwrap().is_some());
+    }
+
+    #[test]
+    fn only_a_login_opened_after_the_change_confirms() {
+        // Applied at boot+300 s (00:05:00); a session from boot+120 s (00:02:00) is older,
+        // though its SSH_CONNECTION differs (another terminal, a multiplexed ssh).
+        let p = pending(PendingState::Pending, Some(300_000));
+        let e = session_verdict(&p, &caller(Some(NEW), Some(120_000))).unwrap_err();
+        assert!(
+            e.starts_with(
+                "this SSH session was opened at 2026-01-01T00:02:00Z (sshd-session pid 4242), before the change at 2026-01-01T00:05:00Z; open a new SSH connection"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("sudo sapari-agent confirm"), "{e}");
+        assert_eq!(
+            session_verdict(&p, &caller(Some(NEW), Some(300_010))),
+            Ok(None)
+        );
+        // The same tick: /proc rounds start times down, so the login began at or after it.
+        assert_eq!(
+            session_verdict(&p, &caller(Some(NEW), Some(300_000))),
+            Ok(None)
+        );
+        assert!(session_verdict(&p, &caller(Some(NEW), Some(299_990))).is_err());
+        // The sshd process counts, not the variable: sudo may have dropped it.
+        assert_eq!(session_verdict(&p, &caller(None, Some(400_000))), Ok(None));
+    }
+
+    #[test]
+    fn ssh_without_an_sshd_above_is_refused_and_a_console_is_noted() {
+        let p = pending(PendingState::Pending, Some(300_000));
+        let e = session_verdict(&p, &caller(Some(NEW), None)).unwrap_err();
+        assert!(
+            e.contains("tmux") && e.contains("NEW SSH connection"),
+            "{e}"
+        );
+        let note = session_verdict(&p, &caller(None, None)).unwrap();
+        assert!(note.is_some_and(|n| n.contains("without SSH")));
+    }
+
+    #[test]
+    fn a_record_without_the_change_time_is_refused_with_the_fix() {
+        let p = pending(PendingState::Pending, None);
+        let e = session_verdict(&p, &caller(Some(NEW), Some(900_000))).unwrap_err();
+        assert!(
+            e.contains("older sapari-agent")
+                && e.contains("converge --confirm")
+                && e.contains(&p.deadline),
+            "{e}"
+        );
+        // What the previous version wrote has no `changed`.
+        let mut v = serde_json::to_value(pending(PendingState::Pending, Some(1))).unwrap();
+        v.as_object_mut().unwrap().remove("changed");
+        let old: Pending = serde_json::from_value(v).unwrap();
+        assert_eq!(old.changed, None);
+    }
+
+    #[test]
+    fn a_reboot_since_the_change_makes_every_login_newer() {
+        let p = pending(PendingState::Pending, Some(300_000));
+        let mut c = caller(Some(NEW), Some(20_000));
+        c.boot_id = Some("another-boot".into());
+        assert_eq!(session_verdict(&p, &c), Ok(None));
+        // A converge killed mid-run: unknown when its last step landed, unless a reboot
+        // since then ended it.
+        let a = pending(PendingState::Applying, Some(300_000));
+        let e = session_verdict(&a, &caller(Some(NEW), Some(900_000))).unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+        assert_eq!(session_verdict(&a, &c), Ok(None));
+        // An unreadable boot id counts as this boot: the times are compared.
+        let mut c = caller(Some(NEW), Some(20_000));
+        c.boot_id = None;
+        assert!(session_verdict(&p, &c).is_err());
+    }
+
+    #[test]
+    fn the_sudoers_drop_in_is_kept_and_named_as_users() {
+        let s = snap();
+        let mut n = s.clone();
+        n.items = vec![Item::Sudoers(f("/etc/sudoers.d/90-sapari-deploy", None))];
+        assert_eq!(differing(&s, &n), vec![Name::Users]);
+        let plan = rollback_plan(&s, &n, true);
+        assert_eq!(plan[0], (Name::Users, vec![Step::Item(s.items[0].clone())]));
+        assert_eq!(
+            sudoers_path("deploy"),
+            Path::new("/etc/sudoers.d/90-sapari-deploy")
+        );
+        // Stored tagged, and a snapshot of the previous version (no items) still reads.
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(
+            text.contains(r#"{"kind":"sudoers","path":"/etc/sudoers.d/90-sapari-deploy""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Snapshot>(&text).unwrap(), s);
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("items");
+        assert!(
+            serde_json::from_value::<Snapshot>(v)
+                .unwrap()
+                .items
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_rollback_reloads_everything_even_when_the_files_are_as_saved() {
+        // A rollback killed after its writes: the retry finds the files as saved, but sshd,
+        // ufw and the chain may still run the change.
+        let s = snap();
+        assert!(differing(&s, &s).is_empty());
+        assert_eq!(
+            rollback_plan(&s, &s, true),
+            vec![
+                (Name::Sshd, vec![Step::ReloadSshd]),
+                (
+                    Name::Ufw,
+                    vec![
+                        Step::Ufw(UfwAction::Reload),
+                        Step::CheckUfw { want_on: true }
+                    ]
+                ),
+                (Name::Firewall, vec![Step::Chain(s.chains[0].clone())]),
+            ]
+        );
+        // Files that differ go back before the reload.
+        let mut n = s.clone();
+        n.sshd[1].content = Some("AllowUsers nobody\n".into());
+        assert_eq!(
+            rollback_plan(&s, &n, true)[0],
+            (
+                Name::Sshd,
+                vec![Step::Write(s.sshd[1].clone()), Step::ReloadSshd]
+            )
+        );
+        // No sshd to reload: its files still go back.
+        assert_eq!(
+            rollback_plan(&s, &n, false)[0],
+            (Name::Sshd, vec![Step::Write(s.sshd[1].clone())])
+        );
+        // ufw neither before nor now: nothing to run for it.
+        let mut none = s.clone();
+        none.ufw_installed = false;
+        assert!(
+            !rollback_plan(&none, &none, true)
+                .iter()
+                .any(|(name, _)| *name == Name::Ufw)
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_failing_reload_does_not_stop_the_others() {
+        let s = snap();
+        let mut n = s.clone();
+        n.sshd[1].content = Some("AllowUsers nobody\n".into());
+        n.ufw = ufw_files(true, "allow 22 from elsewhere\n");
+        let plan = rollback_plan(&s, &n, true);
+        let changed = differing(&s, &n);
+        let ran = std::cell::RefCell::new(Vec::new());
+        let r = execute(plan, &changed, |step| {
+            ran.borrow_mut().push(step.clone());
+            let fail = matches!(step, Step::ReloadSshd | Step::Chain(_));
+            async move { if fail { bail!("boom") } else { Ok(()) } }
+        })
+        .await;
+        let ran = ran.into_inner();
+        assert!(ran.contains(&Step::Ufw(UfwAction::Reload)), "{ran:?}");
+        assert!(ran.contains(&Step::CheckUfw { want_on: true }), "{ran:?}");
+        assert_eq!(r.resources, vec![Name::Ufw], "sshd's reload failed");
+        assert_eq!(
+            r.errors,
+            vec![
+                "sshd: reloading sshd: boom".to_string(),
+                "firewall: restoring the v4 DOCKER-USER chain: boom".to_string()
+            ]
+        );
     }
 
     #[test]
@@ -1469,6 +1960,10 @@ mod tests {
             config: None,
             config_sha256: "x".into(),
             unit: unit_name("1-2"),
+            changed: Some(Stamp {
+                boot_id: "b".into(),
+                boottime_ms: 5,
+            }),
         };
         assert!(!lost(&p, 1020));
         assert!(!lost(&p, 1020 + LOST_AFTER));

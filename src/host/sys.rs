@@ -212,6 +212,107 @@ pub fn ssh_connection() -> Option<String> {
     None
 }
 
+/// The SSH login this process runs under: the nearest ancestor whose command is sshd's
+/// (`sshd`, or `sshd-session` since OpenSSH 9.8), which sshd forks for each connection. Its
+/// start time tells when that login happened; unlike `SSH_CONNECTION`, tmux or screen cannot
+/// carry it over from an older login, and a multiplexed `ssh` reuses the old process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSession {
+    pub pid: u32,
+    pub comm: String,
+    /// When that process started, in milliseconds of CLOCK_BOOTTIME (see [`boottime_ms`]).
+    pub started_ms: u64,
+}
+
+/// The SSH session of this process (None: no sshd process above it, so not over SSH, or
+/// inside a tmux/screen server that outlives logins).
+pub fn ssh_session() -> Option<SshSession> {
+    ssh_session_from(
+        std::process::id(),
+        |pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok(),
+        clock_ticks_per_sec(),
+    )
+}
+
+/// [`ssh_session`] from `pid` upwards, with /proc/PID/stat read by `read_stat`.
+pub fn ssh_session_from(
+    pid: u32,
+    read_stat: impl Fn(u32) -> Option<String>,
+    ticks_per_sec: u64,
+) -> Option<SshSession> {
+    let mut stat = parse_stat(&read_stat(pid)?)?;
+    // Bounded, as in ssh_connection: a racing /proc must not make this spin.
+    for _ in 0..64 {
+        let ppid = stat.ppid;
+        if ppid <= 1 {
+            return None;
+        }
+        let parent = parse_stat(&read_stat(ppid)?)?;
+        if parent.comm.starts_with("sshd") {
+            return Some(SshSession {
+                pid: ppid,
+                started_ms: ticks_to_ms(parent.starttime, ticks_per_sec),
+                comm: parent.comm,
+            });
+        }
+        stat = parent;
+    }
+    None
+}
+
+/// The parts of /proc/PID/stat the session lookup needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    pub comm: String,
+    pub ppid: u32,
+    /// Field 22: clock ticks after boot (CLOCK_BOOTTIME) when the process started.
+    pub starttime: u64,
+}
+
+pub fn parse_stat(stat: &str) -> Option<ProcStat> {
+    // The command name may itself contain spaces and parentheses: it runs from the first
+    // `(` to the last `)`.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // Fields are numbered from 1 and `rest` starts at field 3 (state).
+    Some(ProcStat {
+        comm,
+        ppid: rest.get(1)?.parse().ok()?,
+        starttime: rest.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn ticks_to_ms(ticks: u64, ticks_per_sec: u64) -> u64 {
+    let hz = u128::from(ticks_per_sec.max(1));
+    u64::try_from(u128::from(ticks) * 1000 / hz).unwrap_or(u64::MAX)
+}
+
+/// sysconf(_SC_CLK_TCK), the unit of /proc/PID/stat times (100 on every Linux build).
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf reads a constant.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(v).ok().filter(|&v| v > 0).unwrap_or(100)
+}
+
+/// CLOCK_BOOTTIME in milliseconds: the clock process start times in /proc count on, so a
+/// time read here compares with [`SshSession::started_ms`]. Counts from this boot only
+/// (pair it with /proc/sys/kernel/random/boot_id) and does not jump with the wall clock.
+pub fn boottime_ms() -> Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec for clock_gettime to fill in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("clock_gettime(CLOCK_BOOTTIME)");
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    Ok(secs * 1000 + nanos / 1_000_000)
+}
+
 /// Whether a process named `comm` runs in this process's network namespace: a dockerd there
 /// publishes ports on these interfaces; one in another namespace (a container, a test) does not.
 pub fn process_in_own_netns(comm: &str) -> bool {
@@ -323,6 +424,124 @@ mod tests {
         );
         assert_eq!(environ_var(b"SSH_CONNECTION=\0", "SSH_CONNECTION"), None);
         assert_eq!(environ_var(b"", "SSH_CONNECTION"), None);
+    }
+
+    #[test]
+    fn stat_fields_survive_odd_command_names() {
+        // Field 22 (starttime) is the 20th after the command name.
+        let stat =
+            "812 (sshd: a (b)) S 77 812 812 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 1000 10";
+        assert_eq!(
+            parse_stat(stat),
+            Some(ProcStat {
+                comm: "sshd: a (b)".into(),
+                ppid: 77,
+                starttime: 123456
+            })
+        );
+        assert_eq!(parse_stat("812 (x) S 77"), None, "truncated");
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(ticks_to_ms(123456, 100), 1_234_560);
+        assert_eq!(
+            ticks_to_ms(3, 0),
+            3000,
+            "a zero rate does not divide by zero"
+        );
+    }
+
+    fn fake_stat(pid: u32, comm: &str, ppid: u32, start: u64) -> String {
+        format!("{pid} ({comm}) S {ppid} 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0")
+    }
+
+    #[test]
+    fn the_session_is_the_nearest_sshd_above_sudo() {
+        // agent <- sudo (use_pty monitor) <- sudo <- bash <- sshd-session (the user's) <-
+        // sshd-session (privileged) <- sshd (listener)
+        let tree = [
+            (100, "sapari-agent", 90, 9000),
+            (90, "sudo", 80, 8900),
+            (80, "sudo", 70, 8900),
+            (70, "bash", 60, 5000),
+            (60, "sshd-session", 50, 4000),
+            (50, "sshd-session", 10, 3990),
+            (10, "sshd", 1, 10),
+        ];
+        let read = |pid: u32| {
+            tree.iter()
+                .find(|t| t.0 == pid)
+                .map(|t| fake_stat(t.0, t.1, t.2, t.3))
+        };
+        assert_eq!(
+            ssh_session_from(100, read, 100),
+            Some(SshSession {
+                pid: 60,
+                comm: "sshd-session".into(),
+                started_ms: 40_000
+            })
+        );
+        // A tmux server outlives logins: the pane's shell has no sshd above it.
+        let tmux = [
+            (100, "sapari-agent", 90, 9000),
+            (90, "sudo", 70, 8900),
+            (70, "bash", 20, 500),
+            (20, "tmux: server", 1, 400),
+        ];
+        let read = |pid: u32| {
+            tmux.iter()
+                .find(|t| t.0 == pid)
+                .map(|t| fake_stat(t.0, t.1, t.2, t.3))
+        };
+        assert_eq!(ssh_session_from(100, read, 100), None);
+        // A process that vanished mid-walk ends it.
+        assert_eq!(
+            ssh_session_from(100, |p| (p == 100).then(|| fake_stat(100, "a", 90, 1)), 100),
+            None
+        );
+    }
+
+    #[test]
+    fn the_session_walk_reads_the_real_proc_and_boottime_compares() {
+        // A shell under a name sshd's session processes have: the walk from its child must
+        // stop there, and that start time must fall between two CLOCK_BOOTTIME readings.
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("sshd-session");
+        std::fs::copy("/bin/sh", &fake).unwrap();
+        let before = boottime_ms().unwrap();
+        let mut sh = std::process::Command::new(&fake)
+            .args(["-c", "sleep 30; true"])
+            .spawn()
+            .unwrap();
+        let children = format!("/proc/{0}/task/{0}/children", sh.id());
+        let mut child = None;
+        for _ in 0..100 {
+            child = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()));
+            if child.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let found = child.and_then(|c: u32| {
+            ssh_session_from(
+                c,
+                |pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok(),
+                clock_ticks_per_sec(),
+            )
+        });
+        let after = boottime_ms().unwrap();
+        let _ = sh.kill();
+        let _ = sh.wait();
+        let s = found.expect("the walk finds the process named sshd-session");
+        assert_eq!(s.pid, sh.id());
+        assert_eq!(s.comm, "sshd-session");
+        // /proc truncates to clock ticks (10 ms at 100 Hz).
+        let tick = 1000 / clock_ticks_per_sec();
+        assert!(
+            s.started_ms + tick >= before && s.started_ms <= after,
+            "{before} <= {} <= {after}",
+            s.started_ms
+        );
     }
 
     #[test]

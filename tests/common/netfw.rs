@@ -1543,6 +1543,7 @@ impl Edge {
             config: Some(self.config_path()),
             config_sha256: String::new(),
             unit: format!("sapari-agent-rollback-{now}-1"),
+            changed: None,
         };
         let d = self.state_dir().join("confirm");
         fs::create_dir_all(&d).unwrap();

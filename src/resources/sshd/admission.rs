@@ -91,7 +91,7 @@ pub fn refusal(v: &BTreeMap<String, Vec<String>>, login: &Login) -> Option<Strin
         return Some(format!("DenyGroups {d} matches"));
     }
     let allow_groups = values(v, "allowgroups");
-    if !allow_groups.is_empty() && !allow_groups.iter().any(|p| in_group(p)) {
+    if !allow_groups.is_empty() && !allow_groups.iter().any(in_group) {
         return Some(format!(
             "AllowGroups {} holds none of its groups",
             allow_groups.join(" ")
