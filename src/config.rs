@@ -170,6 +170,7 @@ pub struct UfwSettings {
     pub enabled: bool,
     pub ssh_port: u16,
     pub tailscale: TailscaleSsh,
+    #[serde(deserialize_with = "interface_name")]
     pub tailscale_interface: String,
     pub tailscale_cidrs: Vec<ipnet::IpNet>,
     /// Delete rules the agent did not declare (otherwise they are reported as drift).
@@ -201,6 +202,7 @@ pub struct FirewallSettings {
     /// Manage the DOCKER-USER chain (Cloudflare-only :443).
     pub enabled: bool,
     /// WAN interface; empty means the interface of the default route.
+    #[serde(deserialize_with = "interface_name_or_empty")]
     pub wan_interface: String,
     /// Cloudflare's published lists (HTTPS).
     pub list_url_v4: String,
@@ -258,7 +260,9 @@ pub struct ComposeSettings {
     /// Compose project name; empty: compose's default (the directory name).
     pub project_name: String,
     pub profile: ProfileChoice,
-    /// Values that win over the profile, e.g. `WEB_MEMORY = "5g"`.
+    /// Values that win over the profile, e.g. `WEB_MEMORY = "5g"`: environment variable
+    /// names, and values compose.env holds single-quoted, so compose keeps `$` and `#`.
+    #[serde(deserialize_with = "compose_overrides")]
     pub overrides: std::collections::BTreeMap<String, String>,
     /// Memory kept free of container limits; more is a failure before anything changes.
     pub memory_headroom: Size,
@@ -367,6 +371,7 @@ pub struct TailscaleSettings {
     /// Tailnet machine name; empty means `hostname.name`.
     pub hostname: String,
     /// ACL tags to advertise (CI's ACL grants `tag:ci -> tag:server`).
+    #[serde(deserialize_with = "tailscale_tags")]
     pub tags: Vec<String>,
 }
 
@@ -765,6 +770,179 @@ impl fmt::Display for DropInName {
     }
 }
 
+/// A Linux interface name as the kernel's `dev_valid_name` takes it (1-15 bytes, no `/`,
+/// `:` or whitespace, not `.` or `..`), further kept to `[A-Za-z0-9_.@-]` and no leading
+/// `-`: it reaches ufw, nft and iptables command lines, where `+` is a wildcard and a
+/// leading `-` an option.
+pub fn check_interface_name(s: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "invalid interface name `{}`: {why} (e.g. eth0, enp1s0, tailscale0; `ip -br link` lists them)",
+            s.escape_debug()
+        ))
+    };
+    if s.is_empty() || s.len() > 15 {
+        return bad("must be 1 to 15 characters");
+    }
+    if s == "." || s == ".." {
+        return bad("`.` and `..` are not interface names");
+    }
+    if s.starts_with('-') {
+        return bad("must not start with `-`");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.@-".contains(&b))
+    {
+        return bad("only letters, digits and `_.@-` are allowed");
+    }
+    Ok(())
+}
+
+fn interface_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check_interface_name(&s).map_err(serde::de::Error::custom)?;
+    Ok(s)
+}
+
+/// Empty means "find it" (the default route's interface).
+fn interface_name_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.is_empty() {
+        check_interface_name(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e}; or leave it \"\" to use the default route's interface"
+            ))
+        })?;
+    }
+    Ok(s)
+}
+
+/// Tailscale's `tailcfg.CheckTag`: `tag:` and a name of ASCII letters, digits and `-`,
+/// starting with a letter. tailscale up refuses anything else, after the agent has
+/// already changed other things.
+pub fn check_tailscale_tag(s: &str) -> Result<(), String> {
+    let ok = s.strip_prefix("tag:").is_some_and(|n| {
+        n.starts_with(|c: char| c.is_ascii_alphabetic())
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid Tailscale tag `{}`: write `tag:` and a name of letters, digits and `-` that starts with a letter (e.g. tag:server)",
+            s.escape_debug()
+        ))
+    }
+}
+
+struct TailscaleTag(String);
+
+impl<'de> Deserialize<'de> for TailscaleTag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        check_tailscale_tag(&s).map_err(serde::de::Error::custom)?;
+        Ok(TailscaleTag(s))
+    }
+}
+
+/// Through a per-element type, so an error names the element (`tailscale.tags[1]`).
+fn tailscale_tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<TailscaleTag>::deserialize(d)?
+        .into_iter()
+        .map(|t| t.0)
+        .collect())
+}
+
+/// A `[compose.overrides]` key: an environment variable name compose can interpolate.
+pub fn check_override_key(key: &str) -> Result<(), String> {
+    let ok = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`compose.overrides` key `{}` is not an environment variable name: use letters, digits and `_`, not starting with a digit (e.g. WEB_MEMORY)",
+            key.escape_debug()
+        ))
+    }
+}
+
+/// A `[compose.overrides]` value, which compose.env holds as `KEY='value'`. The value is
+/// never shown: an override may carry a secret.
+pub fn check_override_value(value: &str) -> Result<(), String> {
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(
+            "the value contains a line break or NUL, which would end its line in compose.env and start another variable: put the value on one line"
+                .into(),
+        );
+    }
+    // compose-go ends a single-quoted value at the first `'` not preceded by a backslash,
+    // and a backslash before the closing quote hides it: neither can be written so that
+    // compose reads the value back unchanged.
+    if value.contains('\'') {
+        return Err(
+            "the value contains a single quote, which compose.env cannot hold inside its single-quoted values: remove it"
+                .into(),
+        );
+    }
+    if value.ends_with('\\') {
+        return Err(
+            "the value ends with a backslash, which compose would read as escaping the closing quote: remove it"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Both checks, for values that did not come through the TOML reader.
+pub fn check_override(key: &str, value: &str) -> Result<(), String> {
+    check_override_key(key)?;
+    check_override_value(value).map_err(|e| format!("compose.overrides.{key}: {e}"))
+}
+
+/// Keys and values are checked while each is read, so an error carries that key's or
+/// value's position and the field path `compose.overrides.KEY`.
+fn compose_overrides<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    use serde::de::{DeserializeSeed, Error, MapAccess, Visitor};
+    struct Key;
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = String;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+            let key = String::deserialize(d)?;
+            check_override_key(&key).map_err(D::Error::custom)?;
+            Ok(key)
+        }
+    }
+    struct Value;
+    impl<'de> DeserializeSeed<'de> for Value {
+        type Value = String;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+            let value = String::deserialize(d)?;
+            check_override_value(&value).map_err(D::Error::custom)?;
+            Ok(value)
+        }
+    }
+    struct Table;
+    impl<'de> Visitor<'de> for Table {
+        type Value = std::collections::BTreeMap<String, String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a table of environment variable names and string values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = std::collections::BTreeMap::new();
+            while let Some(key) = m.next_key_seed(Key)? {
+                let value = m.next_value_seed(Value)?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Table)
+}
+
 /// A byte size written like `4G`, `512M`, `1048576` (binary units, as fallocate reads them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
@@ -956,6 +1134,154 @@ mod tests {
             assert!(e.line_col.is_some(), "{text}: {e}");
             assert!(e.to_string().contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn bad_tags_interfaces_and_overrides_name_the_field() {
+        for (text, field, needle) in [
+            (
+                "[tailscale]\ntags = [\"tag:server\", \"server\"]\n",
+                "tailscale.tags[1]",
+                "tag:server",
+            ),
+            (
+                "[tailscale]\ntags = [\"tag:\"]\n",
+                "tailscale.tags[0]",
+                "letter",
+            ),
+            (
+                "[tailscale]\ntags = [\"tag:1ci\"]\n",
+                "tailscale.tags[0]",
+                "letter",
+            ),
+            (
+                "[tailscale]\ntags = [\"tag:ci_x\"]\n",
+                "tailscale.tags[0]",
+                "`-`",
+            ),
+            (
+                "[tailscale]\ntags = [\"tag:ci,tag:x\"]\n",
+                "tailscale.tags[0]",
+                "`-`",
+            ),
+            (
+                "[ufw]\ntailscale_interface = \"eth0 -j ACCEPT\"\n",
+                "ufw.tailscale_interface",
+                "only letters",
+            ),
+            (
+                "[ufw]\ntailscale_interface = \"\"\n",
+                "ufw.tailscale_interface",
+                "1 to 15",
+            ),
+            (
+                "[firewall]\nwan_interface = \"-o\"\n",
+                "firewall.wan_interface",
+                "start with `-`",
+            ),
+            (
+                "[firewall]\nwan_interface = \"eth0:1\"\n",
+                "firewall.wan_interface",
+                "only letters",
+            ),
+            (
+                "[firewall]\nwan_interface = \"eth+\"\n",
+                "firewall.wan_interface",
+                "only letters",
+            ),
+            (
+                "[firewall]\nwan_interface = \"a/b\"\n",
+                "firewall.wan_interface",
+                "only letters",
+            ),
+            (
+                "[firewall]\nwan_interface = \"..\"\n",
+                "firewall.wan_interface",
+                "`..`",
+            ),
+            (
+                "[firewall]\nwan_interface = \"a-very-long-ifname\"\n",
+                "firewall.wan_interface",
+                "1 to 15",
+            ),
+            (
+                "[compose.overrides]\nWEB_MEMORY = \"5g\\nDEBUG=true\"\n",
+                "compose.overrides.WEB_MEMORY",
+                "line break",
+            ),
+            (
+                "[compose.overrides]\nWEB_MEMORY = \"5g\\r\"\n",
+                "compose.overrides.WEB_MEMORY",
+                "line break",
+            ),
+            (
+                "[compose.overrides]\nWEB_MEMORY = \"5g\\u0000\"\n",
+                "compose.overrides.WEB_MEMORY",
+                "NUL",
+            ),
+            (
+                "[compose.overrides]\nX = \"it's\"\n",
+                "compose.overrides.X",
+                "single quote",
+            ),
+            (
+                "[compose.overrides]\nX = 'a\\'\n",
+                "compose.overrides.X",
+                "backslash",
+            ),
+            (
+                "[compose.overrides]\n\"1BAD\" = \"x\"\n",
+                "compose.overrides",
+                "`1BAD`",
+            ),
+            (
+                "[compose.overrides]\n\"WEB MEMORY\" = \"x\"\n",
+                "compose.overrides",
+                "`WEB MEMORY`",
+            ),
+            (
+                "[compose.overrides]\n\"A=B\" = \"x\"\n",
+                "compose.overrides",
+                "not an environment variable name",
+            ),
+        ] {
+            let e = parse(text, Some(Path::new("x.toml"))).unwrap_err();
+            assert!(
+                e.field.as_deref().unwrap_or("").starts_with(field),
+                "{text}: {e}"
+            );
+            assert!(e.line_col.is_some(), "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn good_tags_interfaces_and_overrides_are_kept() {
+        let c = parse(
+            concat!(
+                "[tailscale]\ntags = [\"tag:server\", \"tag:ci-Runner2\"]\n",
+                "[ufw]\ntailscale_interface = \"ts_0\"\n",
+                "[firewall]\nwan_interface = \"enp1s0.100\"\n",
+                "[compose.overrides]\nWEB_MEMORY = \"5g\"\n_X1 = \"a$b #c\\\\d\"\n",
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.tailscale.tags, ["tag:server", "tag:ci-Runner2"]);
+        assert_eq!(c.ufw.tailscale_interface, "ts_0");
+        assert_eq!(c.firewall.wan_interface, "enp1s0.100");
+        assert_eq!(c.compose.overrides["WEB_MEMORY"], "5g");
+        assert_eq!(c.compose.overrides["_X1"], "a$b #c\\d");
+        for ok in ["eth0", "wg@home", "br-1a2b", "a"] {
+            assert!(check_interface_name(ok).is_ok(), "{ok}");
+        }
+        // Empty keeps its meaning: the default route's interface.
+        let c = parse(
+            "[firewall]\nwan_interface = \"\"\n[tailscale]\ntags = []\n",
+            None,
+        )
+        .unwrap();
+        assert!(c.firewall.wan_interface.is_empty() && c.tailscale.tags.is_empty());
     }
 
     #[test]

@@ -101,6 +101,21 @@ impl Describe for Step {
     }
 }
 
+/// A value as compose-go reads it back literally: bare when nothing in it means anything
+/// to the dotenv reader (the profile's `6g`, `4.0`), else single-quoted, where `$`, ` #`
+/// and `"` are plain text. [`Compose::check_overrides`] has refused what single quotes
+/// cannot hold (a `'`, a trailing backslash, a line break).
+fn env_value(v: &str) -> String {
+    let plain = v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.,:/@%+=-".contains(&b));
+    if plain {
+        v.to_string()
+    } else {
+        format!("'{v}'")
+    }
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -129,12 +144,22 @@ impl Compose {
             self.profile(s).name()
         );
         for (k, v) in &agent {
-            env.push_str(&format!("{k}={v}\n"));
+            env.push_str(&format!("{k}={}\n", env_value(v)));
         }
         (
             env,
             Budget::new(&all, s.box_memory, s.box_cpus, self.cfg.memory_headroom.0),
         )
+    }
+
+    /// The config reader checks `[compose.overrides]`; a config built another way must not
+    /// put a line break or a stray quote into compose.env either.
+    fn check_overrides(&self) -> Result<()> {
+        for (k, v) in &self.cfg.overrides {
+            crate::config::check_override(k, v)
+                .map_err(|e| anyhow::anyhow!("{e}; no container was changed"))?;
+        }
+        Ok(())
     }
 
     fn hash(&self, s: &State, agent_env: &str) -> String {
@@ -178,7 +203,7 @@ impl Compose {
     /// every compose version ranks above env files.
     fn with_agent_env(&self, mut c: Cmd, flavor: Flavor, agent_env: &str) -> Cmd {
         if flavor == Flavor::V1 {
-            for (k, v) in envcheck::parse(agent_env) {
+            for (k, v) in envcheck::parse(agent_env).vars {
                 c = c.env(&k, &v);
             }
         }
@@ -329,6 +354,7 @@ impl Resource for Compose {
                 "no compose command: neither `docker compose` nor `docker-compose` answers (the docker resource installs it)"
             );
         };
+        self.check_overrides()?;
         let (agent_env, budget) = self.resolve(s);
         plan.notes.push(format!(
             "profile {}, {}; budget for this box:\n{}",
@@ -369,6 +395,7 @@ impl Resource for Compose {
         let operator = envcheck::parse(env_text);
         // Only keys whose value the agent actually changes are worth a line.
         let shadowed: Vec<String> = envcheck::parse(&agent_env)
+            .vars
             .into_iter()
             .filter(|(k, v)| operator.get(k).is_some_and(|o| o != v))
             .map(|(k, _)| k)
@@ -381,7 +408,14 @@ impl Resource for Compose {
                 names.join(", ")
             ));
         }
-        let findings = envcheck::check(&operator);
+        // What compose uses: v2 reads `--env-file <env_file> --env-file compose.env` into
+        // one map, the later file winning (v1 gets compose.env in its process environment,
+        // which also wins), so the check runs over that merge, not the operator's file alone.
+        let merged = envcheck::parse_files(&[
+            (self.cfg.env_file.as_str(), env_text),
+            (AGENT_ENV, &agent_env),
+        ]);
+        let findings = envcheck::check(&merged);
         let fails: Vec<String> = findings
             .iter()
             .filter(|f| f.severity == Severity::Fail)
@@ -389,7 +423,7 @@ impl Resource for Compose {
             .collect();
         if !fails.is_empty() {
             bail!(
-                "{} fails the production security check, so the stack was not started or changed: {}",
+                "{} with the agent's values ([compose.overrides] and the profile) fails the production security check, so the stack was not started or changed: {}",
                 self.cfg.env_file,
                 fails.join("; ")
             );
@@ -674,6 +708,100 @@ mod tests {
             e.contains("ADMIN_USERNAME") && e.contains("not started"),
             "{e}"
         );
+    }
+
+    fn with_overrides(pairs: &[(&str, &str)]) -> Compose {
+        let mut cfg = ComposeSettings {
+            profile: ProfileChoice::Staging,
+            ..ComposeSettings::default()
+        };
+        for (k, v) in pairs {
+            cfg.overrides.insert(k.to_string(), v.to_string());
+        }
+        Compose::new(&cfg, &AgentSettings::default())
+    }
+
+    #[test]
+    fn overrides_are_written_single_quoted_so_compose_keeps_them_literally() {
+        let odd = [
+            ("APP_BANNER", "a$HOME #b"),
+            ("APP_QUOTED", "\"x\""),
+            ("APP_SLASH", "a\\nb"),
+            ("APP_EMPTY", ""),
+            ("APP_SPACE", " lead"),
+        ];
+        let r = with_overrides(&[odd.as_slice(), &[("WEB_MEMORY", "5g")]].concat());
+        let (text, _) = r.resolve(&state());
+        assert!(text.contains("\nAPP_BANNER='a$HOME #b'\n"), "{text}");
+        assert!(
+            text.contains("\nWEB_MEMORY=5g\n"),
+            "plain values stay bare: {text}"
+        );
+        // The reader that follows compose-go, and fills v1's process environment.
+        let read = envcheck::parse(&text);
+        for (k, v) in odd {
+            assert_eq!(read[k], v, "{k} in {text}");
+        }
+        assert!(read.findings.is_empty(), "{:?}", read.findings);
+    }
+
+    #[test]
+    fn an_override_wins_over_the_env_in_the_security_check() {
+        let e = with_overrides(&[("DEBUG", "true")])
+            .plan(&state())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DEBUG") && e.contains("not started"), "{e}");
+        let mut s = state();
+        s.env_text = Some(env().replace("ADMIN_USERNAME=vitoria", "ADMIN_USERNAME=admin"));
+        let p = with_overrides(&[("ADMIN_USERNAME", "vitoria")])
+            .plan(&s)
+            .unwrap();
+        assert!(matches!(
+            &p.steps[..],
+            [Step::WriteEnv { .. }, Step::Up { .. }]
+        ));
+        assert!(
+            p.notes.iter().any(|n| n.contains("ADMIN_USERNAME")),
+            "the shadowed key is reported: {:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn a_dollar_compose_would_expand_blocks_up_without_showing_the_value() {
+        let r = res(ProfileChoice::Staging);
+        let mut s = state();
+        s.env_text = Some(format!("{}ADMIN_PASSWORD=x$Kq9vTT2mmQQ7\n", env()));
+        let e = r.plan(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("ADMIN_PASSWORD") && e.contains(".env line") && e.contains("$$"),
+            "{e}"
+        );
+        assert!(!e.contains("Kq9"), "{e}");
+        // Single-quoted, it is what the operator wrote.
+        s.env_text = Some(format!("{}ADMIN_PASSWORD='x$Kq9vTT2mmQQ7'\n", env()));
+        assert!(r.plan(&s).is_ok());
+    }
+
+    #[test]
+    fn an_override_compose_env_cannot_hold_is_refused_before_anything() {
+        for (k, v, needle) in [
+            ("WEB_MEMORY", "5g\nDEBUG=true", "line break"),
+            ("WEB_MEMORY", "it's", "single quote"),
+            ("1BAD", "x", "`1BAD`"),
+        ] {
+            let e = with_overrides(&[(k, v)])
+                .plan(&state())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("compose.overrides")
+                    && e.contains(needle)
+                    && e.contains("no container was changed"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
