@@ -138,19 +138,23 @@ pub enum Item {
     /// The managed user's sudoers drop-in: losing it can leave the user without sudo, and so
     /// without `sudo sapari-agent confirm`. Sudo reads it on every call: nothing to reload.
     Sudoers(FileSnap),
+    /// The managed user's `~/.ssh/authorized_keys` (`users.exclusive_keys` can remove the
+    /// key a login needs). Read and written through `host::userdir`, as the users resource
+    /// does; sshd reads it at every login: nothing to reload.
+    AuthorizedKeys { user: String, file: FileSnap },
 }
 
 impl Item {
     /// The resource whose change this undoes (a rolled-back marker then names it).
     pub fn resource(&self) -> Name {
         match self {
-            Item::Sudoers(_) => Name::Users,
+            Item::Sudoers(_) | Item::AuthorizedKeys { .. } => Name::Users,
         }
     }
 
     pub fn file(&self) -> &FileSnap {
         match self {
-            Item::Sudoers(f) => f,
+            Item::Sudoers(f) | Item::AuthorizedKeys { file: f, .. } => f,
         }
     }
 }
@@ -624,16 +628,95 @@ fn sudoers_path(user: &str) -> PathBuf {
 
 /// Captured whatever the configuration enables: a change may be the one that removes them.
 fn capture_items(host: &Host, cfg: &Config) -> Result<Vec<Item>> {
-    Ok(vec![Item::Sudoers(file_snap(
-        host,
-        &sudoers_path(&cfg.users.name.0),
-    )?)])
+    let user = &cfg.users.name.0;
+    Ok(vec![
+        Item::Sudoers(file_snap(host, &sudoers_path(user))?),
+        Item::AuthorizedKeys {
+            user: user.clone(),
+            file: keys_snap(host, user)?,
+        },
+    ])
+}
+
+/// The user's authorized_keys as it is now (absent also when the user or ~/.ssh is).
+fn keys_snap(host: &Host, user: &str) -> Result<FileSnap> {
+    let accounts = host.accounts()?;
+    let Some(u) = accounts.user(user) else {
+        return Ok(FileSnap {
+            path: PathBuf::from(format!("/home/{user}/.ssh/authorized_keys")),
+            content: None,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        });
+    };
+    let path = u.home.join(".ssh/authorized_keys");
+    let found = match host.user_dir(&u.home, u.uid, true)? {
+        Some(home) => match home.subdir(".ssh")? {
+            Some(ssh) => ssh.read("authorized_keys")?,
+            None => None,
+        },
+        None => None,
+    };
+    Ok(match found {
+        Some(f) => FileSnap {
+            content: Some(String::from_utf8(f.content).map_err(|_| {
+                anyhow!(
+                    "{} is not UTF-8 text and cannot be kept for a rollback",
+                    path.display()
+                )
+            })?),
+            mode: f.mode,
+            uid: f.uid,
+            gid: f.gid,
+            path,
+        },
+        None => FileSnap {
+            path,
+            content: None,
+            mode: 0o600,
+            uid: u.uid,
+            gid: u.gid,
+        },
+    })
+}
+
+async fn restore_keys(host: &Host, user: &str, f: &FileSnap) -> Result<()> {
+    let accounts = host.accounts()?;
+    let Some(u) = accounts.user(user) else {
+        return Ok(()); // no user, no keys: as it was
+    };
+    let Some(home) = host.user_dir(&u.home, u.uid, true)? else {
+        return Ok(());
+    };
+    let spec = |mode| FileSpec {
+        mode,
+        uid: u.uid,
+        gid: u.gid,
+    };
+    match &f.content {
+        Some(c) => {
+            host.ensure_dir_in(&home, ".ssh", spec(0o700))?;
+            let ssh = home
+                .subdir(".ssh")?
+                .ok_or_else(|| anyhow!("{}/.ssh is missing", u.home.display()))?;
+            host.write_in(&ssh, "authorized_keys", c.as_bytes(), spec(0o600), false)
+        }
+        None => match home.subdir(".ssh")? {
+            Some(ssh) => host.remove_in(&ssh, "authorized_keys"),
+            None => Ok(()),
+        },
+    }
 }
 
 /// The same item as it is now.
 fn recapture_item(host: &Host, item: &Item) -> Result<Item> {
     Ok(match item {
         Item::Sudoers(f) => Item::Sudoers(file_snap(host, &f.path)?),
+        Item::AuthorizedKeys { user, .. } => Item::AuthorizedKeys {
+            user: user.clone(),
+            file: keys_snap(host, user)?,
+        },
     })
 }
 
@@ -656,6 +739,7 @@ async fn restore_item(host: &Host, item: &Item) -> Result<()> {
             content: None,
             ..
         }) => host.remove_file(path),
+        Item::AuthorizedKeys { user, file } => restore_keys(host, user, file).await,
     }
 }
 
