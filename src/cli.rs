@@ -164,6 +164,10 @@ pub struct EnvCheckArgs {
     /// The .env file to check (values are never printed).
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
+    /// Env files compose reads after PATH (later files win), checked merged with it, e.g. the
+    /// agent's /var/lib/sapari-agent/compose.env.
+    #[arg(long = "with", value_name = "PATH")]
+    pub with: Vec<PathBuf>,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

@@ -15,7 +15,7 @@ pub mod openpgp;
 pub mod resources;
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use cli::{Cli, Command, Overrides, Selectors};
@@ -96,7 +96,7 @@ pub async fn run(cli: Cli) -> i32 {
             println!("sapari-agent {VERSION}");
             exit::OK
         }
-        Command::EnvCheck(a) => env_check(&a.path, a.json),
+        Command::EnvCheck(a) => env_check(&a.path, &a.with, a.json),
         Command::Budget(a) => budget(a.config.as_deref(), a.json).await,
         Command::Converge(a) => {
             let ctx = resources::RunContext::from_env(a.force);
@@ -565,15 +565,20 @@ pub fn render_checks(checks: &[Check], color: bool) -> String {
     out
 }
 
-fn env_check(path: &Path, json: bool) -> i32 {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("sapari-agent: cannot read {}: {e}", path.display());
-            return exit::FAILED;
+fn env_check(path: &Path, with: &[PathBuf], json: bool) -> i32 {
+    let mut files: Vec<(String, String)> = Vec::new();
+    for p in std::iter::once(path).chain(with.iter().map(PathBuf::as_path)) {
+        match std::fs::read_to_string(p) {
+            Ok(t) => files.push((p.display().to_string(), t)),
+            Err(e) => {
+                eprintln!("sapari-agent: cannot read {}: {e}", p.display());
+                return exit::FAILED;
+            }
         }
-    };
-    let findings = envcheck::check(&envcheck::parse(&text));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    // In the order compose applies them: the later file wins, and is what gets checked.
+    let findings = envcheck::check(&envcheck::parse_files(&refs));
     let fails = findings
         .iter()
         .filter(|f| f.severity == envcheck::Severity::Fail)

@@ -161,6 +161,11 @@ fn setup() {
         // Safety: set before this process boots any box or starts a harness thread; each
         // nextest test is its own process.
         unsafe { std::env::set_var("SAPARI_TEST_ROOTFS", r) };
+        // The release binary has no crash hooks (cargo feature crash-points): the boxes of
+        // this suite get the test build scripts/test.sh makes beside it.
+        if let Some(bin) = std::env::var_os("SAPARI_AGENT_CRASH_BIN") {
+            unsafe { std::env::set_var("SAPARI_AGENT_BIN", bin) };
+        }
     });
 }
 
@@ -303,6 +308,7 @@ struct Census {
 }
 
 fn census(k: &Keys) -> Census {
+    setup();
     let bin = std::fs::read(common::agent_binary()).unwrap();
     let mut key = bin;
     key.extend_from_slice(config("KEY", "SWAP").as_bytes());
