@@ -541,7 +541,7 @@ fn confirm_dir(state_dir: &Path) -> PathBuf {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(host: &Host, path: &Path) -> Result<Option<T>> {
-    match host.read_text(path)? {
+    match host.read_state(path)? {
         None => Ok(None),
         Some(t) => serde_json::from_str(&t)
             .map(Some)

@@ -64,6 +64,68 @@ pub fn read_opt(path: &Path) -> Result<Option<FileState>> {
     }))
 }
 
+/// Owner root (or the user running this, for read-only commands) and not writable by
+/// group or others: the same rule as agent.toml, for files whose content decides what root
+/// does (the state directory's lists, compose.env, confirm records).
+fn trusted(what: &Path, uid: u32, mode: u32) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    if uid != 0 && uid != me {
+        anyhow::bail!(
+            "{} is owned by uid {uid}; it decides what root does, so only root may own it (fix: chown root:root {})",
+            what.display(),
+            what.display()
+        );
+    }
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "{} has mode {:04o}: users other than its owner can write it, and it decides what root does (fix: chmod go-w {})",
+            what.display(),
+            mode & 0o7777,
+            what.display()
+        );
+    }
+    Ok(())
+}
+
+/// A file of the agent's state directory: refused, not read, when it or its directory
+/// could have been written by someone other than root, or when it is a link.
+pub fn read_state(path: &Path) -> Result<Option<String>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match fs::symlink_metadata(dir) {
+        Ok(m) => trusted(dir, m.uid(), m.mode())?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot open {} (links are refused here)", path.display())
+            });
+        }
+    };
+    let m = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if !m.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    trusted(path, m.uid(), m.mode())?;
+    let mut text = String::new();
+    io::Read::read_to_string(&mut &f, &mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Some(text))
+}
+
 pub fn read_text_opt(path: &Path) -> Result<Option<String>> {
     Ok(read_opt(path)?.map(|f| f.text()))
 }
@@ -240,5 +302,36 @@ mod tests {
         let p = d.path().join("missing-dir").join("f");
         assert!(write_atomic(&p, b"x", me(), false).is_err());
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn state_files_others_could_write_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let p = d.path().join("lists");
+        assert!(read_state(&p).unwrap().is_none());
+        write_atomic(
+            &p,
+            b"1.2.3.0/24\n",
+            FileSpec {
+                mode: 0o600,
+                ..me()
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(read_state(&p).unwrap().as_deref(), Some("1.2.3.0/24\n"));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+        let e = read_state(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod go-w"), "{e}");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            read_state(&p).is_err(),
+            "a world-writable directory lets anyone swap the file"
+        );
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&p, d.path().join("link")).unwrap();
+        assert!(read_state(&d.path().join("link")).is_err());
     }
 }

@@ -57,6 +57,12 @@ impl Host {
         files::read_text_opt(path)
     }
 
+    /// A file of the agent's state directory, with agent.toml's ownership rule
+    /// ([`files::read_state`]).
+    pub fn read_state(&self, path: &Path) -> Result<Option<String>> {
+        files::read_state(path)
+    }
+
     /// A directory `uid` controls, opened for reads and writes that never follow a link
     /// below it ([`userdir`]). `follow` only for a path root chose, such as the home
     /// directory from /etc/passwd.

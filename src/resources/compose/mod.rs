@@ -271,9 +271,9 @@ impl Resource for Compose {
             compose_text: None,
             env_text: None,
             caddyfile_sha256: None,
-            agent_env: host.read_text(&self.agent_env_path())?,
+            agent_env: host.read_state(&self.agent_env_path())?,
             saved: host
-                .read_text(&self.state_dir.join(STATE_FILE))?
+                .read_state(&self.state_dir.join(STATE_FILE))?
                 .and_then(|t| serde_json::from_str(&t).ok()),
             flavor: None,
             services: BTreeSet::new(),

@@ -911,8 +911,8 @@ impl Firewall {
         let mut families = Vec::new();
         for fam in Family::ALL {
             let path = lists::list_path(&self.state_dir, fam);
-            let txt = host.read_text(&path)?;
-            let meta = host.read_text(&lists::meta_path(&self.state_dir, fam))?;
+            let txt = host.read_state(&path)?;
+            let meta = host.read_state(&lists::meta_path(&self.state_dir, fam))?;
             let last_good = lists::read_last_good(
                 fam,
                 txt.as_deref(),
