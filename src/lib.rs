@@ -576,7 +576,10 @@ fn env_check(path: &Path, with: &[PathBuf], json: bool) -> i32 {
             }
         }
     }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
     // In the order compose applies them: the later file wins, and is what gets checked.
     let findings = envcheck::check(&envcheck::parse_files(&refs));
     let fails = findings
