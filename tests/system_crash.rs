@@ -39,6 +39,8 @@ const OPERATOR: &str = "192.0.2.50";
 /// box: /proc/swaps is kernel-global, and mkswap refuses a path that another box has active.
 const SWAP_DIR: &str = "/mnt/swap";
 const COUNT_FILE: &str = "/root/sapari-crash-points";
+/// Root's password on the fresh box: after a rerun the live sshd must refuse it.
+const ROOT_PW: &str = "Root-pw-4711";
 const DEFAULT_SEED: u64 = 20_261_129;
 /// Test functions; each runs every GROUPS-th of the drawn points.
 const GROUPS: usize = 10;
@@ -246,6 +248,7 @@ fn fresh_box(k: &Keys) -> (TestBox, Peer) {
     b.enable_ipv4_forwarding();
     b.nsenter_ok(&format!(
         "install -d -m 700 /root/.ssh && echo {} > /root/.ssh/authorized_keys
+         echo root:{ROOT_PW} | chpasswd
          printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n' > /etc/ssh/sshd_config.d/50-cloud-init.conf
          systemctl reload ssh.service
          mkdir -p /etc/sapari-agent",
@@ -326,6 +329,12 @@ fn census(k: &Keys) -> Census {
         return c;
     }
     let (b, op) = fresh_box(k);
+    // So that a refused password after a rerun means the agent's reload, not a box that
+    // never took one.
+    assert!(
+        password_login(&op),
+        "the fresh box refuses root's password already"
+    );
     let t0 = Instant::now();
     let o = b.agent_env(
         &["converge", "--json"],
@@ -352,6 +361,10 @@ fn census(k: &Keys) -> Census {
         "the converged origin lock: {origin}"
     );
     settled(&b, &op, k, "counting run");
+    assert!(
+        !password_login(&op),
+        "after the counting run sshd still takes root's password"
+    );
     let c = Census {
         labels,
         chain,
@@ -579,6 +592,14 @@ fn login(op: &Peer, k: &Keys) -> Option<&'static str> {
     None
 }
 
+/// Root with its password over real SSH: what the live daemon does, whatever the files say.
+fn password_login(op: &Peer) -> bool {
+    let o = op.exec(&format!(
+        "sshpass -p {ROOT_PW} ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR -o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive -o NumberOfPasswordPrompts=1 root@{SERVER} echo LOGIN-OK"
+    ));
+    String::from_utf8_lossy(&o.stdout).contains("LOGIN-OK")
+}
+
 /// DOCKER-USER before the firewall resource touched it: absent (Docker not started yet) or
 /// as Docker makes it.
 fn untouched_chain(v: &str) -> bool {
@@ -680,6 +701,11 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
         }
         if login(&op, k) != Some("deploy") {
             bad.push("after the rerun, deploy cannot log in and sudo".into());
+        }
+        // The files and `sshd -T` can say hardened while the daemon still runs the old
+        // configuration (a kill between the write and the reload): ask the daemon.
+        if password_login(&op) {
+            bad.push("after the rerun, the live sshd still accepts root's password".into());
         }
     }
     let left = temps(&b);
