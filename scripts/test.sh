@@ -57,6 +57,19 @@ step "static release build"
 cargo build --release --target x86_64-unknown-linux-musl --quiet
 export SAPARI_AGENT_BIN="$PWD/target/x86_64-unknown-linux-musl/release/sapari-agent"
 file "$SAPARI_AGENT_BIN" | grep -Eq 'static(-pie)? linked' || { echo "agent binary is not static" >&2; exit 1; }
+if grep -q SAPARI_AGENT_TEST_CRASH "$SAPARI_AGENT_BIN"; then
+  echo "the release binary carries the crash hooks (cargo feature crash-points)" >&2; exit 1
+fi
+
+# The crash-consistency tests kill the agent at chosen points: a second build with the hooks
+# compiled in, in its own target dir so the release binary above stays the one without them.
+step "crash-points build (for the crash tests only)"
+cargo clippy --all-targets --features crash-points --quiet -- -D warnings
+cargo test --lib --features crash-points --quiet host::crash
+cargo build --release --target x86_64-unknown-linux-musl --features crash-points \
+  --target-dir target/crash --quiet
+export SAPARI_AGENT_CRASH_BIN="$PWD/target/crash/x86_64-unknown-linux-musl/release/sapari-agent"
+file "$SAPARI_AGENT_CRASH_BIN" | grep -Eq 'static(-pie)? linked' || { echo "crash agent binary is not static" >&2; exit 1; }
 
 step "test rootfs, Docker trees and VM image (cached under /var/cache/sapari-agent-tests)"
 tests/harness/build-rootfs.sh
