@@ -159,7 +159,10 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
         Box::new(sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0, ctx)),
         Box::new(deploy_key::DeployKey::new(&cfg.deploy_key, &cfg.users)),
         Box::new(ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)),
-        Box::new(packages::Packages::new(&cfg.packages, &cfg.ufw)),
+        Box::new(
+            packages::Packages::new(&cfg.packages, &cfg.ufw)
+                .with_operator_ips(&cfg.access.operator_ips),
+        ),
         Box::new(docker::Docker::new(&cfg.docker)),
         Box::new(firewall::Firewall::new(&cfg.firewall, &cfg.agent)),
         Box::new(swap::Swap::new(&cfg.swap)),

@@ -4,6 +4,7 @@
 //! At first boot cloud-init and unattended-upgrades hold the dpkg lock: wait, then name them.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,24 +27,42 @@ const SERVICES: [&str; 2] = ["fail2ban.service", "unattended-upgrades.service"];
 pub struct Packages {
     cfg: PackagesSettings,
     ssh_port: u16,
+    /// Sources the sshd jail never bans: loopback, the tailnet ranges, the operators.
+    ignore: Vec<String>,
 }
 
 impl Packages {
     pub fn new(cfg: &PackagesSettings, ufw: &UfwSettings) -> Self {
+        let mut ignore: Vec<String> = ["127.0.0.1/8", "::1"].map(String::from).to_vec();
+        ignore.extend(ufw.tailscale_cidrs.iter().map(|n| n.to_string()));
         Self {
             cfg: cfg.clone(),
             ssh_port: ufw.ssh_port,
+            ignore,
         }
+    }
+
+    /// The operators' addresses (`access.operator_ips`) join the jail's `ignoreip`: a few
+    /// mistyped passphrases from the office must not ban the one address ufw lets in.
+    pub fn with_operator_ips(mut self, ips: &[IpAddr]) -> Self {
+        for ip in ips.iter().map(IpAddr::to_string) {
+            if !self.ignore.contains(&ip) {
+                self.ignore.push(ip);
+            }
+        }
+        self
     }
 
     fn jail(&self) -> String {
         let secs = |d: Duration| format!("{}s", d.as_secs());
+        // ignoreip here replaces jail.conf's default (loopback), which is why it is repeated.
         format!(
-            "# Managed by sapari-agent: SSH brute-force throttling, read from the journal.\n[sshd]\nenabled = true\nbackend = systemd\nport = {}\nmaxretry = {}\nfindtime = {}\nbantime = {}\n",
+            "# Managed by sapari-agent: SSH brute-force throttling, read from the journal.\n[sshd]\nenabled = true\nbackend = systemd\nport = {}\nmaxretry = {}\nfindtime = {}\nbantime = {}\nignoreip = {}\n",
             self.ssh_port,
             self.cfg.fail2ban_maxretry,
             secs(self.cfg.fail2ban_findtime.0),
-            secs(self.cfg.fail2ban_bantime.0)
+            secs(self.cfg.fail2ban_bantime.0),
+            self.ignore.join(" ")
         )
     }
 }
@@ -525,6 +544,77 @@ mod tests {
         let p = r.plan(&s).unwrap();
         assert!(matches!(p.steps[0], Step::Jail { .. }));
         assert_eq!(p.steps[1], Step::Enable("fail2ban.service".into()));
+    }
+
+    #[test]
+    fn jail_never_bans_loopback_the_tailnet_or_the_operators() {
+        let ops: [IpAddr; 3] = [
+            "192.0.2.50".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+            "192.0.2.50".parse().unwrap(),
+        ];
+        let r = res().with_operator_ips(&ops);
+        let jail = r.jail();
+        let line = jail
+            .lines()
+            .find_map(|l| l.strip_prefix("ignoreip = "))
+            .unwrap_or_else(|| panic!("no ignoreip in\n{jail}"));
+        assert_eq!(
+            line,
+            "127.0.0.1/8 ::1 100.64.0.0/10 fd7a:115c:a1e0::/48 192.0.2.50 2001:db8::7"
+        );
+        // Inside [sshd], the only section: a line under another would not apply to it.
+        assert_eq!(jail.matches('[').count(), 1, "{jail}");
+        // Without operators the tailnet and loopback are still there.
+        assert!(
+            res()
+                .jail()
+                .contains("ignoreip = 127.0.0.1/8 ::1 100.64.0.0/10 fd7a:115c:a1e0::/48\n")
+        );
+        // ufw's configured tailnet ranges are the ones fail2ban ignores.
+        let ufw = UfwSettings {
+            tailscale_cidrs: vec!["100.100.0.0/16".parse().unwrap()],
+            ..UfwSettings::default()
+        };
+        let r = Packages::new(&PackagesSettings::default(), &ufw);
+        assert!(
+            r.jail()
+                .contains("ignoreip = 127.0.0.1/8 ::1 100.100.0.0/16\n")
+        );
+    }
+
+    #[test]
+    fn jail_without_ignoreip_is_rewritten_and_fail2ban_restarted() {
+        let ops: [IpAddr; 1] = ["198.51.100.9".parse().unwrap()];
+        let r = res().with_operator_ips(&ops);
+        let mut s = converged(&r);
+        assert!(r.plan(&s).unwrap().steps.is_empty());
+        // The jail an earlier version wrote: the same but for ignoreip.
+        let old: String = r
+            .jail()
+            .lines()
+            .filter(|l| !l.starts_with("ignoreip"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        s.jail = Some(old.clone());
+        let p = r.plan(&s).unwrap();
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Jail {
+                    old: Some(old),
+                    new: r.jail()
+                },
+                Step::Enable("fail2ban.service".into())
+            ]
+        );
+        // A new operator address is a change too.
+        s.jail = Some(r.jail());
+        let more: [IpAddr; 2] = [ops[0], "203.0.113.4".parse().unwrap()];
+        let r2 = res().with_operator_ips(&more);
+        assert!(
+            matches!(&r2.plan(&s).unwrap().steps[0], Step::Jail { new, .. } if new.contains("198.51.100.9 203.0.113.4"))
+        );
     }
 
     #[test]
