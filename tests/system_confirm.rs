@@ -177,9 +177,12 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     assert!(chain_before.contains("hand-made"), "{chain_before}");
 
     // ---- the lock-out, not confirmed ----
+    // ufw shuts the operator out (--force past its guard); sshd changes too, in a way its
+    // own guard admits (it refuses an AllowUsers without a keyed sudo user, --force or not),
+    // so the rollback has sshd's files to restore as well.
     config(
         &b,
-        "[access]\noperator_ips = [\"198.51.100.99\"]\n[ufw]\nprune = true\n[sshd]\nallow_users = [\"nobody\"]\n",
+        "[access]\noperator_ips = [\"198.51.100.99\"]\n[ufw]\nprune = true\n[sshd]\nallow_users = [\"deploy\", \"nobody\"]\n",
     );
     // The session drops while the converge runs: it has printed its first line, so the
     // rollback is armed; the run goes on without anyone reading.
