@@ -89,10 +89,12 @@ pub struct ConvergeArgs {
     /// Exit 2 when changes were applied (Puppet's convention); 0 stays "nothing to do".
     #[arg(long)]
     pub detailed_exitcodes: bool,
-    /// Apply even a firewall rule set that would not admit the SSH client this run came from.
+    /// Apply even a firewall rule set that would not admit the SSH client this run came from,
+    /// or (users.exclusive_keys) remove the key this SSH session logged in with.
     #[arg(long)]
     pub force: bool,
-    /// Commit confirmed: keep the previous sshd drop-in, UFW rules and DOCKER-USER chain and
+    /// Commit confirmed: keep the previous sshd files, UFW rules, DOCKER-USER chain, sudoers
+    /// drop-in and the user's authorized_keys, and
     /// restore them unless `sapari-agent confirm` runs from a new SSH session within SECONDS
     /// (10-3600) after the run. Until then other converges exit 75; a configuration rolled back
     /// unconfirmed makes later converges of it exit 1 until it changes or runs with --confirm.
@@ -186,8 +188,9 @@ pub struct BudgetArgs {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Run it from a NEW SSH session (not the one that ran `converge --confirm`): only a new login \
-proves that logging in still works. Exit codes: 0 confirmed (the change is permanent), 1 nothing pending, \
-already rolled back, or refused (same SSH session), 75 another run holds the lock, 77 not root, 78 configuration error."
+proves that logging in still works; a session opened before the change (an older login, a tmux or screen \
+pane, an ssh multiplexed over an older connection) is refused. Exit codes: 0 confirmed (the change is \
+permanent), 1 nothing pending, already rolled back, or refused (that session), 75 another run holds the lock, 77 not root, 78 configuration error."
 )]
 pub struct ConfirmArgs {
     /// Configuration file (for agent.state_dir).

@@ -621,16 +621,14 @@ fn file_snap(host: &Host, path: &Path) -> Result<FileSnap> {
     })
 }
 
-/// As the users resource names it (`Users::sudoers_path`, which is private to it).
-fn sudoers_path(user: &str) -> PathBuf {
-    PathBuf::from(format!("/etc/sudoers.d/90-sapari-{user}"))
-}
-
 /// Captured whatever the configuration enables: a change may be the one that removes them.
 fn capture_items(host: &Host, cfg: &Config) -> Result<Vec<Item>> {
     let user = &cfg.users.name.0;
     Ok(vec![
-        Item::Sudoers(file_snap(host, &sudoers_path(user))?),
+        Item::Sudoers(file_snap(
+            host,
+            &crate::resources::users::sudoers_path(user),
+        )?),
         Item::AuthorizedKeys {
             user: user.clone(),
             file: keys_snap(host, user)?,
@@ -1937,7 +1935,7 @@ mod tests {
         let plan = rollback_plan(&s, &n, true);
         assert_eq!(plan[0], (Name::Users, vec![Step::Item(s.items[0].clone())]));
         assert_eq!(
-            sudoers_path("deploy"),
+            crate::resources::users::sudoers_path("deploy"),
             Path::new("/etc/sudoers.d/90-sapari-deploy")
         );
         // Stored tagged, and a snapshot of the previous version (no items) still reads.

@@ -17,6 +17,11 @@ use crate::host::{Cmd, FileSpec, FileState, Host, UserDir};
 use crate::resources::{Name, RunContext};
 
 pub const GROUPS: [&str; 2] = ["sudo", "docker"];
+
+/// The NOPASSWD drop-in of `user` (the `--confirm` snapshot keeps it too).
+pub fn sudoers_path(user: &str) -> PathBuf {
+    PathBuf::from(format!("/etc/sudoers.d/90-sapari-{user}"))
+}
 const SHELL: &str = "/bin/bash";
 const ROOT_KEYS: &str = "/root/.ssh/authorized_keys";
 
@@ -38,7 +43,7 @@ impl Users {
     }
 
     fn sudoers_path(&self) -> PathBuf {
-        PathBuf::from(format!("/etc/sudoers.d/90-sapari-{}", self.name()))
+        sudoers_path(self.name())
     }
 
     fn sudoers_content(&self) -> String {
