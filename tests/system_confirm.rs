@@ -290,16 +290,35 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
         &b,
         &format!("[access]\noperator_ips = [\"{OP}\", \"192.0.2.51\"]\n"),
     );
-    let (out, last, mut session) = session_until(
-        &op,
-        &key,
-        &format!(
-            "sudo {AGENT} converge --confirm 30 {ONLY} --json; echo CONVERGE-EXIT=$?; sudo {AGENT} confirm 2>&1; echo CONFIRM-EXIT=$?"
-        ),
-        "CONFIRM-EXIT=",
-    );
+    // A login opened before the change proves nothing about logging in after it: this one
+    // waits until the change is pending, then tries to confirm.
+    let older = std::thread::scope(|sc| {
+        let older = sc.spawn(|| {
+            ssh_run(
+                &op,
+                &key,
+                &format!("sleep 20; sudo {AGENT} confirm 2>&1; echo OLD-CONFIRM-EXIT=$?"),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let session = session_until(
+            &op,
+            &key,
+            &format!(
+                "sudo {AGENT} converge --confirm 40 {ONLY} --json; echo CONVERGE-EXIT=$?; sudo {AGENT} confirm 2>&1; echo CONFIRM-EXIT=$?"
+            ),
+            "CONFIRM-EXIT=",
+        );
+        (older.join().unwrap(), session)
+    });
+    let (old_out, (out, last, mut session)) = older;
     let _ = session.kill();
     let _ = session.wait();
+    let old_text = out_str(&old_out);
+    assert!(
+        old_text.contains("OLD-CONFIRM-EXIT=1") && old_text.contains("before the change"),
+        "a session opened before the change must not confirm it: {old_text}"
+    );
     let (report, same) = out
         .split_once("CONVERGE-EXIT=0\n")
         .unwrap_or_else(|| panic!("converge failed: {out}"));
