@@ -444,6 +444,9 @@ fn resource_of(label: &str) -> &'static str {
         "swap"
     } else if has("last-run.json") {
         "report"
+    } else if has("/run/sapari-agent") {
+        // The directory of sshd's and ufw's reload-pending markers.
+        "markers"
     } else {
         "other"
     }
