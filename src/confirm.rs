@@ -598,7 +598,17 @@ fn stamp(host: &Host) -> Result<Stamp> {
 // ---- capture and restore --------------------------------------------------------------------
 
 fn file_snap(host: &Host, path: &Path) -> Result<FileSnap> {
-    Ok(match host.read(path)? {
+    snap_of(path, host.read(path)?, (0o644, 0, 0))
+}
+
+/// What a rollback keeps of a file; `absent` is the (mode, uid, gid) recorded when it does
+/// not exist.
+fn snap_of(
+    path: &Path,
+    found: Option<crate::host::FileState>,
+    absent: (u32, u32, u32),
+) -> Result<FileSnap> {
+    Ok(match found {
         Some(f) => FileSnap {
             path: path.to_path_buf(),
             content: Some(String::from_utf8(f.content).map_err(|_| {
@@ -614,9 +624,9 @@ fn file_snap(host: &Host, path: &Path) -> Result<FileSnap> {
         None => FileSnap {
             path: path.to_path_buf(),
             content: None,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
+            mode: absent.0,
+            uid: absent.1,
+            gid: absent.2,
         },
     })
 }
@@ -640,13 +650,8 @@ fn capture_items(host: &Host, cfg: &Config) -> Result<Vec<Item>> {
 fn keys_snap(host: &Host, user: &str) -> Result<FileSnap> {
     let accounts = host.accounts()?;
     let Some(u) = accounts.user(user) else {
-        return Ok(FileSnap {
-            path: PathBuf::from(format!("/home/{user}/.ssh/authorized_keys")),
-            content: None,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-        });
+        let path = PathBuf::from(format!("/home/{user}/.ssh/authorized_keys"));
+        return snap_of(&path, None, (0o600, 0, 0));
     };
     let path = u.home.join(".ssh/authorized_keys");
     let found = match host.user_dir(&u.home, u.uid, true)? {
@@ -656,27 +661,7 @@ fn keys_snap(host: &Host, user: &str) -> Result<FileSnap> {
         },
         None => None,
     };
-    Ok(match found {
-        Some(f) => FileSnap {
-            content: Some(String::from_utf8(f.content).map_err(|_| {
-                anyhow!(
-                    "{} is not UTF-8 text and cannot be kept for a rollback",
-                    path.display()
-                )
-            })?),
-            mode: f.mode,
-            uid: f.uid,
-            gid: f.gid,
-            path,
-        },
-        None => FileSnap {
-            path,
-            content: None,
-            mode: 0o600,
-            uid: u.uid,
-            gid: u.gid,
-        },
-    })
+    snap_of(&path, found, (0o600, u.uid, u.gid))
 }
 
 async fn restore_keys(host: &Host, user: &str, f: &FileSnap) -> Result<()> {

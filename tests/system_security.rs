@@ -23,25 +23,14 @@ const RELOAD_PENDING: &str = "/run/sapari-agent/sshd.reload-pending";
 /// The options cloud-init's `disable_root_opts` puts before root's keys.
 const CLOUD_INIT_REDIRECT: &str = r#"no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command="echo 'Please login as the user \"debian\" rather than the user \"root\".';echo;sleep 10;exit 142""#;
 
-const SSH_OPTS: &str = "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR";
+use common::ssh::logged_in;
 
 fn ssh_key(peer: &Peer, key: &Path, user: &str, cmd: &str) -> Output {
-    peer.exec(&format!(
-        "ssh {SSH_OPTS} -o BatchMode=yes -o IdentitiesOnly=yes -i {} {user}@{SERVER} {}",
-        key.display(),
-        sh_quote(cmd)
-    ))
+    common::ssh::with_key(peer, SERVER, key, user, cmd)
 }
 
 fn ssh_password(peer: &Peer, user: &str, pw: &str) -> Output {
-    peer.exec(&format!(
-        "sshpass -p {} ssh {SSH_OPTS} -o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive -o NumberOfPasswordPrompts=1 {user}@{SERVER} echo LOGIN-OK",
-        sh_quote(pw)
-    ))
-}
-
-fn logged_in(o: &Output) -> bool {
-    String::from_utf8_lossy(&o.stdout).contains("LOGIN-OK")
+    common::ssh::with_password(peer, SERVER, user, pw)
 }
 
 fn deploy_key_login(op: &Peer, key: &Path) -> bool {

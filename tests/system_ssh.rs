@@ -20,25 +20,14 @@ fn keys() -> common::OperatorKey {
     common::operator_key()
 }
 
-const SSH_OPTS: &str = "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR";
+use common::ssh::logged_in;
 
 fn ssh_key(peer: &Peer, key: &Path, user: &str, cmd: &str) -> Output {
-    peer.exec(&format!(
-        "ssh {SSH_OPTS} -o BatchMode=yes -o IdentitiesOnly=yes -i {} {user}@{SERVER} {}",
-        key.display(),
-        sh_quote(cmd)
-    ))
+    common::ssh::with_key(peer, SERVER, key, user, cmd)
 }
 
 fn ssh_password(peer: &Peer, user: &str, pw: &str) -> Output {
-    peer.exec(&format!(
-        "sshpass -p {} ssh {SSH_OPTS} -o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive -o NumberOfPasswordPrompts=1 {user}@{SERVER} echo LOGIN-OK",
-        sh_quote(pw)
-    ))
-}
-
-fn logged_in(o: &Output) -> bool {
-    String::from_utf8_lossy(&o.stdout).contains("LOGIN-OK")
+    common::ssh::with_password(peer, SERVER, user, pw)
 }
 
 /// A fresh cloud image as Hetzner hands it over: root with the project's key and a
@@ -103,7 +92,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
     // An open session across the converge: reload, not restart, must keep it.
     let session = Command::new("ip")
         .args(["netns", "exec", &op.netns, "ssh"])
-        .args(SSH_OPTS.split(' '))
+        .args(common::ssh::SSH_OPTS.split(' '))
         .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
         .arg(&k.private)
         .arg(format!("root@{SERVER}"))

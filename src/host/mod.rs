@@ -284,6 +284,15 @@ impl Host {
         dir.remove(name)
     }
 
+    /// An empty root-only marker file (its directory made if missing): "written but not
+    /// loaded yet" for sshd and ufw.
+    pub fn write_marker(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            self.ensure_dir(dir, FileSpec::root(0o700))?;
+        }
+        self.write(path, b"", FileSpec::root(0o600), false)
+    }
+
     pub fn set_hostname(&self, name: &str) -> Result<()> {
         self.guard(&"sethostname")?;
         sys::set_hostname(name)

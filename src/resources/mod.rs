@@ -156,7 +156,10 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
     vec![
         Box::new(hostname::Hostname::new(&cfg.hostname)),
         Box::new(users::Users::new(&cfg.users, ctx)),
-        Box::new(sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0, ctx)),
+        Box::new(
+            sshd::Sshd::new(&cfg.sshd, &cfg.users.name.0, ctx)
+                .with_operator_ips(&cfg.access.operator_ips),
+        ),
         Box::new(deploy_key::DeployKey::new(&cfg.deploy_key, &cfg.users)),
         Box::new(ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)),
         Box::new(

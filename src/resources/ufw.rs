@@ -571,7 +571,7 @@ impl Resource for Ufw {
             Step::Reload => 7,
         };
         if s.enabled {
-            crate::resources::sshd::mark_pending(host, Path::new(RELOAD_PENDING))?;
+            host.write_marker(Path::new(RELOAD_PENDING))?;
         }
         let mut steps: Vec<&Step> = steps.iter().collect();
         steps.sort_by_key(|s| order(s));

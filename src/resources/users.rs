@@ -982,7 +982,7 @@ mod tests {
             ssh_client: Some("192.0.2.50".parse().unwrap()),
             ..RunContext::default()
         };
-        let mut r = Users::new(
+        let r = Users::new(
             &UsersSettings {
                 authorized_keys: vec![AuthorizedKey(K1.into())],
                 exclusive_keys: true,
@@ -991,7 +991,6 @@ mod tests {
             },
             &ctx,
         );
-        r.cfg.exclusive_keys = true;
         let mut s = converged(&r);
         s.session_key = key;
         (r, s)

@@ -8,6 +8,7 @@
 
 pub mod apt_repo;
 pub mod report;
+pub mod ssh;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;

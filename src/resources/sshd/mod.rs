@@ -51,6 +51,8 @@ pub struct Sshd {
     /// The managed user: `sshd -T` is evaluated for a connection as this user.
     user: String,
     ctx: RunContext,
+    /// Where the lock-out guard judges a login from when this run did not come over SSH.
+    operator_ips: Vec<std::net::IpAddr>,
 }
 
 impl Sshd {
@@ -59,6 +61,26 @@ impl Sshd {
             cfg: cfg.clone(),
             user: user.to_string(),
             ctx: ctx.clone(),
+            operator_ips: Vec::new(),
+        }
+    }
+
+    pub fn with_operator_ips(mut self, ips: &[std::net::IpAddr]) -> Self {
+        self.operator_ips = ips.to_vec();
+        self
+    }
+
+    /// The client addresses a login is judged from: this session's, else the operators'
+    /// and a public one (a timer run must not refuse an AllowUsers deploy@OFFICE that lets
+    /// the office in).
+    fn judge_from(&self) -> Vec<std::net::IpAddr> {
+        match self.ctx.ssh_client {
+            Some(a) => vec![a],
+            None => {
+                let mut v = self.operator_ips.clone();
+                v.push(PUBLIC_PROBE.parse().expect("a valid address"));
+                v
+            }
         }
     }
 
@@ -795,8 +817,13 @@ impl Resource for Sshd {
             }
             return Ok(());
         }
-        validate_candidate(host, s, &files, &self.logins_to_judge(s), &self.ctx).await?;
-        mark_reload_pending(host)?;
+        let judge = Judge {
+            logins: self.logins_to_judge(s),
+            from: self.judge_from(),
+            link: self.ctx.ssh_link.clone(),
+        };
+        validate_candidate(host, s, &files, &judge).await?;
+        host.write_marker(Path::new(RELOAD_PENDING))?;
         let mut previous: Vec<(PathBuf, Option<String>)> = Vec::new();
         for (path, content) in &files {
             previous.push((path.clone(), host.read_text(path)?));
@@ -923,8 +950,7 @@ async fn validate_candidate(
     host: &Host,
     s: &State,
     files: &[(PathBuf, String)],
-    logins: &[&KeyUser],
-    ctx: &RunContext,
+    judge: &Judge<'_>,
 ) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("sapari-agent-sshd.")
@@ -976,73 +1002,66 @@ async fn validate_candidate(
             unmask(&out.stderr).trim()
         );
     }
-    admit_someone(host, &main_arg, logins, ctx)
+    admit_someone(host, &main_arg, judge)
         .await
         .map_err(|e| anyhow::anyhow!("{}", unmask(&e.to_string())))
 }
 
+/// Who the lock-out guard asks sshd about, and from where.
+struct Judge<'a> {
+    /// Keyed sudo members, this session's user first.
+    logins: Vec<&'a KeyUser>,
+    from: Vec<std::net::IpAddr>,
+    link: Option<crate::resources::SshLink>,
+}
+
 /// The lock-out guard, judged by sshd itself: `sshd -T` of the candidate for each keyed
-/// sudo member (this session's user first), from this session's address when there is
-/// one; refused unless one of them would be let in with a key.
-async fn admit_someone(
-    host: &Host,
-    main: &str,
-    logins: &[&KeyUser],
-    ctx: &RunContext,
-) -> Result<()> {
-    let addr = ctx
-        .ssh_client
-        .unwrap_or_else(|| PUBLIC_PROBE.parse().expect("a valid address"));
-    let (laddr, lport) = ctx.ssh_link.as_ref().map_or_else(
+/// sudo member from each address to judge; refused unless one of them would be let in
+/// with a key.
+async fn admit_someone(host: &Host, main: &str, judge: &Judge<'_>) -> Result<()> {
+    let (laddr, lport) = judge.link.as_ref().map_or_else(
         || ("0.0.0.0".to_string(), 22),
         |l| (l.server.to_string(), l.server_port),
     );
     let mut refusals = Vec::new();
-    for u in logins {
-        let spec = format!(
-            "user={},addr={addr},host={addr},laddr={laddr},lport={lport}",
-            u.name
-        );
-        let out = host
-            .query(&Cmd::new("sshd").args(["-T", "-f", main, "-C", &spec]))
-            .await?;
-        if out.status != 0 {
-            refusals.push(format!("{}: sshd -T failed: {}", u.name, out.stderr.trim()));
-            continue;
-        }
-        let login = admission::Login {
-            user: &u.name,
-            groups: &u.groups,
-            addr,
-            key_algorithms: &u.key_algorithms,
-        };
-        match admission::refusal(&parse_effective(&out.stdout), &login) {
-            None => return Ok(()),
-            Some(why) => refusals.push(format!("{}: {why}", u.name)),
+    for u in &judge.logins {
+        for &addr in &judge.from {
+            let spec = format!(
+                "user={},addr={addr},host={addr},laddr={laddr},lport={lport}",
+                u.name
+            );
+            let out = host
+                .query(&Cmd::new("sshd").args(["-T", "-f", main, "-C", &spec]))
+                .await?;
+            if out.status != 0 {
+                refusals.push(format!(
+                    "{} from {addr}: sshd -T failed: {}",
+                    u.name,
+                    out.stderr.trim()
+                ));
+                continue;
+            }
+            let login = admission::Login {
+                user: &u.name,
+                groups: &u.groups,
+                addr,
+                key_algorithms: &u.key_algorithms,
+            };
+            match admission::refusal(&parse_effective(&out.stdout), &login) {
+                None => return Ok(()),
+                Some(why) => refusals.push(format!("{} from {addr}: {why}", u.name)),
+            }
         }
     }
     if refusals.is_empty() {
         bail!(
-            "refusing to change sshd: no non-root member of group sudo has a valid key, so nobody could log in afterwards; nothing was installed"
+            "refusing to change sshd: no non-root member of group sudo has a valid key, so nobody could log in afterwards. Add one (users.authorized_keys) and converge again; nothing was installed"
         );
     }
     bail!(
-        "refusing to change sshd: with the new configuration sshd would let none of the keyed sudo users in from {addr} ({}). Fix the sshd settings in agent.toml (e.g. sshd.allow_users) or the file named; nothing was installed and sshd was not reloaded",
+        "refusing to change sshd: with the new configuration sshd would let none of the keyed sudo users in ({}). Fix the sshd settings in agent.toml (e.g. sshd.allow_users) or the file named; nothing was installed and sshd was not reloaded",
         refusals.join("; ")
     )
-}
-
-/// Before the first file is written (see [`RELOAD_PENDING`]).
-fn mark_reload_pending(host: &Host) -> Result<()> {
-    mark_pending(host, Path::new(RELOAD_PENDING))
-}
-
-/// A "written but not loaded yet" marker, for sshd and ufw alike.
-pub fn mark_pending(host: &Host, marker: &Path) -> Result<()> {
-    if let Some(dir) = marker.parent() {
-        host.ensure_dir(dir, FileSpec::root(0o700))?;
-    }
-    host.write(marker, b"", FileSpec::root(0o600), false)
 }
 
 fn units_cmd() -> Cmd {
@@ -1416,5 +1435,23 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    #[test]
+    fn a_run_without_ssh_judges_logins_from_the_operators_and_a_public_address() {
+        let op: std::net::IpAddr = "192.0.2.50".parse().unwrap();
+        let r = res().with_operator_ips(&[op]);
+        assert_eq!(r.judge_from(), vec![op, PUBLIC_PROBE.parse().unwrap()]);
+        let client: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        let over_ssh = Sshd::new(
+            &SshdSettings::default(),
+            "deploy",
+            &RunContext {
+                ssh_client: Some(client),
+                ..RunContext::default()
+            },
+        )
+        .with_operator_ips(&[op]);
+        assert_eq!(over_ssh.judge_from(), vec![client]);
     }
 }
