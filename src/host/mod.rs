@@ -3,12 +3,18 @@
 //! bug in a resource cannot turn a plan into a converge.
 
 pub mod accounts;
+pub mod apt;
 pub mod command;
+pub mod compose;
 pub mod crash;
 pub mod files;
+pub mod http;
+pub mod iptables;
 pub mod nft;
 pub mod sockets;
+pub mod state_dir;
 pub mod sys;
+pub mod systemctl;
 pub mod systemd;
 pub mod userdir;
 

@@ -1,0 +1,1 @@
+//! Interface to `docker compose` / `docker-compose` (filled in by the apt facility work).

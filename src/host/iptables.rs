@@ -1,0 +1,1 @@
+//! Interface to `iptables-save` / `iptables-restore` (filled in by the firewall split).

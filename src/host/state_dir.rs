@@ -1,0 +1,1 @@
+//! The agent's state directory, `/var/lib/sapari-agent` (filled in by the state-dir work).

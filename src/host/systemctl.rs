@@ -1,0 +1,1 @@
+//! Interface to `systemctl` (filled in by the systemctl facility work).
