@@ -1075,7 +1075,7 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_equals_defaults_plus_ip() {
-        let text = include_str!("../examples/agent.toml");
+        let text = include_str!("../../examples/agent.toml");
         let c = parse(text, None).unwrap();
         let mut d = Config::default();
         d.access.operator_ips = c.access.operator_ips.clone();
