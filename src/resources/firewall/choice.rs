@@ -7,7 +7,7 @@ use super::lists::{self, Family, LastGood, Stored};
 use super::rules::{self, Rule};
 use super::{
     FamilyState, Fetched, Firewall, ListChoice, PROC_ROUTE_V4, PROC_ROUTE_V6, Source, State, Step,
-    snapshot,
+    builtin_lists,
 };
 
 fn stored_words(s: &Stored) -> String {
@@ -53,8 +53,8 @@ impl Firewall {
         };
         let built_in = || {
             let text = match fam {
-                Family::V4 => snapshot::V4,
-                Family::V6 => snapshot::V6,
+                Family::V4 => builtin_lists::V4,
+                Family::V6 => builtin_lists::V6,
             };
             lists::parse_list(text, fam, usize::MAX).expect("the built-in lists are valid")
         };

@@ -11,11 +11,13 @@
 pub mod lists;
 mod lock;
 pub use lock::{Loaded, ShownOrigin, observe_origin};
+pub mod builtin_lists;
 mod choice;
 pub mod origin;
 pub mod rules;
 mod show;
-pub mod snapshot;
+// The old name, for lists.rs until it says `builtin_lists` itself.
+use builtin_lists as snapshot;
 pub use show::{Shown, ShownList, Verdict, render_show};
 
 use std::path::{Path, PathBuf};

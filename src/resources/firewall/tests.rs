@@ -20,8 +20,8 @@ fn fw() -> Firewall {
 
 fn cf(fam: Family) -> Vec<IpNet> {
     let t = match fam {
-        Family::V4 => snapshot::V4,
-        Family::V6 => snapshot::V6,
+        Family::V4 => builtin_lists::V4,
+        Family::V6 => builtin_lists::V6,
     };
     lists::parse_list(t, fam, 1000).unwrap()
 }
@@ -615,7 +615,7 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
             )
         };
         match path {
-            "/ips-v4" => ok(snapshot::V4),
+            "/ips-v4" => ok(builtin_lists::V4),
             "/html" => ok("<!DOCTYPE html>\n<html>Just a moment...</html>\n"),
             "/private" => ok("173.245.48.0/20\n10.0.0.0/8\n"),
             "/to-http" => redirect(format!("http://127.0.0.1:{port}/ips-v4")),
