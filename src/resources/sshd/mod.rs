@@ -19,6 +19,7 @@ use crate::resources::{Name, RunContext};
 mod admission;
 mod config_text;
 mod effective;
+mod plan;
 mod validate;
 
 pub use config_text::{
@@ -355,148 +356,14 @@ impl Resource for Sshd {
     }
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
+        let main = Self::preconditions(s)?;
         let mut plan = Plan::default();
-        if !s.sshd_installed {
-            bail!("sshd is not installed (apt-get install openssh-server)");
-        }
-        let Some(main) = &s.main else {
-            bail!("{SSHD_CONFIG} is missing; reinstall openssh-server");
-        };
-        if let Effective::Invalid(msg) = &s.effective {
-            bail!(
-                "the sshd configuration on disk does not validate, so nothing was changed and sshd was not reloaded: {msg}; fix or remove the file it names"
-            );
-        }
-        if !s.privsep_dir {
-            plan.steps.push(Step::PrivsepDir);
-        }
-        if !s.has_ed25519_key {
-            plan.steps.push(Step::HostKey);
-        }
-        if let Some(m) = &s.moduli {
-            let (new, removed) = strong_moduli(m);
-            if removed > 0 {
-                plan.steps.push(Step::Moduli { removed, new });
-            }
-        }
-        let mut config_changes = false;
-        let main_new = if has_include(main) {
-            main.clone()
-        } else {
-            config_changes = true;
-            let new = format!("{INCLUDE_LINE}\n{main}");
-            plan.steps.push(Step::AddInclude {
-                old: main.clone(),
-                new: new.clone(),
-            });
-            new
-        };
-        let ours = self.drop_in_path().display().to_string();
-        let want = self.drop_in_content(s.has_rsa_key);
-        let mut drop_ins = s.drop_ins.clone();
-        let current = drop_ins
-            .iter()
-            .find(|(n, _)| *n == self.cfg.drop_in.0)
-            .map(|(_, t)| t.clone());
-        if current.as_deref() != Some(want.as_str()) {
-            match drop_ins.iter_mut().find(|(n, _)| *n == self.cfg.drop_in.0) {
-                Some((_, t)) => *t = want.clone(),
-                None => {
-                    drop_ins.push((self.cfg.drop_in.0.clone(), want.clone()));
-                    drop_ins.sort();
-                }
-            }
-        }
-        let settings = self.settings();
-        let found = overrides(&read_order(&main_new, &drop_ins), &ours, &settings);
-        if !found.is_empty() && !self.cfg.neutralize_overrides {
-            let list: Vec<String> = found
-                .iter()
-                .map(|(f, k, v)| format!("{k} {v} in {f}"))
-                .collect();
-            bail!(
-                "settings read before {ours} would override the hardening: {}; remove them, or set sshd.neutralize_overrides = true to let the agent comment them out. Nothing was changed",
-                list.join("; ")
-            );
-        }
-        let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (f, k, _) in &found {
-            by_file.entry(f.clone()).or_default().push(k.clone());
-        }
-        for (file, keys) in by_file {
-            let old = if file == SSHD_CONFIG {
-                main_new.clone()
-            } else {
-                let name = file.rsplit('/').next().unwrap_or("");
-                drop_ins
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, t)| t.clone())
-                    .unwrap_or_default()
-            };
-            let new = neutralize(&old, &keys);
-            config_changes = true;
-            plan.steps.push(Step::Neutralize {
-                file,
-                old,
-                new,
-                settings: keys,
-            });
-        }
-        if current.as_deref() != Some(want.as_str()) {
-            config_changes = true;
-            plan.steps.push(Step::WriteDropIn {
-                old: current,
-                new: want,
-            });
-        }
-        if config_changes {
-            if s.key_users.is_empty() {
-                bail!(
-                    "refusing to turn off password and root login: no non-root member of group sudo has a valid key in ~/.ssh/authorized_keys, so nobody could log in afterwards. Add one (users.authorized_keys, or users.import_root_keys with keys in /root/.ssh/authorized_keys) and converge again; sshd was left untouched"
-                );
-            }
-            plan.steps.push(Step::Reload);
-        } else if !self.effective_mismatches(s).is_empty() {
-            let mismatches = self.effective_mismatches(s);
-            let list: Vec<String> = mismatches
-                .iter()
-                .map(|(k, got, want)| {
-                    let files = files_setting(s, k, got);
-                    let set_in = if files.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (set in {})", files.join(", "))
-                    };
-                    format!("{k} is {got:?}, wanted {want:?}{set_in}")
-                })
-                .collect();
-            bail!(
-                "sshd -T reports values other than {ours} sets: {}; look for Match blocks or Include lines elsewhere in {ETC_SSH}",
-                list.join("; ")
-            );
-        } else if s.reload_pending {
-            plan.steps.push(Step::Reload);
-            plan.notes.push(format!(
-                "a previous run wrote sshd's configuration but was stopped before reloading sshd ({RELOAD_PENDING} is there): reloading now, so the running daemon uses what the files say"
-            ));
-        }
-        for (file, key) in match_block_settings(main, &s.drop_ins, &settings) {
-            plan.notes.push(format!(
-                "{file} sets {key} inside a Match block: connections it matches may get another value than {ours} sets (checked for 127.0.0.1 and {PUBLIC_PROBE} only)"
-            ));
-        }
-        if let Some(u) = &s.unit {
-            plan.notes.push(format!(
-                "sshd runs as {}{}",
-                u.id,
-                if s.socket_active {
-                    " (socket-activated)"
-                } else {
-                    ""
-                }
-            ));
-        }
+        plan.steps.extend(Self::plan_prerequisites(s));
+        let config = self.plan_config(s, main)?;
+        let config_changes = !config.is_empty();
+        plan.steps.extend(config);
+        self.plan_reload(s, config_changes, &mut plan)?;
+        self.plan_notes(s, main, &mut plan);
         Ok(plan)
     }
 
