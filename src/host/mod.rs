@@ -388,6 +388,49 @@ impl Host {
     }
 }
 
+/// A private directory under [`CANDIDATE_PREFIX`] where a configuration made of several
+/// files (sshd's main file and its drop-ins) is assembled for its validator to judge as a
+/// whole. Nothing in it is ever installed; it is removed when dropped.
+#[derive(Debug)]
+pub struct CandidateTree {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// An empty [`CandidateTree`]. Refused in a read-only run like every change, but without
+    /// a crash point: the tree is private, and a run killed while it exists left nothing
+    /// installed, so the next candidate's stale-directory cleanup is all it needs.
+    pub fn candidate_tree(&self) -> Result<CandidateTree> {
+        if self.access == Access::ReadOnly {
+            bail!(
+                "internal error: attempted to change the system (candidate tree) in a read-only run"
+            );
+        }
+        files::remove_stale_dirs(&std::env::temp_dir(), CANDIDATE_PREFIX);
+        // The caller names what the directory was for.
+        let dir = tempfile::Builder::new()
+            .prefix(CANDIDATE_PREFIX)
+            .tempdir()?;
+        Ok(CandidateTree { dir })
+    }
+}
+
+impl CandidateTree {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Create the directory `rel` (relative to the tree; its parent must exist).
+    pub fn create_dir(&self, rel: &Path) -> std::io::Result<()> {
+        std::fs::create_dir(self.dir.path().join(rel))
+    }
+
+    /// Write the file `rel` (relative to the tree) with the default mode.
+    pub fn write(&self, rel: &Path, content: &[u8]) -> std::io::Result<()> {
+        std::fs::write(self.dir.path().join(rel), content)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -319,3 +319,37 @@ fn a_run_without_ssh_judges_logins_from_the_operators_and_a_public_address() {
     .with_operator_ips(&[op]);
     assert_eq!(over_ssh.judge_from(), vec![client]);
 }
+
+#[test]
+fn candidate_tree_holds_the_configuration_as_it_will_be() {
+    use crate::host::{Access, CANDIDATE_PREFIX};
+    let r = res();
+    let s = converged(&r);
+    assert!(Host::new(Access::ReadOnly).candidate_tree().is_err());
+    let tree = Host::new(Access::ReadWrite).candidate_tree().unwrap();
+    let dir = tree.path().to_path_buf();
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(CANDIDATE_PREFIX), "{name}");
+    let files = vec![
+        (
+            PathBuf::from("/etc/ssh/sshd_config.d/50-cloud-init.conf"),
+            "# neutralized\n".to_string(),
+        ),
+        (
+            PathBuf::from("/etc/ssh/sshd_config.d/60-new.conf"),
+            "X11Forwarding no\n".to_string(),
+        ),
+    ];
+    let main = validate::assemble(&tree, &s, &files).unwrap();
+    assert_eq!(main, dir.join("sshd_config"));
+    let text = std::fs::read_to_string(&main).unwrap();
+    let include = format!("Include {}/sshd_config.d/*.conf\n", dir.display());
+    assert!(text.starts_with(&include), "{text}");
+    assert!(text.ends_with("Subsystem sftp /usr/lib/openssh/sftp-server\n"));
+    let read = |n: &str| std::fs::read_to_string(dir.join("sshd_config.d").join(n)).unwrap();
+    assert_eq!(read("10-sapari-agent.conf"), r.drop_in_content(true));
+    assert_eq!(read("50-cloud-init.conf"), "# neutralized\n");
+    assert_eq!(read("60-new.conf"), "X11Forwarding no\n");
+    drop(tree);
+    assert!(!dir.exists(), "candidate tree left behind");
+}

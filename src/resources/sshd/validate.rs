@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use super::config_text::{includes_drop_dir, split_line};
 use super::effective::parse_effective;
 use super::{DROP_DIR, KeyUser, SSHD_CONFIG, Sshd, State, Unit, admission};
-use crate::host::{Cmd, Host, systemd};
+use crate::host::{CandidateTree, Cmd, Host, systemd};
 
 /// Pick the sshd unit from `systemctl show -p Id -p LoadState -p ActiveState ssh.service
 /// sshd.service ssh.socket` (blocks separated by blank lines).
@@ -52,46 +52,19 @@ impl Sshd {
 
 /// Validate the configuration as it will be after the change, before installing any file:
 /// the candidate tree (main file, every drop-in, our new files) is assembled in a private
-/// directory with the Include pointed at it, and `sshd -t -f` judges it.
+/// directory ([`Host::candidate_tree`]) with the Include pointed at it, and `sshd -t -f`
+/// judges it.
 pub(super) async fn validate_candidate(
     host: &Host,
     s: &State,
     files: &[(PathBuf, String)],
     judge: &Judge<'_>,
 ) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("sapari-agent-sshd.")
-        .tempdir()
+    let tree = host
+        .candidate_tree()
         .context("cannot create a temporary directory for the sshd candidate")?;
-    let drop = dir.path().join("sshd_config.d");
-    std::fs::create_dir(&drop)?;
-    let replaced = |p: &Path| files.iter().find(|(f, _)| f == p).map(|(_, c)| c.clone());
-    for (name, text) in &s.drop_ins {
-        let p = Path::new(DROP_DIR).join(name);
-        std::fs::write(
-            drop.join(name),
-            replaced(&p).unwrap_or_else(|| text.clone()),
-        )?;
-    }
-    for (path, content) in files {
-        if path.parent() == Some(Path::new(DROP_DIR)) {
-            std::fs::write(drop.join(path.file_name().unwrap_or_default()), content)?;
-        }
-    }
-    let main = replaced(Path::new(SSHD_CONFIG))
-        .or_else(|| s.main.clone())
-        .unwrap_or_default();
-    let pattern = format!("{}/*.conf", drop.display());
-    let main: String = main
-        .lines()
-        .map(|l| match split_line(l) {
-            Some((k, v)) if k == "include" && includes_drop_dir(&v) => format!("Include {pattern}"),
-            _ => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let main_path = dir.path().join("sshd_config");
-    std::fs::write(&main_path, main + "\n")?;
+    let main_path = assemble(&tree, s, files)?;
+    let drop = tree.path().join("sshd_config.d");
     let main_arg = main_path.to_string_lossy().into_owned();
     let unmask =
         |text: &str| text.replace(&format!("{}/", drop.display()), &format!("{DROP_DIR}/"));
@@ -112,6 +85,48 @@ pub(super) async fn validate_candidate(
     admit_someone(host, &main_arg, judge)
         .await
         .map_err(|e| anyhow::anyhow!("{}", unmask(&e.to_string())))
+}
+
+/// Write the candidate into `tree`: `sshd_config.d/` with every drop-in as it will be, and
+/// `sshd_config` with its Include pointed there. Returns the main file's path.
+pub(super) fn assemble(
+    tree: &CandidateTree,
+    s: &State,
+    files: &[(PathBuf, String)],
+) -> Result<PathBuf> {
+    let drop_rel = Path::new("sshd_config.d");
+    tree.create_dir(drop_rel)?;
+    let replaced = |p: &Path| files.iter().find(|(f, _)| f == p).map(|(_, c)| c.clone());
+    for (name, text) in &s.drop_ins {
+        let p = Path::new(DROP_DIR).join(name);
+        tree.write(
+            &drop_rel.join(name),
+            replaced(&p).unwrap_or_else(|| text.clone()).as_bytes(),
+        )?;
+    }
+    for (path, content) in files {
+        if path.parent() == Some(Path::new(DROP_DIR)) {
+            tree.write(
+                &drop_rel.join(path.file_name().unwrap_or_default()),
+                content.as_bytes(),
+            )?;
+        }
+    }
+    let main = replaced(Path::new(SSHD_CONFIG))
+        .or_else(|| s.main.clone())
+        .unwrap_or_default();
+    let pattern = format!("{}/*.conf", tree.path().join(drop_rel).display());
+    let main: String = main
+        .lines()
+        .map(|l| match split_line(l) {
+            Some((k, v)) if k == "include" && includes_drop_dir(&v) => format!("Include {pattern}"),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let main_rel = Path::new("sshd_config");
+    tree.write(main_rel, (main + "\n").as_bytes())?;
+    Ok(tree.path().join(main_rel))
 }
 
 /// Who the lock-out guard asks sshd about, and from where.
