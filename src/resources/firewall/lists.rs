@@ -12,6 +12,8 @@ use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::host::http;
+
 /// Redirects followed (https -> https only) before a fetch is given up.
 pub const MAX_REDIRECTS: usize = 3;
 
@@ -489,8 +491,8 @@ pub fn list_diff(old: &[IpNet], new: &[IpNet]) -> String {
 /// A reqwest error without its own top line ("error sending request for url (...)", which
 /// repeats the URL): the useful part (connection refused, unknown issuer, our redirect
 /// refusal) is in the sources.
-fn request_error(e: &reqwest::Error) -> String {
-    let detail = crate::request_error(e);
+fn request_error(e: &http::Error) -> String {
+    let detail = http::request_error(e);
     if e.is_timeout() {
         format!("timed out (firewall.fetch_timeout): {detail}")
     } else {
@@ -502,56 +504,35 @@ fn request_error(e: &reqwest::Error) -> String {
 
 /// An HTTPS client for the lists: https only (a redirect to http is an error), at most
 /// `MAX_REDIRECTS` redirects, a total time limit, the system roots plus `ca_pem`.
-pub fn client(
-    timeout: Duration,
-    ca_pem: Option<(&Path, &[u8])>,
-) -> Result<reqwest::Client, String> {
-    let policy = reqwest::redirect::Policy::custom(|attempt| {
-        if attempt.url().scheme() != "https" {
-            let to = attempt.url().to_string();
-            attempt.error(format!("refusing redirect to non-HTTPS {to}"))
-        } else if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
-        } else {
-            attempt.follow()
-        }
-    });
-    let mut b = reqwest::Client::builder()
-        .https_only(true)
-        .redirect(policy)
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .user_agent(concat!("sapari-agent/", env!("CARGO_PKG_VERSION")));
+pub fn client(timeout: Duration, ca_pem: Option<(&Path, &[u8])>) -> Result<http::Client, String> {
+    let mut opts = http::Options::download(timeout, timeout, MAX_REDIRECTS);
     if let Some((path, pem)) = ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-            format!(
+        opts = opts.with_roots_pem(pem).map_err(|e| match e {
+            http::CaError::Unreadable(e) => format!(
                 "firewall.ca_file {}: {}",
                 path.display(),
-                crate::error_chain(&e)
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(format!(
+                http::error_chain(&e)
+            ),
+            http::CaError::Empty => format!(
                 "firewall.ca_file {}: no PEM certificate in it",
                 path.display()
-            ));
-        }
-        b = b.tls_certs_merge(certs);
+            ),
+        })?;
     }
-    b.build()
-        .map_err(|e| format!("cannot set up the HTTPS client: {}", crate::error_chain(&e)))
+    http::Client::new(&opts)
+        .map_err(|e| format!("cannot set up the HTTPS client: {}", http::error_chain(&e)))
 }
 
 /// Fetch and validate one list. The error says what went wrong and where, ready to be
 /// followed by what the agent does instead.
 pub async fn fetch(
-    client: &reqwest::Client,
+    client: &http::Client,
     url: &str,
     family: Family,
     max_bytes: u64,
     max_entries: usize,
 ) -> Result<Vec<IpNet>, String> {
-    let parsed = reqwest::Url::parse(url)
+    let parsed = http::Url::parse(url)
         .map_err(|e| format!("{} `{url}` is not a URL: {e}", family.url_key()))?;
     if parsed.scheme() != "https" {
         return Err(format!(
@@ -559,46 +540,29 @@ pub async fn fetch(
             family.url_key()
         ));
     }
-    let mut resp = client
-        .get(parsed)
-        .send()
+    let body = client
+        .get_capped(url, max_bytes)
         .await
-        .map_err(|e| format!("cannot fetch {url}: {}", request_error(&e)))?;
-    let final_url = resp.url().to_string();
-    let from = if final_url == url {
-        url.to_string()
-    } else {
-        format!("{url} (redirected to {final_url})")
-    };
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("{from} answered HTTP {status}"));
-    }
-    if let Some(len) = resp.content_length()
-        && len > max_bytes
-    {
-        return Err(format!(
-            "{from} announced {len} bytes, more than firewall.max_list_bytes ({max_bytes})"
-        ));
-    }
-    let mut body: Vec<u8> = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) => {
-                if (body.len() + c.len()) as u64 > max_bytes {
-                    return Err(format!(
-                        "{from} sent more than firewall.max_list_bytes ({max_bytes} bytes)"
-                    ));
-                }
-                body.extend_from_slice(&c);
-            }
-            Ok(None) => break,
-            Err(e) => return Err(format!("cannot read {from}: {}", request_error(&e))),
-        }
-    }
-    let text =
-        std::str::from_utf8(&body).map_err(|e| format!("{from} rejected: not UTF-8 text ({e})"))?;
+        .map_err(|e| fetch_error(url, max_bytes, e))?;
+    let from = body.from;
+    let text = std::str::from_utf8(&body.bytes)
+        .map_err(|e| format!("{from} rejected: not UTF-8 text ({e})"))?;
     parse_list(text, family, max_entries).map_err(|e| format!("{from} rejected: {e}"))
+}
+
+fn fetch_error(url: &str, max_bytes: u64, e: http::FetchError) -> String {
+    use http::FetchError as F;
+    match e {
+        F::Send(e) => format!("cannot fetch {url}: {}", request_error(&e)),
+        F::Status { from, status } => format!("{from} answered HTTP {status}"),
+        F::Announced { from, len } => {
+            format!("{from} announced {len} bytes, more than firewall.max_list_bytes ({max_bytes})")
+        }
+        F::TooLong { from } => {
+            format!("{from} sent more than firewall.max_list_bytes ({max_bytes} bytes)")
+        }
+        F::Read { from, error } => format!("cannot read {from}: {}", request_error(&error)),
+    }
 }
 
 #[cfg(test)]
