@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{AgentSettings, ComposeSettings, ProfileChoice};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::envcheck::{self, Severity};
-use crate::host::{Cmd, FileSpec, Host, http};
+use crate::host::{Cmd, FileSpec, Host, http, state_dir};
 use crate::resources::Name;
 use profile::{Budget, Profile};
 
@@ -29,8 +29,7 @@ const _: () = {
     let _ = crate::request_error;
 };
 
-const STATE_FILE: &str = "compose-state.json";
-const AGENT_ENV: &str = "compose.env";
+use state_dir::{COMPOSE_ENV as AGENT_ENV, COMPOSE_STATE as STATE_FILE};
 
 pub struct Compose {
     cfg: ComposeSettings,
@@ -480,13 +479,11 @@ impl Resource for Compose {
         let (agent_env, _) = self.resolve(s);
         for step in steps {
             if let Step::WriteEnv { new, .. } = step {
-                if !self.state_dir.is_dir() {
-                    std::fs::create_dir_all(&self.state_dir)?;
-                }
+                state_dir::ensure(host, &self.state_dir)?;
                 host.write(
                     &self.agent_env_path(),
                     new.as_bytes(),
-                    FileSpec::root(0o600),
+                    FileSpec::root(state_dir::COMPOSE_ENV_MODE),
                     false,
                 )?;
             }
@@ -525,7 +522,7 @@ impl Resource for Compose {
         host.write(
             &self.state_dir.join(STATE_FILE),
             serde_json::to_string_pretty(&saved)?.as_bytes(),
-            FileSpec::root(0o644),
+            FileSpec::root(state_dir::COMPOSE_STATE_MODE),
             false,
         )?;
         Ok(())

@@ -12,7 +12,7 @@ use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::host::http;
+use crate::host::{http, state_dir};
 
 /// Redirects followed (https -> https only) before a fetch is given up.
 pub const MAX_REDIRECTS: usize = 3;
@@ -402,11 +402,11 @@ pub struct ListMeta {
 }
 
 pub fn list_path(dir: &Path, family: Family) -> PathBuf {
-    dir.join(format!("cloudflare-ips-{}.txt", family.as_str()))
+    dir.join(state_dir::cloudflare_list(family.as_str()))
 }
 
 pub fn meta_path(dir: &Path, family: Family) -> PathBuf {
-    dir.join(format!("cloudflare-ips-{}.json", family.as_str()))
+    dir.join(state_dir::cloudflare_meta(family.as_str()))
 }
 
 /// The last good list read back from the state directory.
