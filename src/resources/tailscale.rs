@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::config::TailscaleSettings;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
-use crate::host::{Cmd, Host};
+use crate::host::{Cmd, Host, http};
 use crate::resources::Name;
 
 /// Tailscale's package repository signing key, as Tailscale publishes it.
@@ -288,69 +288,35 @@ impl Resource for Tailscale {
 const KEY_MAX_BYTES: usize = 64 * 1024;
 const KEY_MAX_REDIRECTS: usize = 5;
 
-/// Redirects are followed only to https: a hop to plain http would let anyone on the path
-/// choose what the download holds, whatever the first URL was.
-fn https_redirects_only() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        if attempt.url().scheme() != "https" {
-            let to = attempt.url().to_string();
-            attempt.error(format!("refusing redirect to non-HTTPS {to}"))
-        } else if attempt.previous().len() > KEY_MAX_REDIRECTS {
-            attempt.error(format!("more than {KEY_MAX_REDIRECTS} redirects"))
-        } else {
-            attempt.follow()
-        }
-    })
-}
-
 /// Everything but the https-only switch, which tests leave off to reach a loopback server.
-fn key_client_builder() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .redirect(https_redirects_only())
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(30))
-        .user_agent(concat!("sapari-agent/", env!("CARGO_PKG_VERSION")))
+fn key_client_options() -> http::Options {
+    http::Options::download(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(10),
+        KEY_MAX_REDIRECTS,
+    )
 }
 
-fn key_client() -> Result<reqwest::Client> {
-    key_client_builder()
-        .https_only(true)
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot set up the HTTPS client: {}", crate::error_chain(&e)))
+fn key_client() -> Result<http::Client> {
+    http::Client::new(&key_client_options())
+        .map_err(|e| anyhow::anyhow!("cannot set up the HTTPS client: {}", http::error_chain(&e)))
 }
 
 /// The body of `url`, refused as soon as more than `cap` bytes are announced or arrive.
-async fn fetch_capped(client: &reqwest::Client, url: &str, cap: usize) -> Result<Vec<u8>> {
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot fetch {url}: {}", crate::request_error(&e)))?;
-    let from = if resp.url().as_str() == url {
-        url.to_string()
-    } else {
-        format!("{url} (redirected to {})", resp.url())
-    };
-    let status = resp.status();
-    if !status.is_success() {
-        bail!("{from} answered HTTP {status}");
-    }
-    if let Some(len) = resp.content_length()
-        && len > cap as u64
-    {
-        bail!("{from} announced {len} bytes, more than the {cap} a signing key may have");
-    }
-    let mut body = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) => {
-                if body.len() + c.len() > cap {
-                    bail!("{from} sent more than {cap} bytes, more than a signing key may have");
-                }
-                body.extend_from_slice(&c);
-            }
-            Ok(None) => return Ok(body),
-            Err(e) => bail!("cannot read {from}: {}", crate::request_error(&e)),
+async fn fetch_capped(client: &http::Client, url: &str, cap: usize) -> Result<Vec<u8>> {
+    use http::FetchError as F;
+    match client.get_capped(url, cap as u64).await {
+        Ok(body) => Ok(body.bytes),
+        Err(F::Send(e)) => bail!("cannot fetch {url}: {}", http::request_error(&e)),
+        Err(F::Status { from, status }) => bail!("{from} answered HTTP {status}"),
+        Err(F::Announced { from, len }) => {
+            bail!("{from} announced {len} bytes, more than the {cap} a signing key may have")
+        }
+        Err(F::TooLong { from }) => {
+            bail!("{from} sent more than {cap} bytes, more than a signing key may have")
+        }
+        Err(F::Read { from, error }) => {
+            bail!("cannot read {from}: {}", http::request_error(&error))
         }
     }
 }
@@ -664,7 +630,9 @@ mod tests {
         #[tokio::test(flavor = "current_thread")]
         async fn the_download_is_capped_while_streaming() {
             let (port, _) = serve().await;
-            let client = key_client_builder().build().unwrap();
+            let client =
+                crate::host::http::Client::new(&key_client_options().allow_http_for_tests())
+                    .unwrap();
             let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
             let get = |p: &str| {
                 let (c, u) = (client.clone(), url(p));
@@ -696,7 +664,9 @@ mod tests {
         #[tokio::test(flavor = "current_thread")]
         async fn a_redirect_to_http_is_refused() {
             let (port, accepted) = serve().await;
-            let client = key_client_builder().build().unwrap();
+            let client =
+                crate::host::http::Client::new(&key_client_options().allow_http_for_tests())
+                    .unwrap();
             let url = format!("http://127.0.0.1:{port}/to-http");
             let e = fetch_capped(&client, &url, KEY_MAX_BYTES)
                 .await

@@ -18,12 +18,18 @@ use sha2::{Digest, Sha256};
 use crate::config::{AgentSettings, ComposeSettings, ProfileChoice};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::envcheck::{self, Severity};
-use crate::host::{Cmd, FileSpec, Host};
+use crate::host::{Cmd, FileSpec, Host, http, state_dir};
 use crate::resources::Name;
 use profile::{Budget, Profile};
 
-const STATE_FILE: &str = "compose-state.json";
-const AGENT_ENV: &str = "compose.env";
+// Transitional, for the merge of issue #13: every caller now uses `host::http`'s copies of
+// these; lib.rs's go when it is rewritten, and this line with them.
+const _: () = {
+    let _ = crate::error_chain;
+    let _ = crate::request_error;
+};
+
+use state_dir::{COMPOSE_ENV as AGENT_ENV, COMPOSE_STATE as STATE_FILE};
 
 pub struct Compose {
     cfg: ComposeSettings,
@@ -211,6 +217,164 @@ impl Compose {
     }
 }
 
+impl Compose {
+    /// The operator's env file and the compose command, or `None` with a note when there
+    /// is nothing to manage yet; an error when the project is there but incomplete.
+    fn inputs<'a>(
+        &self,
+        s: &'a State,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<(&'a str, Flavor)>> {
+        if !self.cfg.enabled {
+            notes.push("compose management disabled (compose.enabled = false)".into());
+            return Ok(None);
+        }
+        let dir = self.dir().display();
+        if !s.project {
+            notes.push(format!(
+                "{dir} does not exist yet: clone the application there (runbook Phase 3.1), then converge"
+            ));
+            return Ok(None);
+        }
+        if s.compose_text.is_none() {
+            bail!(
+                "{dir}/{} is missing (compose.compose_file)",
+                self.cfg.compose_file
+            );
+        }
+        let Some(env_text) = &s.env_text else {
+            bail!(
+                "{dir}/{} is missing: copy backend/.env.production.example there and fill in every value (runbook Phase 3.1)",
+                self.cfg.env_file
+            );
+        };
+        let Some(flavor) = s.flavor else {
+            bail!(
+                "no compose command: neither `docker compose` nor `docker-compose` answers (the docker resource installs it)"
+            );
+        };
+        Ok(Some((env_text, flavor)))
+    }
+
+    /// Limits Docker would refuse, or that the box cannot hold, stop the plan; CPU
+    /// oversubscription is only a note.
+    fn check_budget(&self, budget: &Budget, notes: &mut Vec<String>) -> Result<()> {
+        if budget.memory_overcommitted() {
+            bail!(
+                "memory limits add up to {:.2} GiB, more than this box's {:.2} GiB minus {} headroom: lower them in [compose.overrides] or compose.profile; no container was changed",
+                budget.memory_total as f64 / (1u64 << 30) as f64,
+                budget.box_memory as f64 / (1u64 << 30) as f64,
+                self.cfg.memory_headroom
+            );
+        }
+        let too_wide = budget.cpu_limit_above_box();
+        if !too_wide.is_empty() {
+            let list: Vec<String> = too_wide
+                .iter()
+                .map(|l| format!("{} {:.2}", l.group, l.cpus.unwrap_or_default()))
+                .collect();
+            bail!(
+                "CPU limits above this box's {} vCPUs, which Docker refuses to create: {}; lower the *_CPUS values in [compose.overrides] or pick another compose.profile; no container was changed",
+                budget.box_cpus,
+                list.join(", ")
+            );
+        }
+        if budget.cpu_oversubscribed() {
+            notes.push(format!(
+                "CPU limits add up to {:.2} for {} vCPUs (oversubscribed; the runbook accepts this on shared vCPUs)",
+                budget.cpus_total, budget.box_cpus
+            ));
+        }
+        Ok(())
+    }
+
+    /// The production security check, over what compose will actually use.
+    fn check_env(&self, env_text: &str, agent_env: &str, notes: &mut Vec<String>) -> Result<()> {
+        let operator = envcheck::parse(env_text);
+        // Only keys whose value the agent actually changes are worth a line.
+        let shadowed: Vec<String> = envcheck::parse(agent_env)
+            .vars
+            .into_iter()
+            .filter(|(k, v)| operator.get(k).is_some_and(|o| o != v))
+            .map(|(k, _)| k)
+            .collect();
+        if !shadowed.is_empty() {
+            let names: Vec<&str> = shadowed.iter().map(String::as_str).collect();
+            notes.push(format!(
+                "set in {} but overridden by the agent's values (use [compose.overrides] to change them): {}",
+                self.cfg.env_file,
+                names.join(", ")
+            ));
+        }
+        // What compose uses: v2 reads `--env-file <env_file> --env-file compose.env` into
+        // one map, the later file winning (v1 gets compose.env in its process environment,
+        // which also wins), so the check runs over that merge, not the operator's file alone.
+        let merged = envcheck::parse_files(&[
+            (self.cfg.env_file.as_str(), env_text),
+            (AGENT_ENV, agent_env),
+        ]);
+        let findings = envcheck::check(&merged);
+        let fails: Vec<String> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Fail)
+            .map(|f| format!("{}: {}", f.key, f.problem))
+            .collect();
+        if !fails.is_empty() {
+            bail!(
+                "{} with the agent's values ([compose.overrides] and the profile) fails the production security check, so the stack was not started or changed: {}",
+                self.cfg.env_file,
+                fails.join("; ")
+            );
+        }
+        for f in findings.iter().filter(|f| f.severity == Severity::Warn) {
+            notes.push(format!("env warning: {}: {}", f.key, f.problem));
+        }
+        Ok(())
+    }
+
+    /// What to change: the agent's env file, the stack, caddy.
+    fn steps(&self, s: &State, agent_env: &str) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if s.agent_env.as_deref() != Some(agent_env) {
+            steps.push(Step::WriteEnv {
+                old: s.agent_env.clone(),
+                new: agent_env.to_string(),
+            });
+        }
+        let hash = self.hash(s, agent_env);
+        let stopped: Vec<&String> = s.services.difference(&s.running).collect();
+        let why = if s.saved.as_ref().is_none_or(|v| v.hash != hash) {
+            Some("configuration changed".to_string())
+        } else if s.services.is_empty() {
+            Some("no service found".to_string())
+        } else if !stopped.is_empty() {
+            Some(format!(
+                "not running: {}",
+                stopped
+                    .iter()
+                    .map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            steps.push(Step::Up { why });
+        }
+        if let (Some(saved), Some(now)) = (&s.saved, &s.caddyfile_sha256)
+            && saved
+                .caddyfile_sha256
+                .as_ref()
+                .is_some_and(|old| old != now)
+            && s.services.contains(&self.cfg.caddy_service)
+        {
+            steps.push(Step::RecreateCaddy);
+        }
+        steps
+    }
+}
+
 async fn detect(host: &Host) -> Option<Flavor> {
     if host.program_exists("docker")
         && host
@@ -236,17 +400,12 @@ fn lines(s: &str) -> BTreeSet<String> {
 }
 
 async fn health(url: &str) -> Result<u16, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+    let client = http::Client::new(&http::Options::probe(Duration::from_secs(3)))
         .map_err(|e| e.to_string())?;
     client
-        .get(url)
-        .send()
+        .status(url)
         .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| crate::request_error(&e))
+        .map_err(|e| http::request_error(&e))
 }
 
 #[async_trait]
@@ -323,36 +482,13 @@ impl Resource for Compose {
         Ok(s)
     }
 
+    /// Refusals come first, in the order an operator fixes them: missing inputs, an
+    /// override compose.env cannot hold, a budget the box cannot give, a failing security
+    /// check; only then the steps.
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("compose management disabled (compose.enabled = false)".into());
+        let Some((env_text, flavor)) = self.inputs(s, &mut plan.notes)? else {
             return Ok(plan);
-        }
-        let dir = self.dir().display();
-        if !s.project {
-            plan.notes.push(format!(
-                "{dir} does not exist yet: clone the application there (runbook Phase 3.1), then converge"
-            ));
-            return Ok(plan);
-        }
-        if s.compose_text.is_none() {
-            bail!(
-                "{dir}/{} is missing (compose.compose_file)",
-                self.cfg.compose_file
-            );
-        }
-        let Some(env_text) = &s.env_text else {
-            bail!(
-                "{dir}/{} is missing: copy backend/.env.production.example there and fill in every value (runbook Phase 3.1)",
-                self.cfg.env_file
-            );
-        };
-        let Some(flavor) = s.flavor else {
-            bail!(
-                "no compose command: neither `docker compose` nor `docker-compose` answers (the docker resource installs it)"
-            );
         };
         self.check_overrides()?;
         let (agent_env, budget) = self.resolve(s);
@@ -366,108 +502,9 @@ impl Resource for Compose {
             },
             budget.render().trim_end()
         ));
-        if budget.memory_overcommitted() {
-            bail!(
-                "memory limits add up to {:.2} GiB, more than this box's {:.2} GiB minus {} headroom: lower them in [compose.overrides] or compose.profile; no container was changed",
-                budget.memory_total as f64 / (1u64 << 30) as f64,
-                budget.box_memory as f64 / (1u64 << 30) as f64,
-                self.cfg.memory_headroom
-            );
-        }
-        let too_wide = budget.cpu_limit_above_box();
-        if !too_wide.is_empty() {
-            let list: Vec<String> = too_wide
-                .iter()
-                .map(|l| format!("{} {:.2}", l.group, l.cpus.unwrap_or_default()))
-                .collect();
-            bail!(
-                "CPU limits above this box's {} vCPUs, which Docker refuses to create: {}; lower the *_CPUS values in [compose.overrides] or pick another compose.profile; no container was changed",
-                budget.box_cpus,
-                list.join(", ")
-            );
-        }
-        if budget.cpu_oversubscribed() {
-            plan.notes.push(format!(
-                "CPU limits add up to {:.2} for {} vCPUs (oversubscribed; the runbook accepts this on shared vCPUs)",
-                budget.cpus_total, budget.box_cpus
-            ));
-        }
-        let operator = envcheck::parse(env_text);
-        // Only keys whose value the agent actually changes are worth a line.
-        let shadowed: Vec<String> = envcheck::parse(&agent_env)
-            .vars
-            .into_iter()
-            .filter(|(k, v)| operator.get(k).is_some_and(|o| o != v))
-            .map(|(k, _)| k)
-            .collect();
-        if !shadowed.is_empty() {
-            let names: Vec<&str> = shadowed.iter().map(String::as_str).collect();
-            plan.notes.push(format!(
-                "set in {} but overridden by the agent's values (use [compose.overrides] to change them): {}",
-                self.cfg.env_file,
-                names.join(", ")
-            ));
-        }
-        // What compose uses: v2 reads `--env-file <env_file> --env-file compose.env` into
-        // one map, the later file winning (v1 gets compose.env in its process environment,
-        // which also wins), so the check runs over that merge, not the operator's file alone.
-        let merged = envcheck::parse_files(&[
-            (self.cfg.env_file.as_str(), env_text),
-            (AGENT_ENV, &agent_env),
-        ]);
-        let findings = envcheck::check(&merged);
-        let fails: Vec<String> = findings
-            .iter()
-            .filter(|f| f.severity == Severity::Fail)
-            .map(|f| format!("{}: {}", f.key, f.problem))
-            .collect();
-        if !fails.is_empty() {
-            bail!(
-                "{} with the agent's values ([compose.overrides] and the profile) fails the production security check, so the stack was not started or changed: {}",
-                self.cfg.env_file,
-                fails.join("; ")
-            );
-        }
-        for f in findings.iter().filter(|f| f.severity == Severity::Warn) {
-            plan.notes
-                .push(format!("env warning: {}: {}", f.key, f.problem));
-        }
-        if s.agent_env.as_deref() != Some(agent_env.as_str()) {
-            plan.steps.push(Step::WriteEnv {
-                old: s.agent_env.clone(),
-                new: agent_env.clone(),
-            });
-        }
-        let hash = self.hash(s, &agent_env);
-        let stopped: Vec<&String> = s.services.difference(&s.running).collect();
-        let why = if s.saved.as_ref().is_none_or(|v| v.hash != hash) {
-            Some("configuration changed".to_string())
-        } else if s.services.is_empty() {
-            Some("no service found".to_string())
-        } else if !stopped.is_empty() {
-            Some(format!(
-                "not running: {}",
-                stopped
-                    .iter()
-                    .map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            plan.steps.push(Step::Up { why });
-        }
-        if let (Some(saved), Some(now)) = (&s.saved, &s.caddyfile_sha256)
-            && saved
-                .caddyfile_sha256
-                .as_ref()
-                .is_some_and(|old| old != now)
-            && s.services.contains(&self.cfg.caddy_service)
-        {
-            plan.steps.push(Step::RecreateCaddy);
-        }
+        self.check_budget(&budget, &mut plan.notes)?;
+        self.check_env(env_text, &agent_env, &mut plan.notes)?;
+        plan.steps = self.steps(s, &agent_env);
         Ok(plan)
     }
 
@@ -478,13 +515,11 @@ impl Resource for Compose {
         let (agent_env, _) = self.resolve(s);
         for step in steps {
             if let Step::WriteEnv { new, .. } = step {
-                if !self.state_dir.is_dir() {
-                    std::fs::create_dir_all(&self.state_dir)?;
-                }
+                state_dir::ensure(host, &self.state_dir)?;
                 host.write(
                     &self.agent_env_path(),
                     new.as_bytes(),
-                    FileSpec::root(0o600),
+                    FileSpec::root(state_dir::COMPOSE_ENV_MODE),
                     false,
                 )?;
             }
@@ -523,7 +558,7 @@ impl Resource for Compose {
         host.write(
             &self.state_dir.join(STATE_FILE),
             serde_json::to_string_pretty(&saved)?.as_bytes(),
-            FileSpec::root(0o644),
+            FileSpec::root(state_dir::COMPOSE_STATE_MODE),
             false,
         )?;
         Ok(())
@@ -587,260 +622,4 @@ pub async fn budget_for(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const COMPOSE: &str = "services:\n  web:\n    mem_limit: ${WEB_MEMORY:-4g}\n  caddy:\n    mem_limit: ${CADDY_MEMORY:-128m}\n";
-
-    fn env() -> String {
-        crate::envcheck::tests::GOOD.to_string()
-    }
-
-    fn res(profile: ProfileChoice) -> Compose {
-        Compose::new(
-            &ComposeSettings {
-                profile,
-                ..ComposeSettings::default()
-            },
-            &AgentSettings::default(),
-        )
-    }
-
-    fn state() -> State {
-        State {
-            project: true,
-            compose_text: Some(COMPOSE.into()),
-            env_text: Some(env()),
-            caddyfile_sha256: Some("aa".into()),
-            agent_env: None,
-            saved: None,
-            flavor: Some(Flavor::V2),
-            services: ["web", "caddy"].iter().map(|s| s.to_string()).collect(),
-            running: BTreeSet::new(),
-            box_cpus: 16,
-            box_memory: 32 << 30,
-            health: vec![],
-        }
-    }
-
-    fn converged(r: &Compose) -> State {
-        let mut s = state();
-        let (env, _) = r.resolve(&s);
-        s.saved = Some(Saved {
-            hash: r.hash(&s, &env),
-            caddyfile_sha256: Some("aa".into()),
-        });
-        s.agent_env = Some(env);
-        s.running = s.services.clone();
-        s
-    }
-
-    #[test]
-    fn first_run_writes_env_and_ups() {
-        let r = res(ProfileChoice::Cpx62);
-        let p = r.plan(&state()).unwrap();
-        assert!(
-            matches!(&p.steps[0], Step::WriteEnv { new, .. } if new.contains("WEB_MEMORY=6g\n"))
-        );
-        assert!(matches!(&p.steps[1], Step::Up { .. }));
-        assert!(
-            p.notes[0].contains("profile cpx62") && p.notes[0].contains("total"),
-            "{:?}",
-            p.notes
-        );
-    }
-
-    #[test]
-    fn converged_plans_nothing_and_caddyfile_change_recreates_caddy_only() {
-        let r = res(ProfileChoice::Cpx62);
-        let mut s = converged(&r);
-        assert!(r.plan(&s).unwrap().steps.is_empty());
-        s.caddyfile_sha256 = Some("bb".into());
-        assert_eq!(r.plan(&s).unwrap().steps, vec![Step::RecreateCaddy]);
-    }
-
-    #[test]
-    fn stopped_service_or_changed_env_brings_the_stack_up() {
-        let r = res(ProfileChoice::Cpx62);
-        let mut s = converged(&r);
-        s.running.remove("web");
-        assert!(
-            matches!(&r.plan(&s).unwrap().steps[..], [Step::Up { why }] if why.contains("web"))
-        );
-        let mut s = converged(&r);
-        s.env_text = Some(format!("{}EXTRA=1\n", s.env_text.unwrap()));
-        assert!(
-            matches!(&r.plan(&s).unwrap().steps[..], [Step::Up { why }] if why.contains("changed"))
-        );
-    }
-
-    #[test]
-    fn overcommitted_memory_fails_before_anything() {
-        let mut cfg = ComposeSettings {
-            profile: ProfileChoice::Cpx62,
-            ..ComposeSettings::default()
-        };
-        cfg.overrides.insert("WEB_MEMORY".into(), "64g".into());
-        let r = Compose::new(&cfg, &AgentSettings::default());
-        let e = r.plan(&state()).unwrap_err().to_string();
-        assert!(e.contains("no container was changed"), "{e}");
-    }
-
-    #[test]
-    fn a_cpu_limit_above_the_box_fails_before_anything() {
-        let r = res(ProfileChoice::Cpx62);
-        let mut s = state();
-        s.box_cpus = 2;
-        let e = r.plan(&s).unwrap_err().to_string();
-        assert!(
-            e.contains("web 4.00") && e.contains("no container was changed"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn failing_env_blocks_up_and_names_keys_only() {
-        let r = res(ProfileChoice::Staging);
-        let mut s = state();
-        s.env_text = Some(env().replace("ADMIN_USERNAME=vitoria", "ADMIN_USERNAME=admin"));
-        let e = r.plan(&s).unwrap_err().to_string();
-        assert!(
-            e.contains("ADMIN_USERNAME") && e.contains("not started"),
-            "{e}"
-        );
-    }
-
-    fn with_overrides(pairs: &[(&str, &str)]) -> Compose {
-        let mut cfg = ComposeSettings {
-            profile: ProfileChoice::Staging,
-            ..ComposeSettings::default()
-        };
-        for (k, v) in pairs {
-            cfg.overrides.insert(k.to_string(), v.to_string());
-        }
-        Compose::new(&cfg, &AgentSettings::default())
-    }
-
-    #[test]
-    fn overrides_are_written_single_quoted_so_compose_keeps_them_literally() {
-        let odd = [
-            ("APP_BANNER", "a$HOME #b"),
-            ("APP_QUOTED", "\"x\""),
-            ("APP_SLASH", "a\\nb"),
-            ("APP_EMPTY", ""),
-            ("APP_SPACE", " lead"),
-        ];
-        let r = with_overrides(&[odd.as_slice(), &[("WEB_MEMORY", "5g")]].concat());
-        let (text, _) = r.resolve(&state());
-        assert!(text.contains("\nAPP_BANNER='a$HOME #b'\n"), "{text}");
-        assert!(
-            text.contains("\nWEB_MEMORY=5g\n"),
-            "plain values stay bare: {text}"
-        );
-        // The reader that follows compose-go, and fills v1's process environment.
-        let read = envcheck::parse(&text);
-        for (k, v) in odd {
-            assert_eq!(read[k], v, "{k} in {text}");
-        }
-        assert!(read.findings.is_empty(), "{:?}", read.findings);
-    }
-
-    #[test]
-    fn an_override_wins_over_the_env_in_the_security_check() {
-        let e = with_overrides(&[("DEBUG", "true")])
-            .plan(&state())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("DEBUG") && e.contains("not started"), "{e}");
-        let mut s = state();
-        s.env_text = Some(env().replace("ADMIN_USERNAME=vitoria", "ADMIN_USERNAME=admin"));
-        let p = with_overrides(&[("ADMIN_USERNAME", "vitoria")])
-            .plan(&s)
-            .unwrap();
-        assert!(matches!(
-            &p.steps[..],
-            [Step::WriteEnv { .. }, Step::Up { .. }]
-        ));
-        assert!(
-            p.notes.iter().any(|n| n.contains("ADMIN_USERNAME")),
-            "the shadowed key is reported: {:?}",
-            p.notes
-        );
-    }
-
-    #[test]
-    fn a_dollar_compose_would_expand_blocks_up_without_showing_the_value() {
-        let r = res(ProfileChoice::Staging);
-        let mut s = state();
-        s.env_text = Some(format!("{}ADMIN_PASSWORD=x$Kq9vTT2mmQQ7\n", env()));
-        let e = r.plan(&s).unwrap_err().to_string();
-        assert!(
-            e.contains("ADMIN_PASSWORD") && e.contains(".env line") && e.contains("$$"),
-            "{e}"
-        );
-        assert!(!e.contains("Kq9"), "{e}");
-        // Single-quoted, it is what the operator wrote.
-        s.env_text = Some(format!("{}ADMIN_PASSWORD='x$Kq9vTT2mmQQ7'\n", env()));
-        assert!(r.plan(&s).is_ok());
-    }
-
-    #[test]
-    fn an_override_compose_env_cannot_hold_is_refused_before_anything() {
-        for (k, v, needle) in [
-            ("WEB_MEMORY", "5g\nDEBUG=true", "line break"),
-            ("WEB_MEMORY", "it's", "single quote"),
-            ("1BAD", "x", "`1BAD`"),
-        ] {
-            let e = with_overrides(&[(k, v)])
-                .plan(&state())
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("compose.overrides")
-                    && e.contains(needle)
-                    && e.contains("no container was changed"),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn no_project_yet_is_a_note() {
-        let r = res(ProfileChoice::Auto);
-        let mut s = state();
-        s.project = false;
-        let p = r.plan(&s).unwrap();
-        assert!(p.steps.is_empty() && p.notes[0].contains("Phase 3.1"));
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_failed_health_request_says_why() {
-        // A port nothing listens on: bound, then closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let e = health(&format!("http://127.0.0.1:{port}/health"))
-            .await
-            .unwrap_err();
-        assert!(e.to_lowercase().contains("refused"), "{e}");
-    }
-
-    #[test]
-    fn v1_gets_agent_values_in_its_environment_v2_a_second_env_file() {
-        let r = res(ProfileChoice::Cpx62);
-        let v2 = r.cmd(Flavor::V2).to_string();
-        assert!(
-            v2.contains(
-                "--env-file /home/deploy/sapari/.env --env-file /var/lib/sapari-agent/compose.env"
-            ),
-            "{v2}"
-        );
-        let v1 = r.cmd(Flavor::V1).to_string();
-        assert!(
-            v1.starts_with("docker-compose --compatibility") && !v1.contains("compose.env"),
-            "{v1}"
-        );
-    }
-}
+mod tests;

@@ -414,10 +414,7 @@ impl Firewall {
 
     fn store(&self, host: &Host, fam: Family, url: &str, at: &str, nets: &[IpNet]) -> Result<()> {
         let dir = &self.state_dir;
-        let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
-        for d in missing.into_iter().rev() {
-            host.ensure_dir(d, FileSpec::root(0o755))?;
-        }
+        crate::host::state_dir::ensure(host, dir)?;
         let body = lists::render_list(nets);
         let meta = lists::ListMeta {
             family: fam,
