@@ -534,9 +534,9 @@ mod tests {
         );
     }
 
-    const REPO: &[u8] = include_bytes!("../testdata/openpgp/repo.gpg");
+    const REPO: &[u8] = include_bytes!("../../testdata/openpgp/repo.gpg");
     const REPO_FP: &str = "AA07D3C91E7CF053EB2618D4AD2543E5EBBB8742";
-    const ATTACKER: &[u8] = include_bytes!("../testdata/openpgp/attacker.gpg");
+    const ATTACKER: &[u8] = include_bytes!("../../testdata/openpgp/attacker.gpg");
 
     #[test]
     fn the_keyring_holds_only_the_pinned_key() {
