@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::config::NtpSettings;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sys::ClockState;
-use crate::host::{Cmd, Host, systemd};
+use crate::host::{Cmd, Host, systemctl};
 use crate::resources::Name;
 
 /// Time services in order of preference when none is enabled: a full NTP daemon if the
@@ -97,8 +97,8 @@ impl Resource for Ntp {
             BTreeMap::new()
         } else {
             // Exits non-zero when any unit is not enabled; the lines are what we want.
-            let out = host.query(&systemd::enabled_states(&installed)).await?;
-            systemd::parse_enabled(&installed, &out.stdout)
+            let out = host.query(&systemctl::is_enabled(&installed)).await?;
+            systemctl::parse_states(&installed, &out.stdout)
         };
         let clock = match host.clock() {
             Ok(c) => c,
@@ -166,11 +166,7 @@ impl Resource for Ntp {
         for step in steps {
             match step {
                 Step::Enable { unit } => {
-                    let mut cmd = Cmd::new("systemctl").arg("enable");
-                    if s.systemd_booted {
-                        cmd = cmd.arg("--now");
-                    }
-                    host.run(&cmd.arg(unit.as_str())).await?;
+                    host.run(&systemctl::enable(unit, s.systemd_booted)).await?;
                 }
                 Step::WaitForSync => wait_for_sync(host, self.cfg.sync_timeout.0).await?,
             }

@@ -53,14 +53,7 @@ impl Compose {
     }
 }
 
-/// Which compose answers here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// The `docker compose` plugin.
-    V2,
-    /// The standalone Python `docker-compose` (Debian 12 ships 1.29).
-    V1,
-}
+pub use crate::host::compose::Flavor;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Saved {
@@ -375,22 +368,6 @@ impl Compose {
     }
 }
 
-async fn detect(host: &Host) -> Option<Flavor> {
-    if host.program_exists("docker")
-        && host
-            .query(
-                &Cmd::new("docker")
-                    .args(["compose", "version"])
-                    .timeout(Duration::from_secs(20)),
-            )
-            .await
-            .is_ok_and(|o| o.status == 0)
-    {
-        return Some(Flavor::V2);
-    }
-    host.program_exists("docker-compose").then_some(Flavor::V1)
-}
-
 fn lines(s: &str) -> BTreeSet<String> {
     s.lines()
         .map(str::trim)
@@ -449,7 +426,7 @@ impl Resource for Compose {
         s.caddyfile_sha256 = host
             .read(&dir.join(&self.cfg.caddyfile))?
             .map(|f| sha256_hex(&f.content));
-        s.flavor = detect(host).await;
+        s.flavor = crate::host::compose::detect(host).await;
         if let (Some(flavor), Some(_), Some(_)) = (s.flavor, &s.compose_text, &s.env_text) {
             let agent_env = s.agent_env.clone().unwrap_or_default();
             // Without the agent's env file yet, compose still lists the services.

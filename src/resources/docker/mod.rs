@@ -4,16 +4,15 @@
 //! compose command that works here (`docker compose` v2 first, `docker-compose` v1 after).
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::{DockerSettings, DockerSource};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
-use crate::host::{Cmd, FileSpec, Host, systemd};
+use crate::host::apt::{self, APT_LISTS};
+use crate::host::{Host, compose, systemctl};
 use crate::resources::Name;
-use crate::resources::packages::{APT_LISTS, installed, unknown_in_lists, wait_for_dpkg};
 
 /// Docker's release signing key, as Docker publishes it.
 pub const DOCKER_KEY: &str = include_str!("docker.asc");
@@ -48,6 +47,20 @@ impl Docker {
             "# Managed by sapari-agent: Docker's own repository, verified with its pinned key.\nTypes: deb\nURIs: https://download.docker.com/linux/{}\nSuites: {}\nComponents: stable\nSigned-By: {KEYRING}\n",
             s.os_id, s.codename
         )
+    }
+
+    /// `update` when the repository was just added.
+    async fn install(&self, host: &Host, p: &[String], update: bool) -> Result<()> {
+        let lock = self.cfg.lock_timeout.0;
+        apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
+        // Also when the lists do not know a package: never downloaded (a fresh image keeps
+        // only `partial/` and `lock` there) or from before it existed.
+        if update || !apt::unknown_in_lists(Path::new(APT_LISTS), p).is_empty() {
+            crate::progress(Name::Docker, "updating package lists");
+            apt::update(host, lock).await?;
+        }
+        crate::progress(Name::Docker, &format!("installing {}", p.join(" ")));
+        apt::install(host, p, lock).await
     }
 
     fn packages(&self, s: &State) -> Vec<&'static str> {
@@ -121,43 +134,16 @@ impl Resource for Docker {
         let booted = host.systemd_booted();
         let unit = host.unit_installed("docker.service");
         let (enabled, active) = if unit {
-            let e = host
-                .query(&systemd::enabled_states(&["docker.service"]))
-                .await?;
-            let a = host
-                .query(&Cmd::new("systemctl").args(["is-active", "docker.service"]))
-                .await?;
-            (
-                Some(e.stdout.trim().to_string()),
-                Some(a.stdout.trim().to_string()),
-            )
+            let (mut e, mut a) = systemctl::states(host, &["docker.service"]).await?;
+            (e.remove("docker.service"), a.remove("docker.service"))
         } else {
             (None, None)
         };
-        let mut compose = None;
-        if host.program_exists("docker") {
-            let v2 = host
-                .query(
-                    &Cmd::new("docker")
-                        .args(["compose", "version"])
-                        .timeout(Duration::from_secs(20)),
-                )
-                .await;
-            if v2.is_ok_and(|o| o.status == 0) {
-                compose = Some("docker compose".to_string());
-            }
-        }
-        if compose.is_none() && host.program_exists("docker-compose") {
-            compose = Some("docker-compose".to_string());
-        }
+        let compose = compose::detect(host).await.map(|f| f.command().to_string());
         Ok(State {
             os_id,
             codename,
-            installed: installed(
-                &host
-                    .read_text(Path::new("/var/lib/dpkg/status"))?
-                    .unwrap_or_default(),
-            ),
+            installed: apt::installed_now(host)?,
             keyring: host.read_text(Path::new(KEYRING))?,
             sources: host.read_text(Path::new(SOURCES))?,
             enabled,
@@ -237,54 +223,25 @@ impl Resource for Docker {
         let mut update = false;
         for step in steps {
             match step {
-                Step::Keyring => {
-                    if !Path::new("/etc/apt/keyrings").is_dir() {
-                        host.ensure_dir(Path::new("/etc/apt/keyrings"), FileSpec::root(0o755))?;
-                    }
-                    host.write(
-                        Path::new(KEYRING),
-                        DOCKER_KEY.as_bytes(),
-                        FileSpec::root(0o644),
-                        false,
+                // One write of the repository for both steps: the plan has them only for
+                // the files that differ, and add_repo writes only those.
+                Step::Keyring | Step::Sources { .. } if !update => {
+                    apt::add_repo(
+                        host,
+                        &apt::Repo {
+                            keyring: Path::new(KEYRING),
+                            key: DOCKER_KEY.as_bytes(),
+                            sources: Path::new(SOURCES),
+                            sources_text: &self.sources(s),
+                        },
                     )?;
                     update = true;
                 }
-                Step::Sources { new, .. } => {
-                    host.write(
-                        Path::new(SOURCES),
-                        new.as_bytes(),
-                        FileSpec::root(0o644),
-                        false,
-                    )?;
-                    update = true;
-                }
-                Step::Install(p) => {
-                    wait_for_dpkg(host, self.cfg.lock_timeout.0).await?;
-                    let apt = |args: Vec<&str>| {
-                        Cmd::new("apt-get")
-                            .args(["-q", "-y", "-o", "DPkg::Lock::Timeout=120"])
-                            .args(crate::resources::packages::APT_DPKG_NO_PTY)
-                            .args(args)
-                            .env("DEBIAN_FRONTEND", "noninteractive")
-                            .timeout(Duration::from_secs(1800))
-                    };
-                    // Also when the lists do not know a package: never downloaded (a fresh
-                    // image keeps only `partial/` and `lock` there) or from before it existed.
-                    if update || !unknown_in_lists(Path::new(APT_LISTS), p).is_empty() {
-                        crate::progress(Name::Docker, "updating package lists");
-                        host.run(&apt(vec!["update"])).await?;
-                    }
-                    crate::progress(Name::Docker, &format!("installing {}", p.join(" ")));
-                    let mut args = vec!["install", "--no-install-recommends"];
-                    args.extend(p.iter().map(String::as_str));
-                    host.run(&apt(args)).await?;
-                }
+                Step::Keyring | Step::Sources { .. } => {}
+                Step::Install(p) => self.install(host, p, update).await?,
                 Step::Enable => {
-                    let mut cmd = Cmd::new("systemctl").arg("enable");
-                    if s.systemd_booted {
-                        cmd = cmd.arg("--now");
-                    }
-                    host.run(&cmd.arg("docker.service")).await?;
+                    host.run(&systemctl::enable("docker.service", s.systemd_booted))
+                        .await?;
                 }
             }
         }

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 
 use crate::config::{TailscaleSsh, UfwSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
+use crate::host::apt;
 use crate::host::{Cmd, FileSpec, Host};
 use crate::resources::{Name, RunContext};
 
@@ -584,12 +585,12 @@ impl Resource for Ufw {
                     }
                     continue;
                 }
-                Step::Install => Cmd::new("apt-get")
-                    .args(["-o", "DPkg::Lock::Timeout=300"])
-                    .args(crate::resources::packages::APT_DPKG_NO_PTY)
-                    .args(["install", "-y", "--no-install-recommends", "ufw"])
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .timeout(std::time::Duration::from_secs(600)),
+                Step::Install => {
+                    let lock = apt::LOCK_TIMEOUT;
+                    apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Ufw, m)).await?;
+                    apt::install(host, &["ufw".to_string()], lock).await?;
+                    continue;
+                }
                 Step::Add(t) => Cmd::new("ufw")
                     .args(t.ufw_args())
                     .args(["comment", COMMENT]),
