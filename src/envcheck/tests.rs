@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// The runbook's production template with real-looking values.

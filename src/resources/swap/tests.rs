@@ -1,4 +1,3 @@
-
 use super::*;
 
 const G: u64 = 1 << 30;
