@@ -80,17 +80,35 @@ fn after_origin(url: &str) -> &str {
 
 pub fn check(env: &Env) -> Vec<Finding> {
     let mut f = env.findings.clone();
-    let env = &env.vars;
-    let get = |k: &str| env.get(k).map(String::as_str);
-    let mut fail = |key: &str, problem: &str| {
-        f.push(Finding {
-            severity: Severity::Fail,
-            key: key.into(),
-            problem: problem.into(),
-        })
-    };
-    let production = get("ENVIRONMENT").is_some_and(|e| e.eq_ignore_ascii_case("production"));
+    let vars = &env.vars;
+    let production = vars
+        .get("ENVIRONMENT")
+        .is_some_and(|e| e.eq_ignore_ascii_case("production"));
+    let mut fail = |key: &str, problem: &str| push(&mut f, Severity::Fail, key, problem);
+    check_secrets(vars, production, &mut fail);
+    check_database_url(vars, &mut fail);
+    check_urls(vars, &mut fail);
+    let mut warn = |key: &str, problem: &str| push(&mut f, Severity::Warn, key, problem);
+    check_warnings(vars, production, &mut warn);
+    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.key.cmp(&b.key)));
+    f
+}
 
+fn push(f: &mut Vec<Finding>, severity: Severity, key: &str, problem: &str) {
+    f.push(Finding {
+        severity,
+        key: key.into(),
+        problem: problem.into(),
+    })
+}
+
+/// Secrets, accounts and switches that must not keep their development values.
+fn check_secrets(
+    env: &BTreeMap<String, String>,
+    production: bool,
+    fail: &mut impl FnMut(&str, &str),
+) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     if get("SECRET_KEY").is_none_or(|v| v.chars().count() < 32) {
         fail(
             "SECRET_KEY",
@@ -145,6 +163,11 @@ pub fn check(env: &Env) -> Vec<Finding> {
             );
         }
     }
+}
+
+/// `DATABASE_URL` as asyncpg needs it.
+fn check_database_url(env: &BTreeMap<String, String>, fail: &mut impl FnMut(&str, &str)) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     match get("DATABASE_URL") {
         None => fail("DATABASE_URL", "missing"),
         Some(url) => {
@@ -170,6 +193,12 @@ pub fn check(env: &Env) -> Vec<Finding> {
             }
         }
     }
+}
+
+/// The public URLs and the origins they must agree on, and the media token shared with the
+/// Worker.
+fn check_urls(env: &BTreeMap<String, String>, fail: &mut impl FnMut(&str, &str)) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     if let Some(u) = get("OAUTH_REDIRECT_BASE_URL") {
         if origin(u).is_none() {
             fail("OAUTH_REDIRECT_BASE_URL", "is not an absolute URL");
@@ -208,14 +237,15 @@ pub fn check(env: &Env) -> Vec<Finding> {
             "missing or shorter than 32 characters (openssl rand -base64 32; must match the Worker's secret byte for byte)",
         );
     }
+}
 
-    let mut warn = |key: &str, problem: &str| {
-        f.push(Finding {
-            severity: Severity::Warn,
-            key: key.into(),
-            problem: problem.into(),
-        })
-    };
+/// Settings that are allowed but worth a look.
+fn check_warnings(
+    env: &BTreeMap<String, String>,
+    production: bool,
+    warn: &mut impl FnMut(&str, &str),
+) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     for k in [
         "CACHE_REDIS_PASSWORD",
         "RATE_LIMITER_REDIS_PASSWORD",
@@ -246,8 +276,6 @@ pub fn check(env: &Env) -> Vec<Finding> {
             "sessions last more than 120 minutes",
         );
     }
-    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.key.cmp(&b.key)));
-    f
 }
 
 /// Human lines: `FAIL KEY: problem`.
