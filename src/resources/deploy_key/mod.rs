@@ -645,6 +645,151 @@ fn still(dir: &UserDir, name: &str, kind: userdir::Kind) -> Result<()> {
     }
 }
 
+/// The home, `~/.ssh` and a chosen key's directory: they must exist as directories
+/// (`~/.ssh` is created), and are never followed when they are something else.
+fn plan_dirs(s: &State, user: &Owner, p: &Paths, steps: &mut Vec<Step>) -> Result<()> {
+    match &s.home {
+        Some(e) => require(&user.home, e, Kind::Dir)?,
+        None => bail!(
+            "home directory {} of user {} does not exist",
+            user.home.display(),
+            user.name
+        ),
+    }
+    match &s.ssh_dir {
+        Some(e) => {
+            require(&p.ssh_dir, e, Kind::Dir)?;
+            fix_meta(steps, &p.ssh_dir, e, user.meta(DIR_MODE));
+        }
+        None => steps.push(Step::CreateDir {
+            path: p.ssh_dir.clone(),
+            to: user.meta(DIR_MODE),
+        }),
+    }
+    if let Some(dir) = p.key_dir() {
+        match &s.key_dir {
+            Some(e) => require(dir, e, Kind::Dir)?,
+            None => bail!(
+                "directory {} (of deploy_key.path) does not exist; create it or leave \
+                 deploy_key.path unset",
+                dir.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `known_hosts` with GitHub's keys and `~/.ssh/config` with our block.
+fn plan_ssh_files(
+    s: &State,
+    user: &Owner,
+    p: &Paths,
+    github: &[String],
+    steps: &mut Vec<Step>,
+) -> Result<()> {
+    let old = s.known_hosts.as_ref().map_or("", |f| f.text.as_str());
+    ensure_file(
+        steps,
+        &p.known_hosts,
+        s.known_hosts.as_ref(),
+        merge_known_hosts(old, github),
+        user.meta(KNOWN_HOSTS_MODE),
+    )?;
+    let old = s.config.as_ref().map_or("", |f| f.text.as_str());
+    let config =
+        merge_ssh_config(old, &p.key).with_context(|| format!("in {}", p.config.display()))?;
+    ensure_file(
+        steps,
+        &p.config,
+        s.config.as_ref(),
+        config,
+        user.meta(CONFIG_MODE),
+    )?;
+    Ok(())
+}
+
+impl DeployKey {
+    /// No private key yet: generate a pair (a lone `.pub` is replaced by it).
+    fn plan_new_key(
+        &self,
+        s: &State,
+        user: &Owner,
+        p: &Paths,
+        plan: &mut Plan<Step>,
+    ) -> Result<()> {
+        let steps = &mut plan.steps;
+        if let Some(f) = &s.public {
+            require(&p.public, &f.entry, Kind::File)?;
+            plan.notes.push(format!(
+                "{} has no private key next to it: a new pair replaces it, so the \
+                 deploy key registered at GitHub must be replaced too",
+                p.public.display()
+            ));
+        }
+        steps.push(Step::Generate {
+            path: p.key.clone(),
+            public: p.public.clone(),
+            comment: self.comment.clone(),
+            uid: user.uid,
+            gid: user.gid,
+        });
+        plan.notes.push(format!(
+            "a new ed25519 deploy key will be generated at {}; its public key is \
+             printed after the converge and by `sapari-agent status`",
+            p.key.display()
+        ));
+        Ok(())
+    }
+
+    /// An existing private key is kept; its `.pub` is derived from it again when wrong.
+    fn plan_existing_key(
+        &self,
+        s: &State,
+        f: &PrivateKeyFile,
+        user: &Owner,
+        p: &Paths,
+        plan: &mut Plan<Step>,
+    ) -> Result<()> {
+        let steps = &mut plan.steps;
+        require(&p.key, &f.entry, Kind::File)?;
+        let key = f.key.as_ref().map_err(|why| {
+            anyhow!(
+                "cannot use the deploy key {path}: {why}. It is left untouched. To \
+                 replace it, move it aside (mv {path} {path}.broken), run `{HINT}` to \
+                 generate a new one, then replace the deploy key at GitHub",
+                path = p.key.display()
+            )
+        })?;
+        fix_meta(steps, &p.key, &f.entry, user.meta(PRIVATE_MODE));
+        let line = key.public_line(&self.comment)?;
+        match &s.public {
+            Some(pf) if pf.entry.kind == Kind::File && public_matches(&pf.text, key) => {
+                fix_meta(steps, &p.public, &pf.entry, user.meta(PUBLIC_MODE));
+            }
+            other => {
+                if let Some(pf) = other {
+                    require(&p.public, &pf.entry, Kind::File)?;
+                }
+                steps.push(Step::Write {
+                    path: p.public.clone(),
+                    old: other.as_ref().map(|pf| pf.text.clone()),
+                    new: format!("{line}\n"),
+                    to: user.meta(PUBLIC_MODE),
+                });
+            }
+        }
+        if key.encrypted {
+            plan.notes.push(format!(
+                "{} is protected by a passphrase: git cannot use it without a person \
+                 typing it",
+                p.key.display()
+            ));
+        }
+        plan.notes.push(public_note(&line));
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Resource for DeployKey {
     type State = State;
@@ -688,117 +833,12 @@ impl Resource for DeployKey {
         // Checked on every run, before any step exists: a damaged table writes nothing.
         let github = verified_known_hosts_lines(&GITHUB_HOST_KEYS)?;
         let p = self.paths(&user.home);
-        let steps = &mut plan.steps;
-
-        match &s.home {
-            Some(e) => require(&user.home, e, Kind::Dir)?,
-            None => bail!(
-                "home directory {} of user {} does not exist",
-                user.home.display(),
-                user.name
-            ),
-        }
-        match &s.ssh_dir {
-            Some(e) => {
-                require(&p.ssh_dir, e, Kind::Dir)?;
-                fix_meta(steps, &p.ssh_dir, e, user.meta(DIR_MODE));
-            }
-            None => steps.push(Step::CreateDir {
-                path: p.ssh_dir.clone(),
-                to: user.meta(DIR_MODE),
-            }),
-        }
-        if let Some(dir) = p.key_dir() {
-            match &s.key_dir {
-                Some(e) => require(dir, e, Kind::Dir)?,
-                None => bail!(
-                    "directory {} (of deploy_key.path) does not exist; create it or leave \
-                     deploy_key.path unset",
-                    dir.display()
-                ),
-            }
-        }
-
+        plan_dirs(s, user, &p, &mut plan.steps)?;
         match &s.private {
-            None => {
-                if let Some(f) = &s.public {
-                    require(&p.public, &f.entry, Kind::File)?;
-                    plan.notes.push(format!(
-                        "{} has no private key next to it: a new pair replaces it, so the \
-                         deploy key registered at GitHub must be replaced too",
-                        p.public.display()
-                    ));
-                }
-                steps.push(Step::Generate {
-                    path: p.key.clone(),
-                    public: p.public.clone(),
-                    comment: self.comment.clone(),
-                    uid: user.uid,
-                    gid: user.gid,
-                });
-                plan.notes.push(format!(
-                    "a new ed25519 deploy key will be generated at {}; its public key is \
-                     printed after the converge and by `sapari-agent status`",
-                    p.key.display()
-                ));
-            }
-            Some(f) => {
-                require(&p.key, &f.entry, Kind::File)?;
-                let key = f.key.as_ref().map_err(|why| {
-                    anyhow!(
-                        "cannot use the deploy key {path}: {why}. It is left untouched. To \
-                         replace it, move it aside (mv {path} {path}.broken), run `{HINT}` to \
-                         generate a new one, then replace the deploy key at GitHub",
-                        path = p.key.display()
-                    )
-                })?;
-                fix_meta(steps, &p.key, &f.entry, user.meta(PRIVATE_MODE));
-                let line = key.public_line(&self.comment)?;
-                match &s.public {
-                    Some(pf) if pf.entry.kind == Kind::File && public_matches(&pf.text, key) => {
-                        fix_meta(steps, &p.public, &pf.entry, user.meta(PUBLIC_MODE));
-                    }
-                    other => {
-                        if let Some(pf) = other {
-                            require(&p.public, &pf.entry, Kind::File)?;
-                        }
-                        steps.push(Step::Write {
-                            path: p.public.clone(),
-                            old: other.as_ref().map(|pf| pf.text.clone()),
-                            new: format!("{line}\n"),
-                            to: user.meta(PUBLIC_MODE),
-                        });
-                    }
-                }
-                if key.encrypted {
-                    plan.notes.push(format!(
-                        "{} is protected by a passphrase: git cannot use it without a person \
-                         typing it",
-                        p.key.display()
-                    ));
-                }
-                plan.notes.push(public_note(&line));
-            }
+            None => self.plan_new_key(s, user, &p, &mut plan)?,
+            Some(f) => self.plan_existing_key(s, f, user, &p, &mut plan)?,
         }
-
-        let old = s.known_hosts.as_ref().map_or("", |f| f.text.as_str());
-        ensure_file(
-            steps,
-            &p.known_hosts,
-            s.known_hosts.as_ref(),
-            merge_known_hosts(old, &github),
-            user.meta(KNOWN_HOSTS_MODE),
-        )?;
-        let old = s.config.as_ref().map_or("", |f| f.text.as_str());
-        let config =
-            merge_ssh_config(old, &p.key).with_context(|| format!("in {}", p.config.display()))?;
-        ensure_file(
-            steps,
-            &p.config,
-            s.config.as_ref(),
-            config,
-            user.meta(CONFIG_MODE),
-        )?;
+        plan_ssh_files(s, user, &p, &github, &mut plan.steps)?;
         Ok(plan)
     }
 
