@@ -29,6 +29,63 @@ impl FileSpec {
     }
 }
 
+impl std::fmt::Display for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o} {}:{}", self.mode, self.uid, self.gid)
+    }
+}
+
+/// What an entry is (the kinds `host::userdir` reads too).
+pub use crate::host::userdir::Kind;
+
+/// What is at a path: its kind, and its permission bits and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub spec: FileSpec,
+}
+
+impl Entry {
+    fn of(m: &fs::Metadata) -> Self {
+        let t = m.file_type();
+        let kind = if t.is_symlink() {
+            Kind::Symlink
+        } else if t.is_dir() {
+            Kind::Dir
+        } else if t.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        Entry {
+            kind,
+            spec: FileSpec {
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            },
+        }
+    }
+}
+
+/// What is at `path` itself (lstat: a link is reported as a link); None when nothing is.
+pub fn inspect(path: &Path) -> Result<Option<Entry>> {
+    entry_or_none(path, fs::symlink_metadata(path))
+}
+
+/// What `path` points to (stat: links followed), for paths root chose; None when absent.
+pub fn inspect_target(path: &Path) -> Result<Option<Entry>> {
+    entry_or_none(path, fs::metadata(path))
+}
+
+fn entry_or_none(path: &Path, m: io::Result<fs::Metadata>) -> Result<Option<Entry>> {
+    match m {
+        Ok(m) => Ok(Some(Entry::of(&m))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot inspect {}: {e}", path.display())),
+    }
+}
+
 /// What is on disk at a path, as far as the planners care.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileState {

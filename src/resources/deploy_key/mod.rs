@@ -17,8 +17,6 @@
 //! swapped for a link after observe cannot redirect a write.
 
 use std::fmt;
-use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -29,7 +27,7 @@ use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
 use crate::config::{DeployKeySettings, UsersSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::userdir::{self, UserDir};
-use crate::host::{FileSpec, Host};
+use crate::host::{FileSpec, Host, files};
 use crate::resources::Name;
 
 const HINT: &str = "sapari-agent converge --only deploy-key";
@@ -142,8 +140,8 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn meta(&self, mode: u32) -> Meta {
-        Meta {
+    fn meta(&self, mode: u32) -> FileSpec {
+        FileSpec {
             mode,
             uid: self.uid,
             gid: self.gid,
@@ -165,36 +163,8 @@ impl fmt::Display for Kind {
     }
 }
 
-/// Mode and owner of a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl Meta {
-    fn spec(self) -> FileSpec {
-        FileSpec {
-            mode: self.mode,
-            uid: self.uid,
-            gid: self.gid,
-        }
-    }
-}
-
-impl fmt::Display for Meta {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04o} {}:{}", self.mode, self.uid, self.gid)
-    }
-}
-
 /// What is at a path: its kind, mode and owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
-    pub kind: Kind,
-    pub meta: Meta,
-}
+pub use crate::host::files::Entry;
 
 #[derive(Debug, Clone)]
 pub struct TextFile {
@@ -253,27 +223,6 @@ pub struct State {
     pub config: Option<TextFile>,
 }
 
-fn entry_of(m: &std::fs::Metadata) -> Entry {
-    let t = m.file_type();
-    let kind = if t.is_symlink() {
-        Kind::Symlink
-    } else if t.is_dir() {
-        Kind::Dir
-    } else if t.is_file() {
-        Kind::File
-    } else {
-        Kind::Other
-    };
-    Entry {
-        kind,
-        meta: Meta {
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-        },
-    }
-}
-
 fn entry_from(m: &userdir::Meta) -> Entry {
     Entry {
         kind: match m.kind {
@@ -282,7 +231,7 @@ fn entry_from(m: &userdir::Meta) -> Entry {
             userdir::Kind::Symlink => Kind::Symlink,
             userdir::Kind::Other => Kind::Other,
         },
-        meta: Meta {
+        spec: FileSpec {
             mode: m.mode,
             uid: m.uid,
             gid: m.gid,
@@ -358,7 +307,7 @@ fn open_chosen(host: &Host, path: &Path, uid: u32) -> Result<Opened> {
             handle: Some(d),
         }),
         Ok(None) => Ok(Opened::default()),
-        Err(e) => match stat(path) {
+        Err(e) => match files::inspect_target(path) {
             // A file where the directory should be: the planner says what to do about it.
             Ok(Some(entry)) if entry.kind != Kind::Dir => Ok(Opened {
                 entry: Some(entry),
@@ -366,15 +315,6 @@ fn open_chosen(host: &Host, path: &Path, uid: u32) -> Result<Opened> {
             }),
             _ => Err(e),
         },
-    }
-}
-
-/// What a path root chose points to (a link there is root's doing).
-fn stat(path: &Path) -> Result<Option<Entry>> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(Some(entry_of(&m))),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow!("cannot inspect {}: {e}", path.display())),
     }
 }
 
@@ -423,7 +363,7 @@ fn read_regular(dir: Option<&UserDir>, name: &str) -> Result<Option<Regular>> {
     };
     let entry = Entry {
         kind: Kind::File,
-        meta: Meta {
+        spec: FileSpec {
             mode: f.mode,
             uid: f.uid,
             gid: f.gid,
@@ -476,12 +416,12 @@ pub fn new_key(comment: &str) -> Result<PrivateKey> {
 pub enum Step {
     CreateDir {
         path: PathBuf,
-        to: Meta,
+        to: FileSpec,
     },
     SetMeta {
         path: PathBuf,
-        from: Meta,
-        to: Meta,
+        from: FileSpec,
+        to: FileSpec,
     },
     /// Generate the key pair: private key at `path`, public key at `public`.
     Generate {
@@ -496,7 +436,7 @@ pub enum Step {
         path: PathBuf,
         old: Option<String>,
         new: String,
-        to: Meta,
+        to: FileSpec,
     },
 }
 
@@ -550,11 +490,11 @@ fn require(path: &Path, entry: &Entry, kind: Kind) -> Result<()> {
 }
 
 /// The step bringing an existing path's mode and owner to `want`, if needed.
-fn fix_meta(steps: &mut Vec<Step>, path: &Path, entry: &Entry, want: Meta) {
-    if entry.meta != want {
+fn fix_meta(steps: &mut Vec<Step>, path: &Path, entry: &Entry, want: FileSpec) {
+    if entry.spec != want {
         steps.push(Step::SetMeta {
             path: path.to_path_buf(),
-            from: entry.meta,
+            from: entry.spec,
             to: want,
         });
     }
@@ -566,7 +506,7 @@ fn ensure_file(
     path: &Path,
     file: Option<&TextFile>,
     new: String,
-    want: Meta,
+    want: FileSpec,
 ) -> Result<()> {
     match file {
         Some(f) => {
@@ -853,7 +793,7 @@ impl Resource for DeployKey {
         for step in steps {
             let (dir, name) = containing(host, user, step.path())?;
             match step {
-                Step::CreateDir { to, .. } => host.ensure_dir_in(&dir, name, to.spec())?,
+                Step::CreateDir { to, .. } => host.ensure_dir_in(&dir, name, *to)?,
                 Step::SetMeta { path, to, .. } => {
                     let kind = if *path == ssh_dir {
                         userdir::Kind::Dir
@@ -861,7 +801,7 @@ impl Resource for DeployKey {
                         userdir::Kind::File
                     };
                     still(&dir, name, kind)?;
-                    host.set_meta_in(&dir, name, to.spec())?;
+                    host.set_meta_in(&dir, name, *to)?;
                 }
                 Step::Generate {
                     path,
@@ -905,7 +845,7 @@ impl Resource for DeployKey {
                     )?;
                 }
                 Step::Write { old, new, to, .. } => {
-                    host.write_in(&dir, name, new.as_bytes(), to.spec(), old.is_some())?;
+                    host.write_in(&dir, name, new.as_bytes(), *to, old.is_some())?;
                 }
             }
         }

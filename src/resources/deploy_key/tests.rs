@@ -1,3 +1,5 @@
+use std::os::unix::fs::MetadataExt;
+
 use super::*;
 use crate::host::Access;
 
@@ -17,7 +19,7 @@ fn res() -> DeployKey {
 fn entry(kind: Kind, mode: u32) -> Entry {
     Entry {
         kind,
-        meta: Meta {
+        spec: FileSpec {
             mode,
             uid: 1000,
             gid: 1000,
@@ -211,7 +213,7 @@ fn missing_pub_is_derived_from_the_private_key() {
             path: PathBuf::from(format!("{KEY}.pub")),
             old: None,
             new: format!("{line}\n"),
-            to: Meta {
+            to: FileSpec {
                 mode: 0o644,
                 uid: 1000,
                 gid: 1000
@@ -254,10 +256,10 @@ fn unparsable_private_key_fails_and_writes_nothing() {
 #[test]
 fn wrong_modes_are_fixed_in_place() {
     let (mut s, _) = converged();
-    s.private.as_mut().unwrap().entry.meta.mode = 0o644;
+    s.private.as_mut().unwrap().entry.spec.mode = 0o644;
     s.ssh_dir = Some(Entry {
         kind: Kind::Dir,
-        meta: Meta {
+        spec: FileSpec {
             mode: 0o755,
             uid: 0,
             gid: 0,
