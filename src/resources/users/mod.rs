@@ -54,13 +54,6 @@ impl Users {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DirInfo {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
 #[derive(Debug, Clone)]
 pub struct State {
     pub accounts: Accounts,
@@ -69,7 +62,7 @@ pub struct State {
     pub root_keys: Option<String>,
     /// The user's home directory exists (false also when the user does not).
     pub home: bool,
-    pub ssh_dir: Option<DirInfo>,
+    pub ssh_dir: Option<FileSpec>,
     pub authorized_keys: Option<FileState>,
     pub sudoers: Option<FileState>,
     /// UID_MIN from /etc/login.defs: below it are system accounts.
@@ -97,7 +90,7 @@ pub enum Step {
     SetShell { from: String },
     AddToGroups(Vec<String>),
     LockPassword,
-    SshDir { from: Option<DirInfo> },
+    SshDir { from: Option<FileSpec> },
     WriteAuthorizedKeys { old: Option<String>, new: String },
     FixAuthorizedKeysOwner,
     WriteSudoers { old: Option<String>, new: String },
@@ -304,7 +297,7 @@ fn observe_keys(
     host: &Host,
     home: &Path,
     uid: u32,
-) -> Result<(bool, Option<DirInfo>, Option<FileState>)> {
+) -> Result<(bool, Option<FileSpec>, Option<FileState>)> {
     let Some(h) = host.user_dir(home, uid, true)? else {
         return Ok((false, None, None));
     };
@@ -318,7 +311,7 @@ fn observe_keys(
         );
     }
     let ssh = ssh_dir_of(&h)?;
-    let info = DirInfo {
+    let info = FileSpec {
         mode: m.mode,
         uid: m.uid,
         gid: m.gid,

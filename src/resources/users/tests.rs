@@ -54,7 +54,7 @@ fn converged(r: &Users) -> State {
         password: Some("!".into()),
         root_keys: Some(format!("{K2}\n")),
         home: true,
-        ssh_dir: Some(DirInfo {
+        ssh_dir: Some(FileSpec {
             mode: 0o700,
             uid: 1000,
             gid: 1000,
