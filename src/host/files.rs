@@ -38,11 +38,12 @@ impl std::fmt::Display for FileSpec {
 /// What an entry is (the kinds `host::userdir` reads too).
 pub use crate::host::userdir::Kind;
 
-/// What is at a path: its kind, and its permission bits and owner.
+/// What is at a path: its kind, its permission bits and owner, and its size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub kind: Kind,
     pub spec: FileSpec,
+    pub size: u64,
 }
 
 impl Entry {
@@ -64,8 +65,16 @@ impl Entry {
                 uid: m.uid(),
                 gid: m.gid(),
             },
+            size: m.len(),
         }
     }
+}
+
+/// Up to `buf.len()` bytes from the start of `path`; 0 when it cannot be read (a caller
+/// that only looks for a signature treats both the same).
+pub fn read_head(path: &Path, buf: &mut [u8]) -> usize {
+    use std::io::Read;
+    File::open(path).and_then(|mut f| f.read(buf)).unwrap_or(0)
 }
 
 /// What is at `path` itself (lstat: a link is reported as a link); None when nothing is.

@@ -236,6 +236,7 @@ fn entry_from(m: &userdir::Meta) -> Entry {
             uid: m.uid,
             gid: m.gid,
         },
+        size: m.size,
     }
 }
 
@@ -368,6 +369,7 @@ fn read_regular(dir: Option<&UserDir>, name: &str) -> Result<Option<Regular>> {
             uid: f.uid,
             gid: f.gid,
         },
+        size: f.content.len() as u64,
     };
     Ok(Some(Ok((entry, f))))
 }

@@ -24,6 +24,7 @@ fn entry(kind: Kind, mode: u32) -> Entry {
             uid: 1000,
             gid: 1000,
         },
+        size: 0,
     }
 }
 
@@ -264,6 +265,7 @@ fn wrong_modes_are_fixed_in_place() {
             uid: 0,
             gid: 0,
         },
+        size: 0,
     });
     let p = res().plan(&s).unwrap();
     assert_eq!(p.steps.len(), 2);

@@ -21,16 +21,15 @@
 //! swapon, or a reboot) is removed first; an active one is kept, whatever its size, to carry
 //! swap while `swap.path` is rebuilt, and retired once `swap.path` is on at the right size.
 
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::{Size, SwapSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
-use crate::host::sys::{FsKind, Memory};
+use crate::host::files::{self, Kind};
+use crate::host::sys::{self, FsKind, Memory};
 use crate::host::{Cmd, FileSpec, Host};
 use crate::resources::Name;
 
@@ -83,9 +82,7 @@ pub struct ActiveSwap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwapFile {
     pub size: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
+    pub spec: FileSpec,
     pub has_signature: bool,
 }
 
@@ -256,22 +253,6 @@ fn peak_allocation(steps: &[Step]) -> u64 {
     u64::try_from(peak).unwrap_or(u64::MAX)
 }
 
-/// Free bytes on the filesystem that holds (or will hold) `path`.
-fn free_space(path: &Path) -> Result<u64> {
-    let mut dir = path.parent().unwrap_or(Path::new("/"));
-    while !dir.exists() {
-        dir = dir.parent().unwrap_or(Path::new("/"));
-    }
-    let st = nix::sys::statvfs::statvfs(dir)
-        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
-    #[allow(clippy::useless_conversion)]
-    let (blocks, frag) = (
-        u64::from(st.blocks_available()),
-        u64::from(st.fragment_size()),
-    );
-    Ok(blocks.saturating_mul(frag))
-}
-
 #[async_trait]
 impl Resource for Swap {
     type State = State;
@@ -284,39 +265,33 @@ impl Resource for Swap {
     async fn observe(&self, host: &Host) -> Result<State> {
         let path = self.path();
         let active = parse_proc_swaps(&host.read_text(Path::new(PROC_SWAPS))?.unwrap_or_default());
-        let file = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.is_file() => {
+        let file = match files::inspect(path)? {
+            Some(e) if e.kind == Kind::File => {
                 let mut sig = [0u8; PAGE as usize];
-                let n = std::fs::File::open(path)
-                    .and_then(|mut f| f.read(&mut sig))
-                    .unwrap_or(0);
+                let n = files::read_head(path, &mut sig);
                 Some(SwapFile {
-                    size: m.len(),
-                    mode: m.mode() & 0o7777,
-                    uid: m.uid(),
-                    gid: m.gid(),
+                    size: e.size,
+                    spec: e.spec,
                     has_signature: n == PAGE as usize
                         && &sig[PAGE as usize - 10..] == b"SWAPSPACE2",
                 })
             }
-            Ok(_) => bail!(
+            Some(_) => bail!(
                 "swap.path {} exists but is not a regular file; remove it or choose another path",
                 path.display()
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => bail!("cannot inspect {}: {e}", path.display()),
+            None => None,
         };
         let helper_file = helper_path(path);
-        let helper = match std::fs::symlink_metadata(&helper_file) {
-            Ok(m) if m.is_file() => Some(m.len()),
+        let helper = match files::inspect(&helper_file)? {
+            Some(e) if e.kind == Kind::File => Some(e.size),
             // Never truncate or remove what we did not make: a symlink there could point
             // anywhere.
-            Ok(_) => bail!(
+            Some(_) => bail!(
                 "{} exists but is not a regular file; a swap resize builds its temporary file at that path: move it away",
                 helper_file.display()
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => bail!("cannot inspect {}: {e}", helper_file.display()),
+            None => None,
         };
         Ok(State {
             active,
@@ -325,7 +300,7 @@ impl Resource for Swap {
             helper,
             fs: host.fs_type(path.parent().unwrap_or(Path::new("/")))?,
             memory: host.memory()?,
-            free: free_space(path)?,
+            free: sys::free_bytes(path)?,
         })
     }
 
@@ -471,11 +446,11 @@ impl Resource for Swap {
         }
         if let Some(f) = &s.file
             && !fresh
-            && (f.mode != 0o600 || f.uid != 0 || f.gid != 0)
+            && f.spec != FileSpec::root(0o600)
         {
             plan.steps.push(Step::FixPermissions {
-                mode: f.mode,
-                uid: f.uid,
+                mode: f.spec.mode,
+                uid: f.spec.uid,
             });
         }
         let signed = s.file.as_ref().is_some_and(|f| f.has_signature);

@@ -45,9 +45,7 @@ fn converged() -> State {
         )),
         file: Some(SwapFile {
             size: 4 * G,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
+            spec: FileSpec::root(0o600),
             has_signature: true,
         }),
         helper: None,
@@ -173,9 +171,7 @@ fn simulate(s: &State, steps: &[Step]) -> State {
                     Which::Main => {
                         s.file = Some(SwapFile {
                             size: *size,
-                            mode: 0o600,
-                            uid: 0,
-                            gid: 0,
+                            spec: FileSpec::root(0o600),
                             has_signature: false,
                         })
                     }
@@ -208,7 +204,7 @@ fn simulate(s: &State, steps: &[Step]) -> State {
             Step::Swapoff(w) => s.active.retain(|a| a.path != name(*w)),
             Step::FixPermissions { .. } => {
                 let f = s.file.as_mut().unwrap();
-                (f.mode, f.uid, f.gid) = (0o600, 0, 0);
+                f.spec = FileSpec::root(0o600);
             }
             Step::WriteFstab { new, .. } => s.fstab = Some(new.clone()),
         }
@@ -298,9 +294,7 @@ fn a_resize_killed_at_any_point_is_finished_by_the_next_run() {
                 Which::Main => {
                     partial.file = Some(SwapFile {
                         size: G,
-                        mode: 0o600,
-                        uid: 0,
-                        gid: 0,
+                        spec: FileSpec::root(0o600),
                         has_signature: false,
                     })
                 }
@@ -467,7 +461,7 @@ fn plan_output_names_the_files() {
 #[test]
 fn loose_permissions_and_missing_signature_are_fixed() {
     let mut s = converged();
-    s.file.as_mut().unwrap().mode = 0o644;
+    s.file.as_mut().unwrap().spec.mode = 0o644;
     assert_eq!(
         res().plan(&s).unwrap().steps,
         vec![Step::FixPermissions {
