@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use super::{Config, DEFAULT_PATH};
+use crate::host::files::{self, Entry, Kind};
 
 /// A configuration problem: names the file, where in it, the field and what is allowed.
 #[derive(Debug, thiserror::Error)]
@@ -110,12 +111,11 @@ pub fn check_ownership(path: &Path, own: Ownership, euid: u32) -> Result<(), Con
 /// Load the config. A missing file at the default location means "all defaults"; a
 /// missing file that was asked for by name is an error.
 pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>), ConfigError> {
-    use std::os::unix::fs::MetadataExt;
     let (path, explicit) = match path {
         Some(p) => (p.to_path_buf(), true),
         None => (PathBuf::from(DEFAULT_PATH), false),
     };
-    let meta = match std::fs::metadata(&path) {
+    let meta = match files::stat(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
             return Ok((Config::default(), None));
@@ -124,23 +124,23 @@ pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>),
             return Err(ConfigError::plain(Some(&path), format!("cannot read: {e}")));
         }
     };
-    if !meta.is_file() {
+    if meta.kind != Kind::File {
         return Err(ConfigError::plain(Some(&path), "not a regular file"));
     }
-    let own = |m: &std::fs::Metadata| Ownership {
-        uid: m.uid(),
-        mode: m.mode(),
+    let own = |m: &Entry| Ownership {
+        uid: m.spec.uid,
+        mode: m.spec.mode,
     };
     check_ownership(&path, own(&meta), euid)?;
     // Whoever can write the directory can replace the file, unless the sticky bit
     // (as on /tmp) stops them from touching files they do not own.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(dm) = std::fs::metadata(dir)
-        && dm.mode() & 0o1000 == 0
+        && let Ok(dm) = files::stat(dir)
+        && dm.spec.mode & 0o1000 == 0
     {
         check_ownership(dir, own(&dm), euid)?;
     }
-    let text = std::fs::read_to_string(&path)
+    let text = files::read_to_string(&path)
         .map_err(|e| ConfigError::plain(Some(&path), format!("cannot read: {e}")))?;
     // An empty file is a truncated one (an interrupted copy, a full disk), not a request for
     // the defaults: those would undo whatever the lost settings said. No file means defaults.
@@ -154,7 +154,7 @@ pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>),
     // Files the config points to decide what root does too (a CA decides which list server
     // is believed): the same ownership rule applies.
     if let Some(ca) = &cfg.firewall.ca_file
-        && let Ok(m) = std::fs::metadata(&ca.0)
+        && let Ok(m) = files::stat(&ca.0)
     {
         check_ownership(&ca.0, own(&m), euid).map_err(|mut e| {
             e.field = Some("firewall.ca_file".into());
@@ -169,7 +169,7 @@ pub fn load(path: Option<&Path>, euid: u32) -> Result<(Config, Option<PathBuf>),
 /// copy root reads on the server. Returns the text too, so the caller ships exactly what was
 /// validated.
 pub fn validate_file(path: &Path) -> Result<(Config, String), ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = files::read_to_string(path)
         .map_err(|e| ConfigError::plain(Some(path), format!("cannot read: {e}")))?;
     let cfg = parse(&text, Some(path))?;
     Ok((cfg, text))

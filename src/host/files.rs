@@ -87,6 +87,22 @@ pub fn inspect_target(path: &Path) -> Result<Option<Entry>> {
     entry_or_none(path, fs::metadata(path))
 }
 
+/// [`inspect_target`] with the io error as it is, for callers that word their own message.
+pub fn stat(path: &Path) -> io::Result<Entry> {
+    fs::metadata(path).map(|m| Entry::of(&m))
+}
+
+/// Whether `path` is a directory (links followed); false when it cannot be inspected.
+pub fn is_dir(path: &Path) -> bool {
+    path.is_dir()
+}
+
+/// The whole file as UTF-8, with the io error as it is, for callers that word their own
+/// message.
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    fs::read_to_string(path)
+}
+
 fn entry_or_none(path: &Path, m: io::Result<fs::Metadata>) -> Result<Option<Entry>> {
     match m {
         Ok(m) => Ok(Some(Entry::of(&m))),
