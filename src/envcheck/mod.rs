@@ -48,448 +48,9 @@ impl DerefMut for Env {
     }
 }
 
-/// Parse one dotenv file the way docker compose v2 reads it.
-pub fn parse(text: &str) -> Env {
-    parse_files(&[("", text)])
-}
+mod dotenv;
 
-/// Parse env files in the order compose reads them (`--env-file a --env-file b`): one
-/// variable map, so a later file wins and may refer to what an earlier one set. `name`
-/// (empty for a lone file) prefixes line numbers in findings.
-pub fn parse_files(files: &[(&str, &str)]) -> Env {
-    let mut env = Env::default();
-    let mut r = Reading::default();
-    for (name, text) in files {
-        read_file(name, text, &mut env, &mut r);
-    }
-    // A `$` in a value that a later line or file replaces never reaches the app.
-    for (key, n, finding) in r.expanded {
-        if r.last.get(&key) == Some(&n) {
-            env.findings.push(finding);
-        }
-    }
-    env
-}
-
-/// compose-go's `isSpace`: blanks that do not end a line.
-fn blank(c: char) -> bool {
-    matches!(
-        c,
-        '\t' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{85}' | '\u{a0}'
-    )
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Quoting {
-    None,
-    Single,
-    Double,
-}
-
-/// Assignments counted across files, so a finding about a `$` is kept only for the
-/// assignment compose keeps.
-#[derive(Default)]
-struct Reading {
-    count: usize,
-    last: BTreeMap<String, usize>,
-    expanded: Vec<(String, usize, Finding)>,
-}
-
-/// What one value's `$` references did, for the finding about them.
-#[derive(Default)]
-struct Refs {
-    /// A bare `$NAME` or `${NAME}` whose variable is not set: the text is lost.
-    unset: bool,
-    /// References compose resolves (a set variable, or a `${NAME:-default}` form).
-    resolved: bool,
-}
-
-/// Why compose refuses a whole file.
-enum Refusal {
-    /// `${` not followed by `NAME}` or `NAME<op>...}`.
-    Invalid,
-    /// `${NAME?...}` / `${NAME:?...}` with NAME unset (or empty).
-    Required,
-}
-
-fn read_file(name: &str, text: &str, env: &mut Env, reading: &mut Reading) {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let at = |pos: usize| {
-        let line = text[..pos].matches('\n').count() + 1;
-        if name.is_empty() {
-            format!("line {line}")
-        } else {
-            format!("{name} line {line}")
-        }
-    };
-    let fail = |env: &mut Env, key: &str, problem: String| {
-        env.findings.push(Finding {
-            severity: Severity::Fail,
-            key: key.to_string(),
-            problem,
-        })
-    };
-    let mut pos = 0;
-    loop {
-        // The start of the next statement: blank lines and `#` comment lines are skipped.
-        let Some(off) = text[pos..].find(|c: char| !c.is_whitespace()) else {
-            return;
-        };
-        pos += off;
-        if text[pos..].starts_with('#') {
-            match text[pos..].find('\n') {
-                Some(i) => {
-                    pos += i;
-                    continue;
-                }
-                None => return,
-            }
-        }
-        let here = at(pos);
-        let mut s = &text[pos..];
-        if let Some(r) = s.strip_prefix("export")
-            && r.starts_with([' ', '\t'])
-        {
-            s = r.trim_start_matches(blank);
-        }
-        let mut end = None;
-        for (i, c) in s.char_indices() {
-            if blank(c) {
-                continue;
-            }
-            match c {
-                // compose also takes `KEY: value`; a lone `KEY` is copied from the
-                // environment compose runs in.
-                '=' | ':' | '\n' => {
-                    end = Some((i, c));
-                    break;
-                }
-                '_' | '.' | '-' | '[' | ']' => {}
-                c if c.is_alphanumeric() => {}
-                _ => {
-                    // Compose stops at this line; the text may be a pasted secret, so only
-                    // the line number is shown.
-                    fail(
-                        env,
-                        &here,
-                        format!(
-                            "{here}: a character docker compose does not allow in a variable name (letters, digits, `_.-[]`); compose refuses the whole file: write KEY=value"
-                        ),
-                    );
-                    return;
-                }
-            }
-        }
-        let Some((i, sep)) = end else {
-            // A last line without `=` or newline: nothing compose would assign.
-            return;
-        };
-        let key = s[..i].trim_end_matches(char::is_whitespace);
-        if key.contains(' ') {
-            fail(
-                env,
-                &here,
-                format!(
-                    "{here}: a variable name with a space in it; compose refuses the whole file: write KEY=value"
-                ),
-            );
-            return;
-        }
-        let rest = &s[i + 1..];
-        pos = text.len() - rest.len();
-        if sep == '\n' {
-            // Inherited from compose's own environment, which is not the app's to set here.
-            continue;
-        }
-        let rest_trimmed = rest.trim_start_matches(blank);
-        pos = text.len() - rest_trimmed.len();
-        let (raw, quoting, next) = match rest_trimmed.chars().next() {
-            Some(q @ ('"' | '\'')) => match quoted(&rest_trimmed[1..], q) {
-                Some((v, used)) => (
-                    v,
-                    if q == '"' {
-                        Quoting::Double
-                    } else {
-                        Quoting::Single
-                    },
-                    pos + 1 + used,
-                ),
-                None => {
-                    fail(
-                        env,
-                        key,
-                        format!(
-                            "{here}: the {} quote that opens the value is never closed; compose refuses the whole file: add the closing quote",
-                            if q == '"' { "double" } else { "single" }
-                        ),
-                    );
-                    return;
-                }
-            },
-            _ => {
-                let line = rest_trimmed.split('\n').next().unwrap_or("");
-                let next = pos + line.len();
-                let v = line.split(" #").next().unwrap_or("").trim_end();
-                (v.to_string(), Quoting::None, next)
-            }
-        };
-        pos = next;
-        let value = match quoting {
-            Quoting::Single => raw,
-            Quoting::None | Quoting::Double => {
-                let raw = if quoting == Quoting::Double {
-                    unescape(&raw)
-                } else {
-                    raw
-                };
-                let kind = if quoting == Quoting::Double {
-                    "a double-quoted"
-                } else {
-                    "an unquoted"
-                };
-                let mut refs = Refs::default();
-                match expand(&raw, &env.vars, &mut refs) {
-                    Ok(v) => {
-                        if refs.unset {
-                            reading.expanded.push((
-                                key.to_string(),
-                                reading.count,
-                                Finding {
-                                    severity: Severity::Fail,
-                                    key: key.to_string(),
-                                    problem: format!(
-                                        "{here}: `$` in {kind} value: docker compose v2 replaces `$NAME` there by a variable no earlier line or env file sets (so by nothing, or by whatever compose's own environment holds) and the app gets a different value; single-quote the value ('...') or write $$ for each literal $"
-                                    ),
-                                },
-                            ));
-                        } else if refs.resolved {
-                            reading.expanded.push((
-                                key.to_string(),
-                                reading.count,
-                                Finding {
-                                    severity: Severity::Warn,
-                                    key: key.to_string(),
-                                    problem: format!(
-                                        "{here}: `$` in {kind} value: docker compose v2 substitutes variables there; if the $ is meant literally, single-quote the value ('...') or write $$"
-                                    ),
-                                },
-                            ));
-                        }
-                        v
-                    }
-                    Err(r) => {
-                        fail(
-                            env,
-                            key,
-                            match r {
-                                Refusal::Invalid => format!(
-                                    "{here}: `${{` in {kind} value that is not a ${{NAME}} reference; docker compose v2 refuses the whole file: single-quote the value ('...') or write $$ for each literal $"
-                                ),
-                                Refusal::Required => format!(
-                                    "{here}: a required ${{NAME?...}} reference to a variable that is not set; docker compose v2 refuses the whole file: set the variable earlier, or single-quote the value ('...')"
-                                ),
-                            },
-                        );
-                        return;
-                    }
-                }
-            }
-        };
-        reading.last.insert(key.to_string(), reading.count);
-        reading.count += 1;
-        env.vars.insert(key.to_string(), value);
-    }
-}
-
-/// The body of a quoted value up to its closing quote `q`, and the bytes used including
-/// that quote; None when it is never closed. As in compose-go, a backslash keeps the next
-/// character and hides it from the quote test; only `\<q>` loses its backslash here.
-fn quoted(s: &str, q: char) -> Option<(String, usize)> {
-    let mut out = String::new();
-    let mut escape = false;
-    for (i, c) in s.char_indices() {
-        if c == q {
-            if escape {
-                escape = false;
-                out.push(c);
-                continue;
-            }
-            return Some((out, i + 1));
-        }
-        if !escape && c == '\\' {
-            escape = true;
-            continue;
-        }
-        if escape {
-            escape = false;
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    None
-}
-
-/// compose-go's `expandEscapes` for double-quoted values: `\n`, `\t` and friends, `\\`,
-/// `\"`, `\0ooo` octal, and `\$`, which becomes `$$` so the expansion keeps a literal `$`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = String::new();
-    let mut i = 0;
-    let mut lit = 0;
-    while i < b.len() {
-        if b[i] != b'\\' || i + 1 >= b.len() {
-            i += 1;
-            continue;
-        }
-        let rep: Option<(String, usize)> = match b[i + 1] {
-            b'a' => Some(("\u{7}".into(), 2)),
-            b'b' => Some(("\u{8}".into(), 2)),
-            b'f' => Some(("\u{c}".into(), 2)),
-            b'n' => Some(("\n".into(), 2)),
-            b'r' => Some(("\r".into(), 2)),
-            b't' => Some(("\t".into(), 2)),
-            b'v' => Some(("\u{b}".into(), 2)),
-            b'"' => Some(("\"".into(), 2)),
-            b'\\' => Some(("\\".into(), 2)),
-            b'$' => Some(("$$".into(), 2)),
-            b'0' => {
-                let digits = b[i + 2..]
-                    .iter()
-                    .take(3)
-                    .take_while(|d| d.is_ascii_digit())
-                    .count();
-                let oct = &s[i + 2..i + 2 + digits];
-                // Go unquotes `\ooo` only with exactly three octal digits up to 377;
-                // anything else stays as written.
-                let value = (digits == 3)
-                    .then(|| u32::from_str_radix(oct, 8).ok())
-                    .flatten()
-                    .filter(|v| *v <= 0o377)
-                    .and_then(char::from_u32);
-                Some((
-                    value.map_or_else(|| s[i..i + 2 + digits].to_string(), String::from),
-                    2 + digits,
-                ))
-            }
-            _ => None,
-        };
-        match rep {
-            Some((r, len)) => {
-                out.push_str(&s[lit..i]);
-                out.push_str(&r);
-                i += len;
-                lit = i;
-            }
-            None => i += 1,
-        }
-    }
-    out.push_str(&s[lit..]);
-    out
-}
-
-fn name_len(s: &str) -> usize {
-    let b = s.as_bytes();
-    if b.first()
-        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-    {
-        b.iter()
-            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
-            .count()
-    } else {
-        0
-    }
-}
-
-/// compose-go's `template.Substitute` over what is set so far: `$$` is a literal `$`,
-/// `$NAME` and `${NAME}` expand (to "" when unset), `${NAME:-x}` `${NAME-x}` `${NAME:+x}`
-/// `${NAME+x}` `${NAME:?x}` `${NAME?x}` as in the shell, and a `$` before anything else
-/// stays. Variables from compose's own process environment are not known here; the app's
-/// are not expected there.
-fn expand(s: &str, vars: &BTreeMap<String, String>, refs: &mut Refs) -> Result<String, Refusal> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-            continue;
-        }
-        let n = name_len(after);
-        if n > 0 {
-            match vars.get(&after[..n]) {
-                Some(v) => {
-                    refs.resolved = true;
-                    out.push_str(v);
-                }
-                None => refs.unset = true,
-            }
-            rest = &after[n..];
-            continue;
-        }
-        let Some(inner) = after.strip_prefix('{') else {
-            out.push('$');
-            rest = after;
-            continue;
-        };
-        let close = closing_brace(inner).ok_or(Refusal::Invalid)?;
-        let body = &inner[..close];
-        rest = &inner[close + 1..];
-        let n = name_len(body);
-        if n == 0 {
-            return Err(Refusal::Invalid);
-        }
-        let (name, op) = body.split_at(n);
-        let value = vars.get(name);
-        let set_nonempty = |colon: bool| value.is_some_and(|v| !colon || !v.is_empty());
-        if op.is_empty() {
-            match value {
-                Some(v) => {
-                    refs.resolved = true;
-                    out.push_str(v);
-                }
-                None => refs.unset = true,
-            }
-            continue;
-        }
-        let colon = op.starts_with(':');
-        let op = op.strip_prefix(':').unwrap_or(op);
-        let (kind, arg) = match op.chars().next() {
-            Some(k @ ('-' | '+' | '?')) => (k, &op[1..]),
-            _ => return Err(Refusal::Invalid),
-        };
-        refs.resolved = true;
-        match kind {
-            '-' if set_nonempty(colon) => out.push_str(value.map_or("", String::as_str)),
-            '-' => out.push_str(&expand(arg, vars, refs)?),
-            '+' if set_nonempty(colon) => out.push_str(&expand(arg, vars, refs)?),
-            '+' => out.push_str(value.map_or("", String::as_str)),
-            _ if set_nonempty(colon) => out.push_str(value.map_or("", String::as_str)),
-            _ => return Err(Refusal::Required),
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-/// The `}` that closes a `${`, counting nested `${...}` in a default.
-fn closing_brace(s: &str) -> Option<usize> {
-    let mut depth = 1;
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
+pub use dotenv::{parse, parse_files};
 
 fn truthy(v: &str) -> bool {
     matches!(
@@ -519,17 +80,35 @@ fn after_origin(url: &str) -> &str {
 
 pub fn check(env: &Env) -> Vec<Finding> {
     let mut f = env.findings.clone();
-    let env = &env.vars;
-    let get = |k: &str| env.get(k).map(String::as_str);
-    let mut fail = |key: &str, problem: &str| {
-        f.push(Finding {
-            severity: Severity::Fail,
-            key: key.into(),
-            problem: problem.into(),
-        })
-    };
-    let production = get("ENVIRONMENT").is_some_and(|e| e.eq_ignore_ascii_case("production"));
+    let vars = &env.vars;
+    let production = vars
+        .get("ENVIRONMENT")
+        .is_some_and(|e| e.eq_ignore_ascii_case("production"));
+    let mut fail = |key: &str, problem: &str| push(&mut f, Severity::Fail, key, problem);
+    check_secrets(vars, production, &mut fail);
+    check_database_url(vars, &mut fail);
+    check_urls(vars, &mut fail);
+    let mut warn = |key: &str, problem: &str| push(&mut f, Severity::Warn, key, problem);
+    check_warnings(vars, production, &mut warn);
+    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.key.cmp(&b.key)));
+    f
+}
 
+fn push(f: &mut Vec<Finding>, severity: Severity, key: &str, problem: &str) {
+    f.push(Finding {
+        severity,
+        key: key.into(),
+        problem: problem.into(),
+    })
+}
+
+/// Secrets, accounts and switches that must not keep their development values.
+fn check_secrets(
+    env: &BTreeMap<String, String>,
+    production: bool,
+    fail: &mut impl FnMut(&str, &str),
+) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     if get("SECRET_KEY").is_none_or(|v| v.chars().count() < 32) {
         fail(
             "SECRET_KEY",
@@ -584,6 +163,11 @@ pub fn check(env: &Env) -> Vec<Finding> {
             );
         }
     }
+}
+
+/// `DATABASE_URL` as asyncpg needs it.
+fn check_database_url(env: &BTreeMap<String, String>, fail: &mut impl FnMut(&str, &str)) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     match get("DATABASE_URL") {
         None => fail("DATABASE_URL", "missing"),
         Some(url) => {
@@ -609,6 +193,12 @@ pub fn check(env: &Env) -> Vec<Finding> {
             }
         }
     }
+}
+
+/// The public URLs and the origins they must agree on, and the media token shared with the
+/// Worker.
+fn check_urls(env: &BTreeMap<String, String>, fail: &mut impl FnMut(&str, &str)) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     if let Some(u) = get("OAUTH_REDIRECT_BASE_URL") {
         if origin(u).is_none() {
             fail("OAUTH_REDIRECT_BASE_URL", "is not an absolute URL");
@@ -647,14 +237,15 @@ pub fn check(env: &Env) -> Vec<Finding> {
             "missing or shorter than 32 characters (openssl rand -base64 32; must match the Worker's secret byte for byte)",
         );
     }
+}
 
-    let mut warn = |key: &str, problem: &str| {
-        f.push(Finding {
-            severity: Severity::Warn,
-            key: key.into(),
-            problem: problem.into(),
-        })
-    };
+/// Settings that are allowed but worth a look.
+fn check_warnings(
+    env: &BTreeMap<String, String>,
+    production: bool,
+    warn: &mut impl FnMut(&str, &str),
+) {
+    let get = |k: &str| env.get(k).map(String::as_str);
     for k in [
         "CACHE_REDIS_PASSWORD",
         "RATE_LIMITER_REDIS_PASSWORD",
@@ -685,8 +276,6 @@ pub fn check(env: &Env) -> Vec<Finding> {
             "sessions last more than 120 minutes",
         );
     }
-    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.key.cmp(&b.key)));
-    f
 }
 
 /// Human lines: `FAIL KEY: problem`.
@@ -709,319 +298,4 @@ pub fn render(findings: &[Finding]) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// The runbook's production template with real-looking values.
-    pub const GOOD: &str = r#"
-ENVIRONMENT=production
-DEBUG=false
-SECRET_KEY=Zq3v9JxM2pL8sT4wY7aB1cD5eF6gH0iKlMnOpQrStUv
-FRONTEND_URL=https://app.sapari.io
-LANDING_URL=https://sapari.io
-DATABASE_URL=postgresql+asyncpg://sapari:pw-Xy12@ep-cool-1.eu-central-1.aws.neon.tech/sapari?ssl=require
-CREATE_TABLES_ON_STARTUP=false
-CACHE_BACKEND=redis
-CACHE_REDIS_PASSWORD=r3dis-pass
-SESSION_BACKEND=redis
-SESSION_REDIS_PASSWORD=r3dis-pass
-SESSION_SECURE_COOKIES=true
-SESSION_TIMEOUT_MINUTES=120
-TASKIQ_RABBITMQ_USER=sapari
-TASKIQ_RABBITMQ_PASSWORD=0123456789abcdef0123456789abcdef
-MEDIA_TOKEN_SECRET="q8N1w5E3r7T9y2U4i6O0p1A3s5D7f9G2h4J6k8L0"
-MEDIA_PROXY_BASE_URL=https://app.sapari.io
-CORS_ORIGINS=https://app.sapari.io,https://sapari.io
-OAUTH_REDIRECT_BASE_URL=https://app.sapari.io
-STRIPE_SECRET_KEY=sk_live_abc
-STRIPE_PUBLISHABLE_KEY=pk_live_abc
-STRIPE_TEST_MODE=false
-ADMIN_USERNAME=vitoria
-ADMIN_PASSWORD=correct-horse-battery # 12+ chars
-ENABLE_DOCS_IN_PRODUCTION=false
-"#;
-
-    fn with(line: &str) -> Vec<Finding> {
-        let mut env = parse(GOOD);
-        let (k, v) = line.split_once('=').unwrap();
-        if v == "<unset>" {
-            env.remove(k);
-        } else {
-            env.insert(k.into(), v.into());
-        }
-        check(&env)
-    }
-
-    #[test]
-    fn clean_production_env_passes() {
-        assert_eq!(check(&parse(GOOD)), vec![]);
-    }
-
-    #[test]
-    fn each_hard_failure_is_caught_by_key_without_its_value() {
-        for (line, key) in [
-            ("SECRET_KEY=short-secret", "SECRET_KEY"),
-            ("POSTGRES_PASSWORD=postgres", "POSTGRES_PASSWORD"),
-            ("CREATE_TABLES_ON_STARTUP=true", "CREATE_TABLES_ON_STARTUP"),
-            ("DEBUG=true", "DEBUG"),
-            ("STRIPE_SECRET_KEY=sk_test_123", "STRIPE_SECRET_KEY"),
-            (
-                "STRIPE_PUBLISHABLE_KEY=pk_test_123",
-                "STRIPE_PUBLISHABLE_KEY",
-            ),
-            ("SESSION_SECURE_COOKIES=false", "SESSION_SECURE_COOKIES"),
-            ("ADMIN_USERNAME=admin", "ADMIN_USERNAME"),
-            ("ADMIN_PASSWORD=short-pw", "ADMIN_PASSWORD"),
-            ("TASKIQ_RABBITMQ_USER=guest", "TASKIQ_RABBITMQ_USER"),
-            ("TASKIQ_RABBITMQ_PASSWORD=guest", "TASKIQ_RABBITMQ_PASSWORD"),
-            (
-                "DATABASE_URL=postgresql://u:p@h/db?ssl=require",
-                "DATABASE_URL",
-            ),
-            (
-                "DATABASE_URL=postgresql+asyncpg://u:p@h/db?sslmode=require",
-                "DATABASE_URL",
-            ),
-            (
-                "DATABASE_URL=postgresql+asyncpg://u:p@h/db?ssl=require&channel_binding=require",
-                "DATABASE_URL",
-            ),
-            (
-                "OAUTH_REDIRECT_BASE_URL=https://app.sapari.io/",
-                "OAUTH_REDIRECT_BASE_URL",
-            ),
-            (
-                "OAUTH_REDIRECT_BASE_URL=https://app.sapari.io/api/v1",
-                "OAUTH_REDIRECT_BASE_URL",
-            ),
-            (
-                "MEDIA_PROXY_BASE_URL=https://app.sapari.io/",
-                "MEDIA_PROXY_BASE_URL",
-            ),
-            (
-                "MEDIA_PROXY_BASE_URL=https://api.sapari.io",
-                "MEDIA_PROXY_BASE_URL",
-            ),
-            ("CORS_ORIGINS=https://app.sapari.io", "CORS_ORIGINS"),
-            ("MEDIA_TOKEN_SECRET=<unset>", "MEDIA_TOKEN_SECRET"),
-            ("MEDIA_TOKEN_SECRET=tooshort", "MEDIA_TOKEN_SECRET"),
-        ] {
-            let f = with(line);
-            let fails: Vec<&Finding> = f.iter().filter(|x| x.severity == Severity::Fail).collect();
-            assert_eq!(fails.len(), 1, "{line}: {f:?}");
-            assert_eq!(fails[0].key, key, "{line}");
-            // Well-known defaults may be named; anything else is a secret and must not be.
-            let value = line.split_once('=').unwrap().1;
-            let default =
-                ["postgres", "guest", "admin", "true", "false", "<unset>"].contains(&value);
-            assert!(
-                default || !render(&f).contains(value),
-                "{line}: value shown"
-            );
-        }
-    }
-
-    #[test]
-    fn warnings() {
-        for (line, key) in [
-            ("CACHE_REDIS_PASSWORD=", "CACHE_REDIS_PASSWORD"),
-            ("CORS_ORIGINS=*,https://sapari.io", "CORS_ORIGINS"),
-            (
-                "ENABLE_DOCS_IN_PRODUCTION=true",
-                "ENABLE_DOCS_IN_PRODUCTION",
-            ),
-            ("SESSION_TIMEOUT_MINUTES=480", "SESSION_TIMEOUT_MINUTES"),
-        ] {
-            let f = with(line);
-            assert_eq!(f.len(), 1, "{line}: {f:?}");
-            assert_eq!((f[0].severity, f[0].key.as_str()), (Severity::Warn, key));
-        }
-    }
-
-    #[test]
-    fn all_problems_are_listed_at_once() {
-        let f = check(&parse("ENVIRONMENT=production\nDEBUG=true\n"));
-        assert!(
-            f.iter().filter(|x| x.severity == Severity::Fail).count() >= 7,
-            "{f:?}"
-        );
-    }
-
-    fn fails_for<'a>(f: &'a [Finding], key: &str) -> Vec<&'a Finding> {
-        f.iter()
-            .filter(|x| x.severity == Severity::Fail && x.key == key)
-            .collect()
-    }
-
-    #[test]
-    fn a_dollar_in_unquoted_or_double_quoted_values_is_flagged_without_the_value() {
-        for (line, kind) in [
-            ("ADMIN_PASSWORD=x$Kq9vTT2mmQQ7", "unquoted"),
-            ("ADMIN_PASSWORD=\"x$Kq9vTT2mmQQ7\"", "double-quoted"),
-            ("ADMIN_PASSWORD=x${Kq9vTT2mmQQ7}", "unquoted"),
-        ] {
-            let env = parse(&format!("{GOOD}{line}\n"));
-            // What compose hands the app: the unset variable expands to nothing.
-            assert_eq!(env["ADMIN_PASSWORD"], "x", "{line}");
-            let f = check(&env);
-            let dollar: Vec<&Finding> = fails_for(&f, "ADMIN_PASSWORD")
-                .into_iter()
-                .filter(|x| x.problem.contains("$$"))
-                .collect();
-            assert_eq!(dollar.len(), 1, "{line}: {f:?}");
-            let p = &dollar[0].problem;
-            assert!(
-                p.contains(kind) && p.contains("single-quote the value ('...')"),
-                "{p}"
-            );
-            let lines = GOOD.lines().count() + 1;
-            assert!(p.starts_with(&format!("line {lines}:")), "{p}");
-            assert!(!render(&f).contains("Kq9"), "{line}: value shown");
-        }
-    }
-
-    #[test]
-    fn single_quoted_and_escaped_dollars_are_literal_and_not_flagged() {
-        for (line, value) in [
-            ("ADMIN_PASSWORD='x$Kq9vTT2mmQQ7'", "x$Kq9vTT2mmQQ7"),
-            ("ADMIN_PASSWORD=x$$Kq9vTT2mmQQ7", "x$Kq9vTT2mmQQ7"),
-            ("ADMIN_PASSWORD=\"x$$Kq9vTT2mmQQ7\"", "x$Kq9vTT2mmQQ7"),
-            ("ADMIN_PASSWORD=\"x\\$Kq9vTT2mmQQ7\"", "x$Kq9vTT2mmQQ7"),
-            // `$` before anything but a name or `{` is not a reference.
-            ("ADMIN_PASSWORD=x$9$-$ 12345678", "x$9$-$ 12345678"),
-            ("ADMIN_PASSWORD=correct-horse$", "correct-horse$"),
-        ] {
-            let env = parse(&format!("{GOOD}{line}\n"));
-            assert_eq!(env["ADMIN_PASSWORD"], value, "{line}");
-            assert_eq!(check(&env), vec![], "{line}");
-        }
-    }
-
-    #[test]
-    fn references_compose_resolves_warn_and_ones_it_refuses_fail() {
-        let env = parse(&format!(
-            "{GOOD}APP_USER=sapari\nGREETING=hello-$APP_USER\nOTHER=${{NOPE:-fallback}}\n"
-        ));
-        assert_eq!(env["GREETING"], "hello-sapari");
-        assert_eq!(env["OTHER"], "fallback");
-        let f = check(&env);
-        let warned: Vec<&str> = f
-            .iter()
-            .filter(|x| x.severity == Severity::Warn)
-            .map(|x| x.key.as_str())
-            .collect();
-        assert_eq!(warned, ["GREETING", "OTHER"], "{f:?}");
-        assert!(f.iter().all(|x| x.severity == Severity::Warn), "{f:?}");
-        for line in [
-            "X=a${1abc}",
-            "X=a${NOPE",
-            "X=${NOPE:?must be set}",
-            "X=${NOPE%%}",
-        ] {
-            let f = check(&parse(&format!("{GOOD}{line}\n")));
-            let x = fails_for(&f, "X");
-            assert_eq!(x.len(), 1, "{line}: {f:?}");
-            assert!(
-                x[0].problem.contains("refuses the whole file"),
-                "{line}: {x:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_dollar_only_counts_where_its_line_is_the_one_compose_keeps() {
-        let env = parse_files(&[
-            (".env", &format!("{GOOD}ADMIN_PASSWORD=x$Kq9vTT2mmQQ7\n")),
-            ("compose.env", "ADMIN_PASSWORD='correct-horse-battery'\n"),
-        ]);
-        assert_eq!(env["ADMIN_PASSWORD"], "correct-horse-battery");
-        assert_eq!(check(&env), vec![]);
-        // And the other way round: the flagged line is the later file's, and says which.
-        let env = parse_files(&[
-            (".env", GOOD),
-            ("extra.env", "\nADMIN_PASSWORD=\"x$Kq9vTT2mmQQ7\"\n"),
-        ]);
-        let f = check(&env);
-        let x = fails_for(&f, "ADMIN_PASSWORD");
-        assert!(
-            x.iter().any(|x| x.problem.starts_with("extra.env line 2:")),
-            "{f:?}"
-        );
-    }
-
-    #[test]
-    fn the_later_file_wins_and_is_checked() {
-        let env = parse_files(&[(".env", GOOD), ("compose.env", "DEBUG='true'\n")]);
-        assert_eq!(env["DEBUG"], "true");
-        let f = check(&env);
-        assert_eq!(fails_for(&f, "DEBUG").len(), 1, "{f:?}");
-        let env = parse_files(&[
-            (
-                ".env",
-                &GOOD.replace("ADMIN_USERNAME=vitoria", "ADMIN_USERNAME=admin"),
-            ),
-            ("compose.env", "ADMIN_USERNAME='vitoria'\n"),
-        ]);
-        assert_eq!(check(&env), vec![]);
-        // A later file may refer to what an earlier one set, as compose's single map allows.
-        let env = parse_files(&[("a.env", "U=sapari\n"), ("b.env", "V=${U}-x\n")]);
-        assert_eq!(env["V"], "sapari-x");
-    }
-
-    #[test]
-    fn syntax_compose_refuses_is_a_failure_without_the_text() {
-        let f = check(&parse(&format!("{GOOD}sk_live_4f$x!\n")));
-        let bad: Vec<&Finding> = f
-            .iter()
-            .filter(|x| x.problem.contains("variable name"))
-            .collect();
-        assert_eq!(bad.len(), 1, "{f:?}");
-        assert_eq!(bad[0].severity, Severity::Fail);
-        assert!(!render(&f).contains("sk_live_4f"), "{f:?}");
-        let f = check(&parse(&format!("{GOOD}X=\"open\nY=1\n")));
-        assert!(
-            fails_for(&f, "X")
-                .iter()
-                .any(|x| x.problem.contains("never closed")),
-            "{f:?}"
-        );
-        let f = check(&parse(&format!("{GOOD}A B=1\n")));
-        assert!(f.iter().any(|x| x.problem.contains("space")), "{f:?}");
-    }
-
-    #[test]
-    fn values_are_read_as_compose_go_reads_them() {
-        let e = parse(concat!(
-            "A=\"multi\nline\"\n",
-            "B=\"tab\\tq\\\"x\\\\y\\n\"\n",
-            "C='it\\'s \\n'\n",
-            "D: yaml style\n",
-            "E=\"x\" # comment after quotes\n",
-            "F=a#b\n",
-            "G = spaced   \n",
-            "H=\"\\0101\"\n",
-        ));
-        assert_eq!(e["A"], "multi\nline");
-        assert_eq!(e["B"], "tab\tq\"x\\y\n");
-        assert_eq!(e["C"], "it's \\n");
-        assert_eq!(e["D"], "yaml style");
-        assert_eq!(e["E"], "x");
-        assert_eq!(e["F"], "a#b");
-        assert_eq!(e["G"], "spaced");
-        assert_eq!(e["H"], "A");
-        assert!(e.findings.is_empty(), "{:?}", e.findings);
-        let e = parse("\u{feff}I=1\n");
-        assert_eq!(e["I"], "1");
-    }
-
-    #[test]
-    fn dotenv_parsing() {
-        let e = parse("export A=1\nB=\"two # not a comment\"\nC='3'\nD=4 # comment\n# E=5\nF=\n");
-        assert_eq!(e["A"], "1");
-        assert_eq!(e["B"], "two # not a comment");
-        assert_eq!(e["C"], "3");
-        assert_eq!(e["D"], "4");
-        assert!(!e.contains_key("E"));
-        assert_eq!(e["F"], "");
-    }
-}
+pub(crate) mod tests;

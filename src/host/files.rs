@@ -29,6 +29,88 @@ impl FileSpec {
     }
 }
 
+impl std::fmt::Display for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o} {}:{}", self.mode, self.uid, self.gid)
+    }
+}
+
+/// What an entry is (the kinds `host::userdir` reads too).
+pub use crate::host::userdir::Kind;
+
+/// What is at a path: its kind, its permission bits and owner, and its size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub spec: FileSpec,
+    pub size: u64,
+}
+
+impl Entry {
+    fn of(m: &fs::Metadata) -> Self {
+        let t = m.file_type();
+        let kind = if t.is_symlink() {
+            Kind::Symlink
+        } else if t.is_dir() {
+            Kind::Dir
+        } else if t.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        Entry {
+            kind,
+            spec: FileSpec {
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            },
+            size: m.len(),
+        }
+    }
+}
+
+/// Up to `buf.len()` bytes from the start of `path`; 0 when it cannot be read (a caller
+/// that only looks for a signature treats both the same).
+pub fn read_head(path: &Path, buf: &mut [u8]) -> usize {
+    use std::io::Read;
+    File::open(path).and_then(|mut f| f.read(buf)).unwrap_or(0)
+}
+
+/// What is at `path` itself (lstat: a link is reported as a link); None when nothing is.
+pub fn inspect(path: &Path) -> Result<Option<Entry>> {
+    entry_or_none(path, fs::symlink_metadata(path))
+}
+
+/// What `path` points to (stat: links followed), for paths root chose; None when absent.
+pub fn inspect_target(path: &Path) -> Result<Option<Entry>> {
+    entry_or_none(path, fs::metadata(path))
+}
+
+/// [`inspect_target`] with the io error as it is, for callers that word their own message.
+pub fn stat(path: &Path) -> io::Result<Entry> {
+    fs::metadata(path).map(|m| Entry::of(&m))
+}
+
+/// Whether `path` is a directory (links followed); false when it cannot be inspected.
+pub fn is_dir(path: &Path) -> bool {
+    path.is_dir()
+}
+
+/// The whole file as UTF-8, with the io error as it is, for callers that word their own
+/// message.
+pub fn read_to_string(path: &Path) -> io::Result<String> {
+    fs::read_to_string(path)
+}
+
+fn entry_or_none(path: &Path, m: io::Result<fs::Metadata>) -> Result<Option<Entry>> {
+    match m {
+        Ok(m) => Ok(Some(Entry::of(&m))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot inspect {}: {e}", path.display())),
+    }
+}
+
 /// What is on disk at a path, as far as the planners care.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileState {

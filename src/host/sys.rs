@@ -370,6 +370,22 @@ pub fn memory() -> Result<Memory> {
     })
 }
 
+/// Free bytes on the filesystem that holds (or will hold) `path`.
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    let mut dir = path.parent().unwrap_or(Path::new("/"));
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(Path::new("/"));
+    }
+    let st = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+    #[allow(clippy::useless_conversion)]
+    let (blocks, frag) = (
+        u64::from(st.blocks_available()),
+        u64::from(st.fragment_size()),
+    );
+    Ok(blocks.saturating_mul(frag))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

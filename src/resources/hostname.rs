@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::config::HostnameSettings;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
-use crate::host::{Cmd, FileSpec, Host};
+use crate::host::{Cmd, FileSpec, Host, files};
 use crate::resources::Name;
 
 const ETC_HOSTNAME: &str = "/etc/hostname";
@@ -117,7 +117,7 @@ impl Resource for Hostname {
             etc_hostname: host.read_text(Path::new(ETC_HOSTNAME))?,
             hosts: host.read_text(Path::new(ETC_HOSTS))?,
             hostnamectl: host.systemd_booted() && host.program_exists("hostnamectl"),
-            cloud_init: Path::new(CLOUD_CFG_DIR).is_dir(),
+            cloud_init: files::is_dir(Path::new(CLOUD_CFG_DIR)),
             cloud_cfg: host.read_text(Path::new(CLOUD_CFG))?,
         })
     }
