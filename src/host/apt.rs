@@ -20,6 +20,10 @@ pub const APT_LISTS: &str = "/var/lib/apt/lists";
 /// of `packages.lock_timeout`.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long apt-get itself waits for a dpkg lock taken after [`wait_for_dpkg`] saw it free
+/// (a second apt run that started in between): the value packages and docker always passed.
+const APT_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// An install or update that runs longer is stuck, not slow.
 const APT_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -131,24 +135,26 @@ pub async fn wait_for_dpkg(
     Ok(())
 }
 
-/// `apt-get` with the options every run passes; `lock_timeout` is how long apt itself waits
-/// for a dpkg lock taken after [`wait_for_dpkg`] saw it free.
-fn apt_get(lock_timeout: Duration) -> Cmd {
+/// `apt-get` with the options every run passes.
+fn apt_get() -> Cmd {
     Cmd::new("apt-get")
         .args(["-q", "-y", "-o"])
-        .arg(format!("DPkg::Lock::Timeout={}", lock_timeout.as_secs()))
+        .arg(format!(
+            "DPkg::Lock::Timeout={}",
+            APT_LOCK_TIMEOUT.as_secs()
+        ))
         .args(DPKG_NO_PTY)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .timeout(APT_TIMEOUT)
 }
 
-pub fn update_cmd(lock_timeout: Duration) -> Cmd {
-    apt_get(lock_timeout).arg("update")
+pub fn update_cmd() -> Cmd {
+    apt_get().arg("update")
 }
 
 /// Installs without recommends, and keeps a config file the admin changed (no prompt).
-pub fn install_cmd(packages: &[String], lock_timeout: Duration) -> Cmd {
-    apt_get(lock_timeout)
+pub fn install_cmd(packages: &[String]) -> Cmd {
+    apt_get()
         .args([
             "install",
             "--no-install-recommends",
@@ -161,14 +167,14 @@ pub fn install_cmd(packages: &[String], lock_timeout: Duration) -> Cmd {
 }
 
 /// `apt-get update`.
-pub async fn update(host: &Host, lock_timeout: Duration) -> Result<()> {
-    host.run(&update_cmd(lock_timeout)).await?;
+pub async fn update(host: &Host) -> Result<()> {
+    host.run(&update_cmd()).await?;
     Ok(())
 }
 
 /// `apt-get install` of `packages`, in one transaction.
-pub async fn install(host: &Host, packages: &[String], lock_timeout: Duration) -> Result<()> {
-    host.run(&install_cmd(packages, lock_timeout)).await?;
+pub async fn install(host: &Host, packages: &[String]) -> Result<()> {
+    host.run(&install_cmd(packages)).await?;
     Ok(())
 }
 
@@ -241,14 +247,13 @@ mod tests {
 
     #[test]
     fn every_apt_get_run_has_the_same_options() {
-        let t = Duration::from_secs(600);
         assert_eq!(
-            update_cmd(t).to_string(),
-            "apt-get -q -y -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0 update"
+            update_cmd().to_string(),
+            "apt-get -q -y -o DPkg::Lock::Timeout=120 -o Dpkg::Use-Pty=0 update"
         );
-        let i = install_cmd(&["ufw".into(), "fail2ban".into()], t).to_string();
+        let i = install_cmd(&["ufw".into(), "fail2ban".into()]).to_string();
         assert!(
-            i.starts_with("apt-get -q -y -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0 install --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold ufw fail2ban"),
+            i.starts_with("apt-get -q -y -o DPkg::Lock::Timeout=120 -o Dpkg::Use-Pty=0 install --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold ufw fail2ban"),
             "{i}"
         );
     }

@@ -57,10 +57,10 @@ impl Docker {
         // only `partial/` and `lock` there) or from before it existed.
         if update || !apt::unknown_in_lists(Path::new(APT_LISTS), p).is_empty() {
             crate::progress(Name::Docker, "updating package lists");
-            apt::update(host, lock).await?;
+            apt::update(host).await?;
         }
         crate::progress(Name::Docker, &format!("installing {}", p.join(" ")));
-        apt::install(host, p, lock).await
+        apt::install(host, p).await
     }
 
     fn packages(&self, s: &State) -> Vec<&'static str> {

@@ -242,11 +242,11 @@ impl Resource for Packages {
             match step {
                 Step::Update { .. } => {
                     crate::progress(Name::Packages, "updating package lists (apt-get update)");
-                    apt::update(host, lock).await?;
+                    apt::update(host).await?;
                 }
                 Step::Install(p) => {
                     crate::progress(Name::Packages, &format!("installing {}", p.join(" ")));
-                    apt::install(host, p, lock).await?;
+                    apt::install(host, p).await?;
                 }
                 Step::AutoUpgrades { .. } => {
                     host.write(

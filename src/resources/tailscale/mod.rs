@@ -354,8 +354,8 @@ async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
     // packages.lock_timeout does not reach this resource yet: its default.
     let lock = apt::LOCK_TIMEOUT;
     apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
-    apt::update(host, lock).await?;
-    apt::install(host, &["tailscale".to_string()], lock).await
+    apt::update(host).await?;
+    apt::install(host, &["tailscale".to_string()]).await
 }
 
 #[cfg(test)]

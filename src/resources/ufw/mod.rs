@@ -588,7 +588,7 @@ impl Resource for Ufw {
                 Step::Install => {
                     let lock = apt::LOCK_TIMEOUT;
                     apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Ufw, m)).await?;
-                    apt::install(host, &["ufw".to_string()], lock).await?;
+                    apt::install(host, &["ufw".to_string()]).await?;
                     continue;
                 }
                 Step::Add(t) => Cmd::new("ufw")
