@@ -465,3 +465,79 @@ fn ufw_switch_is_read_from_its_conf() {
     assert!(!ufw_enabled(&ufw_files(false, "")));
     assert!(!ufw_enabled(&[]));
 }
+
+/// A snapshot exactly as the binary of before the `Guarded` split wrote it. A pending session
+/// armed by an older binary is rolled back by the upgraded one: it must still read and plan.
+const SNAPSHOT_V1: &str = include_str!("testdata/snapshot-v1.json");
+
+#[test]
+fn a_snapshot_of_the_previous_format_still_reads_and_plans() {
+    let saved: Snapshot = serde_json::from_str(SNAPSHOT_V1).unwrap();
+    let mut body = serde_json::to_string_pretty(&saved).unwrap();
+    body.push('\n');
+    assert_eq!(body, SNAPSHOT_V1, "the on-disk shape changed");
+
+    let mut now = saved.clone();
+    now.sshd[1].content = Some("PasswordAuthentication no\n".into());
+    now.ufw[0].content = Some("allow 443\n".into());
+    now.chains[0].lines = Some(vec![]);
+    now.items = vec![
+        Item::Sudoers(f("/etc/sudoers.d/90-sapari-deploy", None)),
+        Item::AuthorizedKeys {
+            user: "deploy".into(),
+            file: f("/home/deploy/.ssh/authorized_keys", Some("other\n")),
+        },
+    ];
+    assert_eq!(
+        differing(&saved, &now),
+        vec![Name::Users, Name::Sshd, Name::Ufw, Name::Firewall]
+    );
+    let fb: Vec<(Family, Backend)> = saved
+        .chains
+        .iter()
+        .map(|c| family_backend(c).unwrap())
+        .collect();
+    assert_eq!(
+        fb,
+        [(Family::V4, Backend::Nft), (Family::V6, Backend::Legacy)]
+    );
+    let plan: Vec<(Name, Vec<String>)> = rollback_plan(&saved, &now, true)
+        .into_iter()
+        .map(|(n, steps)| (n, steps.iter().map(ToString::to_string).collect()))
+        .collect();
+    let want = |n: Name, v: &[&str]| (n, v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        plan,
+        vec![
+            want(
+                Name::Users,
+                &[
+                    "putting back /etc/sudoers.d/90-sapari-deploy",
+                    "putting back /home/deploy/.ssh/authorized_keys",
+                ]
+            ),
+            want(
+                Name::Sshd,
+                &[
+                    "putting back /etc/ssh/sshd_config.d/10-sapari-agent.conf",
+                    "reloading sshd",
+                ]
+            ),
+            want(
+                Name::Ufw,
+                &[
+                    "putting back /etc/ufw/user.rules",
+                    "ufw reload",
+                    "checking ufw's state",
+                ]
+            ),
+            want(
+                Name::Firewall,
+                &[
+                    "restoring the v4 DOCKER-USER chain",
+                    "restoring the v6 DOCKER-USER chain",
+                ]
+            ),
+        ]
+    );
+}
