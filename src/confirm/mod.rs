@@ -20,11 +20,7 @@ use crate::config::{self, Config};
 use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, sys};
-use crate::resources::firewall::{
-    self,
-    lists::Family,
-    rules::{Backend, CHAIN},
-};
+use crate::resources::firewall::{self, rules::CHAIN};
 use crate::resources::{Name, sshd, ufw};
 
 mod handlers;
@@ -133,10 +129,6 @@ fn contents_differ(saved: &[FileSnap], now: &[FileSnap]) -> bool {
             .any(|(s, n)| s.path != n.path || s.content != n.content)
 }
 
-fn chain_lines(c: &ChainSnap) -> &[String] {
-    c.lines.as_deref().unwrap_or(&[])
-}
-
 /// Which guarded resources differ between the saved state and `now` (read over the same
 /// files and chains). An absent chain and an empty one filter the same.
 pub fn differing(saved: &Snapshot, now: &Snapshot) -> Vec<Name> {
@@ -164,7 +156,7 @@ pub fn differing(saved: &Snapshot, now: &Snapshot) -> Vec<Name> {
             .chains
             .iter()
             .zip(&now.chains)
-            .any(|(s, n)| chain_lines(s) != chain_lines(n));
+            .any(|(s, n)| s.lines() != n.lines());
     if chains {
         out.push(Name::Firewall);
     }
@@ -205,18 +197,6 @@ pub fn ufw_restore_plan(saved: &Snapshot, now: &Snapshot) -> Vec<UfwAction> {
     plan
 }
 
-/// One `iptables-restore --noflush` transaction that puts the saved chain back (an absent
-/// chain comes back empty, which filters the same), as the firewall resource replaces it.
-pub fn chain_restore_text(c: &ChainSnap) -> String {
-    let mut s = format!("*filter\n:{CHAIN} - [0:0]\n");
-    for l in chain_lines(c) {
-        s.push_str(l);
-        s.push('\n');
-    }
-    s.push_str("COMMIT\n");
-    s
-}
-
 /// One thing a rollback does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -246,7 +226,7 @@ impl std::fmt::Display for Step {
             Step::Ufw(UfwAction::Disable) => f.write_str("ufw --force disable"),
             Step::Ufw(UfwAction::Reload) => f.write_str("ufw reload"),
             Step::CheckUfw { .. } => f.write_str("checking ufw's state"),
-            Step::Chain(c) => write!(f, "restoring the {} {CHAIN} chain", c.family),
+            Step::Chain(c) => write!(f, "restoring the {} {CHAIN} chain", c.family.as_str()),
         }
     }
 }
@@ -290,16 +270,6 @@ pub fn rollback_plan(
     }
     plan.sort_by_key(|(n, _)| Name::ALL.iter().position(|a| a == n));
     plan
-}
-
-fn family_named(s: &str) -> Option<Family> {
-    Family::ALL.into_iter().find(|f| f.as_str() == s)
-}
-
-fn backend_named(s: &str) -> Option<Backend> {
-    [Backend::Nft, Backend::Legacy, Backend::Default]
-        .into_iter()
-        .find(|b| b.as_str() == s)
 }
 
 // ---- capture and restore --------------------------------------------------------------------
@@ -458,21 +428,11 @@ async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
         .iter()
         .map(|p| file_snap(host, Path::new(p)))
         .collect::<Result<Vec<_>>>()?;
-    let mut chains = Vec::new();
-    if cfg.firewall.enabled {
-        for fam in Family::ALL {
-            let (docker, _) = firewall::observe_docker(host, fam)
-                .await
-                .with_context(|| format!("cannot read the {} DOCKER-USER chain", fam.label()))?;
-            if let Some((backend, table)) = docker {
-                chains.push(ChainSnap {
-                    family: fam.as_str().into(),
-                    backend: backend.as_str().into(),
-                    lines: table.has_chain(CHAIN).then(|| table.lines_of(CHAIN)),
-                });
-            }
-        }
-    }
+    let chains = if cfg.firewall.enabled {
+        ChainSnap::capture(host).await?
+    } else {
+        Vec::new()
+    };
     Ok(Snapshot {
         id: id.to_string(),
         taken_at: rfc3339(unix_now()),
@@ -491,12 +451,7 @@ async fn recapture(host: &Host, saved: &Snapshot) -> Result<Snapshot> {
     };
     let mut chains = Vec::new();
     for c in &saved.chains {
-        let (fam, backend) = family_backend(c)?;
-        let t = firewall::save(host, backend, fam).await?;
-        chains.push(ChainSnap {
-            lines: t.has_chain(CHAIN).then(|| t.lines_of(CHAIN)),
-            ..c.clone()
-        });
+        chains.push(c.recapture(host).await?);
     }
     Ok(Snapshot {
         id: saved.id.clone(),
@@ -511,17 +466,6 @@ async fn recapture(host: &Host, saved: &Snapshot) -> Result<Snapshot> {
             .map(|i| recapture_item(host, i))
             .collect::<Result<_>>()?,
     })
-}
-
-fn family_backend(c: &ChainSnap) -> Result<(Family, Backend)> {
-    match (family_named(&c.family), backend_named(&c.backend)) {
-        (Some(f), Some(b)) => Ok((f, b)),
-        _ => bail!(
-            "the saved chain names an unknown family/backend {}/{}",
-            c.family,
-            c.backend
-        ),
-    }
 }
 
 fn put_back(host: &Host, f: &FileSnap) -> Result<()> {
@@ -562,18 +506,7 @@ async fn run_step(host: &Host, step: &Step) -> Result<()> {
             }
             Ok(())
         }
-        Step::Chain(c) => {
-            let (fam, backend) = family_backend(c)?;
-            host.run(
-                &Cmd::new(&backend.restore(fam))
-                    .args(["--noflush", "--wait", firewall::XTABLES_WAIT_SECS])
-                    .stdin(chain_restore_text(c))
-                    .timeout(Duration::from_secs(60)),
-            )
-            .await
-            .map(drop)
-            .with_context(|| format!("the {} {CHAIN} chain was not restored", fam.label()))
-        }
+        Step::Chain(c) => c.restore(host).await,
     }
 }
 

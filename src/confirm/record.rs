@@ -64,13 +64,7 @@ pub struct FileSnap {
     pub gid: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainSnap {
-    pub family: String,
-    pub backend: String,
-    /// The `-A DOCKER-USER ...` lines as iptables-save printed them; None: no such chain.
-    pub lines: Option<Vec<String>>,
-}
+pub use crate::resources::firewall::rollback::ChainSnap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {

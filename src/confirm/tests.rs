@@ -1,4 +1,5 @@
 use super::*;
+use crate::resources::firewall::{lists::Family, rules::Backend};
 
 fn f(path: &str, content: Option<&str>) -> FileSnap {
     FileSnap {
@@ -37,8 +38,8 @@ fn snap() -> Snapshot {
         ufw_installed: true,
         ufw: ufw_files(true, "allow 22 from op\n"),
         chains: vec![ChainSnap {
-            family: "v4".into(),
-            backend: "nft".into(),
+            family: Family::V4,
+            backend: Backend::Nft,
             lines: Some(vec!["-A DOCKER-USER -j RETURN".into()]),
         }],
         items: vec![Item::Sudoers(f(
@@ -146,7 +147,7 @@ fn ufw_restore_order() {
 fn chain_restore_is_one_transaction() {
     let c = &snap().chains[0];
     assert_eq!(
-        chain_restore_text(c),
+        c.restore_text(),
         "*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
     );
     let absent = ChainSnap {
@@ -154,12 +155,12 @@ fn chain_restore_is_one_transaction() {
         ..c.clone()
     };
     assert_eq!(
-        chain_restore_text(&absent),
+        absent.restore_text(),
         "*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n"
     );
     assert_eq!(
-        family_backend(c).unwrap(),
-        (Family::V4, Backend::Nft),
+        serde_json::to_value(c).unwrap()["backend"],
+        "nft",
         "names round-trip"
     );
 }
@@ -492,11 +493,7 @@ fn a_snapshot_of_the_previous_format_still_reads_and_plans() {
         differing(&saved, &now),
         vec![Name::Users, Name::Sshd, Name::Ufw, Name::Firewall]
     );
-    let fb: Vec<(Family, Backend)> = saved
-        .chains
-        .iter()
-        .map(|c| family_backend(c).unwrap())
-        .collect();
+    let fb: Vec<(Family, Backend)> = saved.chains.iter().map(|c| (c.family, c.backend)).collect();
     assert_eq!(
         fb,
         [(Family::V4, Backend::Nft), (Family::V6, Backend::Legacy)]

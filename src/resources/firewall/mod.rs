@@ -12,6 +12,7 @@ pub mod lists;
 mod lock;
 pub use lock::{Loaded, ShownOrigin, observe_origin};
 pub mod origin;
+pub mod rollback;
 pub mod rules;
 pub mod snapshot;
 
