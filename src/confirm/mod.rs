@@ -21,6 +21,7 @@ use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, sys};
 use crate::resources::firewall::{self, rules::CHAIN};
+use crate::resources::guarded::{file_snap, put_back, snap_of};
 use crate::resources::{Name, sshd, ufw};
 
 mod handlers;
@@ -112,15 +113,6 @@ fn list(v: &[String]) -> String {
     }
 }
 
-fn ufw_enabled(files: &[FileSnap]) -> bool {
-    files
-        .iter()
-        .find(|f| f.path == Path::new(ufw::UFW_CONF))
-        .and_then(|f| f.content.as_deref())
-        .and_then(|t| ufw::shell_var(t, "ENABLED"))
-        .is_some_and(|v| v == "yes")
-}
-
 fn contents_differ(saved: &[FileSnap], now: &[FileSnap]) -> bool {
     saved.len() != now.len()
         || saved
@@ -146,7 +138,7 @@ pub fn differing(saved: &Snapshot, now: &Snapshot) -> Vec<Name> {
         contents_differ(&saved.ufw, &now.ufw)
     } else {
         // Installed by the change: restoring means turning it off, not deleting its files.
-        now.ufw_installed && ufw_enabled(&now.ufw)
+        now.ufw_installed && ufw::rollback::enabled(&now.ufw)
     };
     if ufw {
         out.push(Name::Ufw);
@@ -173,7 +165,7 @@ pub enum UfwAction {
 /// How to bring ufw back: off first when it was off (so no moment runs the new rules with
 /// the old switch), then the files, then a reload that loads them when it was on.
 pub fn ufw_restore_plan(saved: &Snapshot, now: &Snapshot) -> Vec<UfwAction> {
-    let is_on = now.ufw_installed && ufw_enabled(&now.ufw);
+    let is_on = now.ufw_installed && ufw::rollback::enabled(&now.ufw);
     if !saved.ufw_installed {
         return if is_on {
             vec![UfwAction::Disable]
@@ -181,7 +173,7 @@ pub fn ufw_restore_plan(saved: &Snapshot, now: &Snapshot) -> Vec<UfwAction> {
             vec![]
         };
     }
-    let was_on = ufw_enabled(&saved.ufw);
+    let was_on = ufw::rollback::enabled(&saved.ufw);
     let mut plan = Vec::new();
     if !was_on && is_on {
         plan.push(UfwAction::Disable);
@@ -261,7 +253,7 @@ pub fn rollback_plan(
     for a in ufw_restore_plan(saved, now) {
         add(Name::Ufw, Step::Ufw(a));
     }
-    let want_on = saved.ufw_installed && ufw_enabled(&saved.ufw);
+    let want_on = saved.ufw_installed && ufw::rollback::enabled(&saved.ufw);
     if now.ufw_installed || want_on {
         add(Name::Ufw, Step::CheckUfw { want_on });
     }
@@ -273,40 +265,6 @@ pub fn rollback_plan(
 }
 
 // ---- capture and restore --------------------------------------------------------------------
-
-fn file_snap(host: &Host, path: &Path) -> Result<FileSnap> {
-    snap_of(path, host.read(path)?, (0o644, 0, 0))
-}
-
-/// What a rollback keeps of a file; `absent` is the (mode, uid, gid) recorded when it does
-/// not exist.
-fn snap_of(
-    path: &Path,
-    found: Option<crate::host::FileState>,
-    absent: (u32, u32, u32),
-) -> Result<FileSnap> {
-    Ok(match found {
-        Some(f) => FileSnap {
-            path: path.to_path_buf(),
-            content: Some(String::from_utf8(f.content).map_err(|_| {
-                anyhow!(
-                    "{} is not UTF-8 text and cannot be kept for a rollback",
-                    path.display()
-                )
-            })?),
-            mode: f.mode,
-            uid: f.uid,
-            gid: f.gid,
-        },
-        None => FileSnap {
-            path: path.to_path_buf(),
-            content: None,
-            mode: absent.0,
-            uid: absent.1,
-            gid: absent.2,
-        },
-    })
-}
 
 /// Captured whatever the configuration enables: a change may be the one that removes them.
 fn capture_items(host: &Host, cfg: &Config) -> Result<Vec<Item>> {
@@ -466,22 +424,6 @@ async fn recapture(host: &Host, saved: &Snapshot) -> Result<Snapshot> {
             .map(|i| recapture_item(host, i))
             .collect::<Result<_>>()?,
     })
-}
-
-fn put_back(host: &Host, f: &FileSnap) -> Result<()> {
-    match &f.content {
-        Some(c) => host.write(
-            &f.path,
-            c.as_bytes(),
-            FileSpec {
-                mode: f.mode,
-                uid: f.uid,
-                gid: f.gid,
-            },
-            false,
-        ),
-        None => host.remove_file(&f.path),
-    }
 }
 
 async fn run_step(host: &Host, step: &Step) -> Result<()> {

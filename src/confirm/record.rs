@@ -54,15 +54,7 @@ pub struct RolledBack {
     pub snapshot: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileSnap {
-    pub path: PathBuf,
-    /// None: the file did not exist.
-    pub content: Option<String>,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use crate::resources::guarded::FileSnap;
 
 pub use crate::resources::firewall::rollback::ChainSnap;
 

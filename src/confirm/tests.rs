@@ -462,9 +462,9 @@ fn a_lost_rollback_is_noticed_after_a_grace() {
 
 #[test]
 fn ufw_switch_is_read_from_its_conf() {
-    assert!(ufw_enabled(&ufw_files(true, "")));
-    assert!(!ufw_enabled(&ufw_files(false, "")));
-    assert!(!ufw_enabled(&[]));
+    assert!(ufw::rollback::enabled(&ufw_files(true, "")));
+    assert!(!ufw::rollback::enabled(&ufw_files(false, "")));
+    assert!(!ufw::rollback::enabled(&[]));
 }
 
 /// A snapshot exactly as the binary of before the `Guarded` split wrote it. A pending session

@@ -696,5 +696,7 @@ fn set_ipv6_yes(host: &Host) -> Result<()> {
     Ok(())
 }
 
+pub mod rollback;
+
 #[cfg(test)]
 mod tests;
