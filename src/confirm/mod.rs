@@ -361,24 +361,8 @@ async fn restore_item(host: &Host, item: &Item) -> Result<()> {
     }
 }
 
-fn sshd_paths(host: &Host, drop_in: &str) -> Result<Vec<PathBuf>> {
-    let dir = Path::new(sshd::DROP_DIR);
-    let mut v = vec![PathBuf::from(sshd::SSHD_CONFIG)];
-    let mut names: Vec<String> = host
-        .list_dir(dir)?
-        .into_iter()
-        .filter(|n| n.ends_with(".conf"))
-        .collect();
-    if !names.iter().any(|n| n == drop_in) {
-        names.push(drop_in.to_string());
-        names.sort();
-    }
-    v.extend(names.into_iter().map(|n| dir.join(n)));
-    Ok(v)
-}
-
 async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
-    let sshd = sshd_paths(host, &cfg.sshd.drop_in.0)?
+    let sshd = sshd::rollback::paths(host, &cfg.sshd.drop_in.0)?
         .iter()
         .map(|p| file_snap(host, p))
         .collect::<Result<Vec<_>>>()?;

@@ -17,6 +17,7 @@ use crate::host::{Cmd, FileSpec, Host, systemd};
 use crate::resources::{Name, RunContext};
 
 mod admission;
+pub mod rollback;
 
 const ETC_SSH: &str = "/etc/ssh";
 pub const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
