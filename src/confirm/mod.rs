@@ -21,8 +21,8 @@ use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, sys};
 use crate::resources::firewall::{self, rules::CHAIN};
-use crate::resources::guarded::{file_snap, put_back, snap_of};
-use crate::resources::{Name, sshd, ufw};
+use crate::resources::guarded::{file_snap, put_back};
+use crate::resources::{Name, sshd, ufw, users};
 
 mod handlers;
 mod record;
@@ -266,101 +266,6 @@ pub fn rollback_plan(
 
 // ---- capture and restore --------------------------------------------------------------------
 
-/// Captured whatever the configuration enables: a change may be the one that removes them.
-fn capture_items(host: &Host, cfg: &Config) -> Result<Vec<Item>> {
-    let user = &cfg.users.name.0;
-    Ok(vec![
-        Item::Sudoers(file_snap(
-            host,
-            &crate::resources::users::sudoers_path(user),
-        )?),
-        Item::AuthorizedKeys {
-            user: user.clone(),
-            file: keys_snap(host, user)?,
-        },
-    ])
-}
-
-/// The user's authorized_keys as it is now (absent also when the user or ~/.ssh is).
-fn keys_snap(host: &Host, user: &str) -> Result<FileSnap> {
-    let accounts = host.accounts()?;
-    let Some(u) = accounts.user(user) else {
-        let path = PathBuf::from(format!("/home/{user}/.ssh/authorized_keys"));
-        return snap_of(&path, None, (0o600, 0, 0));
-    };
-    let path = u.home.join(".ssh/authorized_keys");
-    let found = match host.user_dir(&u.home, u.uid, true)? {
-        Some(home) => match home.subdir(".ssh")? {
-            Some(ssh) => ssh.read("authorized_keys")?,
-            None => None,
-        },
-        None => None,
-    };
-    snap_of(&path, found, (0o600, u.uid, u.gid))
-}
-
-async fn restore_keys(host: &Host, user: &str, f: &FileSnap) -> Result<()> {
-    let accounts = host.accounts()?;
-    let Some(u) = accounts.user(user) else {
-        return Ok(()); // no user, no keys: as it was
-    };
-    let Some(home) = host.user_dir(&u.home, u.uid, true)? else {
-        return Ok(());
-    };
-    let spec = |mode| FileSpec {
-        mode,
-        uid: u.uid,
-        gid: u.gid,
-    };
-    match &f.content {
-        Some(c) => {
-            host.ensure_dir_in(&home, ".ssh", spec(0o700))?;
-            let ssh = home
-                .subdir(".ssh")?
-                .ok_or_else(|| anyhow!("{}/.ssh is missing", u.home.display()))?;
-            host.write_in(&ssh, "authorized_keys", c.as_bytes(), spec(0o600), false)
-        }
-        None => match home.subdir(".ssh")? {
-            Some(ssh) => host.remove_in(&ssh, "authorized_keys"),
-            None => Ok(()),
-        },
-    }
-}
-
-/// The same item as it is now.
-fn recapture_item(host: &Host, item: &Item) -> Result<Item> {
-    Ok(match item {
-        Item::Sudoers(f) => Item::Sudoers(file_snap(host, &f.path)?),
-        Item::AuthorizedKeys { user, .. } => Item::AuthorizedKeys {
-            user: user.clone(),
-            file: keys_snap(host, user)?,
-        },
-    })
-}
-
-async fn restore_item(host: &Host, item: &Item) -> Result<()> {
-    match item {
-        // As the users resource installs it: checked by visudo before it is in place, and
-        // 0440 root:root whatever it had, since sudo ignores a drop-in that is not.
-        Item::Sudoers(FileSnap {
-            path,
-            content: Some(c),
-            ..
-        }) => {
-            host.write_validated(path, c.as_bytes(), FileSpec::root(0o440), false, |c| {
-                Cmd::new("visudo").args(["-c", "-f", &c.to_string_lossy()])
-            })
-            .await
-        }
-        Item::Sudoers(FileSnap {
-            path,
-            content: None,
-            ..
-        }) => host.remove_file(path),
-        Item::AuthorizedKeys { user, file } => restore_keys(host, user, file).await,
-    }
-}
-
 async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
     let sshd = sshd::rollback::paths(host, &cfg.sshd.drop_in.0)?
         .iter()
@@ -382,7 +287,7 @@ async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
         ufw_installed: host.program_exists("ufw"),
         ufw,
         chains,
-        items: capture_items(host, cfg)?,
+        items: users::rollback::capture(host, &cfg.users.name.0)?,
     })
 }
 
@@ -405,14 +310,14 @@ async fn recapture(host: &Host, saved: &Snapshot) -> Result<Snapshot> {
         items: saved
             .items
             .iter()
-            .map(|i| recapture_item(host, i))
+            .map(|i| i.recapture(host))
             .collect::<Result<_>>()?,
     })
 }
 
 async fn run_step(host: &Host, step: &Step) -> Result<()> {
     match step {
-        Step::Item(i) => restore_item(host, i).await,
+        Step::Item(i) => i.restore(host).await,
         Step::Write(f) | Step::Ufw(UfwAction::Write(f)) => put_back(host, f),
         Step::ReloadSshd => sshd::validate_and_reload(host).await,
         Step::Ufw(UfwAction::Disable) => host

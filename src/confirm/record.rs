@@ -74,34 +74,7 @@ pub struct Snapshot {
     pub items: Vec<Item>,
 }
 
-/// A kept file outside sshd, ufw and the chains. One more kind of kept state is one more
-/// variant here, with its arms in `capture_items`, `recapture_item` and `restore_item`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Item {
-    /// The managed user's sudoers drop-in: losing it can leave the user without sudo, and so
-    /// without `sudo sapari-agent confirm`. Sudo reads it on every call: nothing to reload.
-    Sudoers(FileSnap),
-    /// The managed user's `~/.ssh/authorized_keys` (`users.exclusive_keys` can remove the
-    /// key a login needs). Read and written through `host::userdir`, as the users resource
-    /// does; sshd reads it at every login: nothing to reload.
-    AuthorizedKeys { user: String, file: FileSnap },
-}
-
-impl Item {
-    /// The resource whose change this undoes (a rolled-back marker then names it).
-    pub fn resource(&self) -> Name {
-        match self {
-            Item::Sudoers(_) | Item::AuthorizedKeys { .. } => Name::Users,
-        }
-    }
-
-    pub fn file(&self) -> &FileSnap {
-        match self {
-            Item::Sudoers(f) | Item::AuthorizedKeys { file: f, .. } => f,
-        }
-    }
-}
+pub use crate::resources::users::rollback::Item;
 
 // ---- reading and writing the state ----------------------------------------------------------
 
