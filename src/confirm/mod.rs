@@ -122,10 +122,7 @@ async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
         .iter()
         .map(|p| file_snap(host, p))
         .collect::<Result<Vec<_>>>()?;
-    let ufw = ufw::STATE_FILES
-        .iter()
-        .map(|p| file_snap(host, Path::new(p)))
-        .collect::<Result<Vec<_>>>()?;
+    let ufw = ufw::rollback::capture(host)?;
     let chains = if cfg.firewall.enabled {
         ChainSnap::capture(host).await?
     } else {
@@ -171,23 +168,9 @@ async fn run_step(host: &Host, step: &Step) -> Result<()> {
         Step::Item(i) => i.restore(host).await,
         Step::Write(f) | Step::Ufw(UfwAction::Write(f)) => put_back(host, f),
         Step::ReloadSshd => sshd::validate_and_reload(host).await,
-        Step::Ufw(UfwAction::Disable) => host
-            .run(&Cmd::new("ufw").args(["--force", "disable"]))
-            .await
-            .map(drop),
-        Step::Ufw(UfwAction::Reload) => host.run(&Cmd::new("ufw").arg("reload")).await.map(drop),
-        Step::CheckUfw { want_on } => {
-            let st = host.query(&Cmd::new("ufw").arg("status")).await?;
-            let on = st.stdout.contains("Status: active");
-            if on != *want_on {
-                bail!(
-                    "ufw reports `{}` after the restore, expected {}",
-                    st.stdout.lines().next().unwrap_or("").trim(),
-                    if *want_on { "active" } else { "inactive" }
-                );
-            }
-            Ok(())
-        }
+        Step::Ufw(UfwAction::Disable) => ufw::rollback::disable(host).await,
+        Step::Ufw(UfwAction::Reload) => ufw::rollback::reload(host).await,
+        Step::CheckUfw { want_on } => ufw::rollback::check(host, *want_on).await,
         Step::Chain(c) => c.restore(host).await,
     }
 }
