@@ -4,6 +4,7 @@ pub mod compose;
 pub mod deploy_key;
 pub mod docker;
 pub mod firewall;
+pub mod guarded;
 pub mod hostname;
 pub mod ntp;
 pub mod packages;

@@ -14,6 +14,7 @@ pub use lock::{Loaded, ShownOrigin, observe_origin};
 pub mod builtin_lists;
 mod choice;
 pub mod origin;
+pub mod rollback;
 pub mod rules;
 mod show;
 // The old name, for lists.rs until it says `builtin_lists` itself.

@@ -482,7 +482,7 @@ pub fn drift(have: Option<&[Rule]>, want: &[Rule]) -> Option<String> {
 }
 
 /// Which iptables programs hold Docker's chains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// `iptables-nft-save` / `iptables-nft-restore`

@@ -20,6 +20,7 @@ mod admission;
 mod config_text;
 mod effective;
 mod plan;
+pub mod rollback;
 mod validate;
 
 pub use config_text::{

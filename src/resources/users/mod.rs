@@ -16,6 +16,8 @@ use crate::host::userdir::Kind;
 use crate::host::{Cmd, FileSpec, FileState, Host, UserDir};
 use crate::resources::{Name, RunContext};
 
+pub mod rollback;
+
 pub const GROUPS: [&str; 2] = ["sudo", "docker"];
 
 /// The NOPASSWD drop-in of `user` (the `--confirm` snapshot keeps it too).

@@ -1,0 +1,82 @@
+//! The DOCKER-USER chain as commit-confirmed keeps and restores it: the lines exactly as
+//! iptables-save printed them (the chain may hold rules this agent did not write, which
+//! `rules::Rule` need not round-trip), put back in one `--noflush` transaction.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::lists::Family;
+use super::rules::{Backend, CHAIN};
+use crate::host::{Cmd, Host};
+
+/// One family's saved chain. Family and backend serialise as the `v4`/`nft` strings the
+/// snapshots of earlier versions hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainSnap {
+    pub family: Family,
+    pub backend: Backend,
+    /// The `-A DOCKER-USER ...` lines as iptables-save printed them; None: no such chain.
+    pub lines: Option<Vec<String>>,
+}
+
+impl ChainSnap {
+    /// An absent chain and an empty one filter the same.
+    pub fn lines(&self) -> &[String] {
+        self.lines.as_deref().unwrap_or(&[])
+    }
+
+    /// The chain of every family whose iptables tables hold Docker's chains.
+    pub async fn capture(host: &Host) -> Result<Vec<ChainSnap>> {
+        let mut chains = Vec::new();
+        for fam in Family::ALL {
+            let (docker, _) = super::observe_docker(host, fam)
+                .await
+                .with_context(|| format!("cannot read the {} DOCKER-USER chain", fam.label()))?;
+            if let Some((backend, table)) = docker {
+                chains.push(ChainSnap {
+                    family: fam,
+                    backend,
+                    lines: table.has_chain(CHAIN).then(|| table.lines_of(CHAIN)),
+                });
+            }
+        }
+        Ok(chains)
+    }
+
+    /// The same chain, as it is now.
+    pub async fn recapture(&self, host: &Host) -> Result<ChainSnap> {
+        let t = super::save(host, self.backend, self.family).await?;
+        Ok(ChainSnap {
+            lines: t.has_chain(CHAIN).then(|| t.lines_of(CHAIN)),
+            ..self.clone()
+        })
+    }
+
+    /// One `iptables-restore --noflush` transaction that puts the saved chain back (an
+    /// absent chain comes back empty, which filters the same), as the firewall resource
+    /// replaces it.
+    pub fn restore_text(&self) -> String {
+        let mut s = format!("*filter\n:{CHAIN} - [0:0]\n");
+        for l in self.lines() {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+
+    pub async fn restore(&self, host: &Host) -> Result<()> {
+        let fam = self.family;
+        host.run(
+            &Cmd::new(&self.backend.restore(fam))
+                .args(["--noflush", "--wait", super::XTABLES_WAIT_SECS])
+                .stdin(self.restore_text())
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .map(drop)
+        .with_context(|| format!("the {} {CHAIN} chain was not restored", fam.label()))
+    }
+}
