@@ -19,7 +19,7 @@ use crate::cli::{ConfirmArgs, RollbackArgs};
 use crate::config::{self, Config};
 use crate::engine::{Check, Level, lock};
 use crate::exit;
-use crate::host::{Access, Cmd, FileSpec, Host, sys};
+use crate::host::{Access, Cmd, FileSpec, Host, state_dir, sys, systemctl};
 use crate::resources::firewall::{self, rules::CHAIN};
 use crate::resources::guarded::{file_snap, put_back};
 use crate::resources::{Name, sshd, ufw, users};
@@ -35,7 +35,7 @@ pub use record::*;
 pub use verdict::*;
 
 pub const UNIT_PREFIX: &str = "sapari-agent-rollback-";
-const DIR: &str = "confirm";
+const DIR: &str = state_dir::confirm::DIR;
 const PENDING: &str = "pending.json";
 const ROLLED_BACK: &str = "rolled-back.json";
 const SNAPSHOT: &str = "snapshot.json";
@@ -289,10 +289,7 @@ async fn roll_back(host: &Host, dir: &Path, p: &Pending) -> Result<RolledBack> {
 
 async fn disarm(host: &Host, unit: &str) {
     let timer = format!("{unit}.timer");
-    match host
-        .run(&Cmd::new("systemctl").args(["stop", &timer]))
-        .await
-    {
+    match host.run(&systemctl::stop(&timer)).await {
         // Harmless if it still fires: the rollback finds nothing pending under its id.
         Err(e) => log::warn!("cannot stop {timer}: {e:#}"),
         Ok(_) => log::info!("stopped {timer}"),
@@ -300,9 +297,7 @@ async fn disarm(host: &Host, unit: &str) {
     // A rollback already started (sleeping towards the deadline, or waiting for the lock)
     // holds nothing yet; stopping a unit that never ran just fails.
     let service = format!("{unit}.service");
-    let _ = host
-        .query(&Cmd::new("systemctl").args(["stop", &service]))
-        .await;
+    let _ = host.query(&systemctl::stop(&service)).await;
 }
 
 /// Transient units do not survive a reboot: a pending change whose timer and rollback are
@@ -314,7 +309,7 @@ async fn rearm_if_gone(host: &Host, dir: &Path, p: &Pending, now: u64) {
     let timer = format!("{}.timer", p.unit);
     let service = format!("{}.service", p.unit);
     let states = host
-        .query(&Cmd::new("systemctl").args(["is-active", &timer, &service]))
+        .query(&systemctl::is_active(&[&timer, &service]))
         .await
         .map(|o| o.stdout)
         .unwrap_or_default();
@@ -500,7 +495,10 @@ async fn arm(
     let started = unix_now();
     let id = new_id(started, std::process::id());
     let sdir = dir.join(&id);
-    ensure_dirs(host, dir)?;
+    // The state directory as the rest of the agent makes it (0755: `status` reads
+    // last-run.json without root), and `confirm/` in it private.
+    let (state, name) = (dir.parent().unwrap_or(dir), state_dir::confirm::DIR);
+    state_dir::ensure_sub(host, state, name, state_dir::confirm::DIR_MODE)?;
     host.ensure_dir(&sdir, FileSpec::root(0o700))?;
     let result = async {
         let saved = capture(host, cfg, &id).await?;

@@ -100,17 +100,6 @@ pub(super) fn write_json<T: Serialize>(host: &Host, path: &Path, v: &T) -> Resul
     host.write(path, &body, FileSpec::root(0o600), false)
 }
 
-/// The state directory as the rest of the agent makes it (0755: `status` reads last-run.json
-/// without root), and `confirm/` in it private.
-pub(super) fn ensure_dirs(host: &Host, dir: &Path) -> Result<()> {
-    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
-    for d in missing.into_iter().rev() {
-        let mode = if d == dir { 0o700 } else { 0o755 };
-        host.ensure_dir(d, FileSpec::root(mode))?;
-    }
-    Ok(())
-}
-
 /// The config file's bytes identify "the same configuration" for the rolled-back marker;
 /// no file (all defaults) hashes as empty.
 pub(super) fn config_file(
