@@ -5,7 +5,7 @@ use super::*;
 // ---- confirm and rollback -------------------------------------------------------------------
 
 fn euid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+    sys::euid()
 }
 
 fn load(config: Option<&Path>) -> Result<Config, i32> {

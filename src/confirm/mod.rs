@@ -321,7 +321,7 @@ async fn rearm_if_gone(host: &Host, dir: &Path, p: &Pending, now: u64) {
     }
     let copy = dir.join(&p.id).join(CONFIG_COPY);
     let copy = matches!(host.read(&copy), Ok(Some(_))).then_some(copy);
-    let rearmed = match std::env::current_exe() {
+    let rearmed = match sys::current_exe() {
         Ok(exe) => {
             let argv = arm_argv(
                 &p.id,
@@ -481,7 +481,7 @@ async fn arm(
             "commit confirmed needs systemd to run the rollback (systemd-run), and systemd is not running"
         );
     }
-    let exe = std::env::current_exe().context("cannot tell where this program is")?;
+    let exe = sys::current_exe().context("cannot tell where this program is")?;
     if exe.to_string_lossy().ends_with(" (deleted)") {
         bail!(
             "{} was replaced while running; run the new one",
@@ -540,13 +540,7 @@ async fn arm(
         Ok((saved, pending)) => {
             // From here a dropped SSH session must not stop the run half-way: the rollback is
             // armed either way, but a finished run records what it changed.
-            // SAFETY: installing SIG_IGN runs no handler code.
-            unsafe {
-                let _ = nix::sys::signal::signal(
-                    nix::sys::signal::Signal::SIGHUP,
-                    nix::sys::signal::SigHandler::SigIgn,
-                );
-            }
+            sys::ignore_sighup();
             log::info!(
                 "commit confirmed: saved sshd, ufw, DOCKER-USER and the sudoers drop-in as {id}; rollback armed in {window}s"
             );

@@ -97,6 +97,11 @@ pub fn is_dir(path: &Path) -> bool {
     path.is_dir()
 }
 
+/// Whether anything is at `path` (links followed); false when it cannot be inspected.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
 /// The whole file as UTF-8, with the io error as it is, for callers that word their own
 /// message.
 pub fn read_to_string(path: &Path) -> io::Result<String> {

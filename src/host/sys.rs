@@ -386,6 +386,29 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     Ok(blocks.saturating_mul(frag))
 }
 
+/// The effective uid of this process (0: root).
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Where this program's binary is, as the kernel reports it (`/proc/self/exe`; a binary
+/// replaced on disk reads as "... (deleted)").
+pub fn current_exe() -> std::io::Result<std::path::PathBuf> {
+    std::env::current_exe()
+}
+
+/// From now on a hang-up (the SSH session that started this run dropping) does not kill
+/// the process.
+pub fn ignore_sighup() {
+    // SAFETY: installing SIG_IGN runs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

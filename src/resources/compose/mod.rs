@@ -403,7 +403,7 @@ impl Resource for Compose {
         let mem = host.memory()?;
         let box_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut s = State {
-            project: dir.is_dir(),
+            project: crate::host::files::is_dir(dir),
             compose_text: None,
             env_text: None,
             caddyfile_sha256: None,

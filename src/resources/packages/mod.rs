@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use crate::config::{PackagesSettings, UfwSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::apt::{self, APT_LISTS};
-use crate::host::{FileSpec, Host, systemctl};
+use crate::host::{FileSpec, Host, files, systemctl};
 use crate::resources::Name;
 
 const AUTO_UPGRADES: &str = "/etc/apt/apt.conf.d/20auto-upgrades";
@@ -257,7 +257,7 @@ impl Resource for Packages {
                     )?;
                 }
                 Step::Jail { new, .. } => {
-                    if !Path::new("/etc/fail2ban/jail.d").is_dir() {
+                    if !files::is_dir(Path::new("/etc/fail2ban/jail.d")) {
                         bail!("/etc/fail2ban/jail.d is missing: is fail2ban installed?");
                     }
                     host.write(

@@ -2,7 +2,6 @@
 //! reach it (the tailnet IPv4 is CI's SSH_HOST). The auth key only ever travels as
 //! `--auth-key=file:PATH`: never on a command line, in a log, a report or an error.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Result, bail};
@@ -11,7 +10,7 @@ use serde::Deserialize;
 
 use crate::config::TailscaleSettings;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
-use crate::host::{Cmd, Host, apt, http, systemctl};
+use crate::host::{Cmd, Host, apt, files, http, systemctl};
 use crate::resources::Name;
 
 /// Tailscale's package repository signing key, as Tailscale publishes it.
@@ -155,14 +154,13 @@ impl Resource for Tailscale {
         } else {
             Err("not installed".into())
         };
-        let key_file = match std::fs::metadata(&self.cfg.auth_key_file.0) {
-            Err(_) => KeyFile::Missing,
-            Ok(m) if m.uid() != 0 || m.mode() & 0o077 != 0 => KeyFile::Unsafe(format!(
+        let key_file = match files::inspect_target(&self.cfg.auth_key_file.0) {
+            Err(_) | Ok(None) => KeyFile::Missing,
+            Ok(Some(e)) if e.spec.uid != 0 || e.spec.mode & 0o077 != 0 => KeyFile::Unsafe(format!(
                 "owned by uid {} with mode {:04o}",
-                m.uid(),
-                m.mode() & 0o7777
+                e.spec.uid, e.spec.mode
             )),
-            Ok(_) => KeyFile::Ok,
+            Ok(Some(_)) => KeyFile::Ok,
         };
         let (os_id, codename) = host.os_release()?;
         Ok(State {

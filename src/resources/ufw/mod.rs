@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use crate::config::{TailscaleSsh, UfwSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::apt;
-use crate::host::{Cmd, FileSpec, Host};
+use crate::host::{Cmd, FileSpec, Host, files};
 use crate::resources::{Name, RunContext};
 
 pub const UFW_CONF: &str = "/etc/ufw/ufw.conf";
@@ -443,7 +443,7 @@ impl Resource for Ufw {
                 .and_then(|d| shell_var(d, "DEFAULT_OUTPUT_POLICY"))
                 .unwrap_or_default(),
             rules,
-            reload_pending: Path::new(RELOAD_PENDING).exists(),
+            reload_pending: files::exists(Path::new(RELOAD_PENDING)),
         })
     }
 
