@@ -285,15 +285,13 @@ impl Resource for Sshd {
 
     async fn observe(&self, host: &Host) -> Result<State> {
         let main = host.read_text(Path::new(SSHD_CONFIG))?;
-        let mut names: Vec<String> = match std::fs::read_dir(DROP_DIR) {
-            Ok(rd) => rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".conf"))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        names.sort();
+        // Any listing error reads as no drop-ins, as before.
+        let names: Vec<String> = host
+            .list_dir(Path::new(DROP_DIR))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.ends_with(".conf"))
+            .collect();
         let mut drop_ins = Vec::new();
         for n in names {
             if let Some(t) = host.read_text(&Path::new(DROP_DIR).join(&n))? {
@@ -313,7 +311,7 @@ impl Resource for Sshd {
             if !privsep_dir {
                 return Ok(Effective::Unknown(format!("{PRIVSEP_DIR} is missing")));
             }
-            if !nix::unistd::geteuid().is_root() {
+            if !crate::host::files::is_root() {
                 // sshd -T must read the host keys; without root it fails for that alone.
                 return Ok(Effective::Unknown(
                     "not root: `sshd -T` cannot read the host keys".into(),
