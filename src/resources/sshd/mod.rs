@@ -299,7 +299,7 @@ impl Resource for Sshd {
             }
         }
         let sshd_installed = host.program_exists("sshd");
-        let privsep_dir = Path::new(PRIVSEP_DIR).is_dir();
+        let privsep_dir = crate::host::files::is_dir(Path::new(PRIVSEP_DIR));
         let local = format!("user={},host=localhost,addr=127.0.0.1", self.user);
         let public = format!("user={},host={PUBLIC_PROBE},addr={PUBLIC_PROBE}", self.user);
         let units_cmd = units_cmd();
@@ -340,8 +340,8 @@ impl Resource for Sshd {
             main,
             drop_ins,
             moduli: host.read_text(Path::new(MODULI))?,
-            has_ed25519_key: Path::new(ED25519_KEY).exists(),
-            has_rsa_key: Path::new(RSA_KEY).exists(),
+            has_ed25519_key: crate::host::files::exists(Path::new(ED25519_KEY)),
+            has_rsa_key: crate::host::files::exists(Path::new(RSA_KEY)),
             privsep_dir,
             effective: effective?,
             unit,
@@ -349,7 +349,7 @@ impl Resource for Sshd {
             key_users,
             sshd_installed,
             effective_public: effective_public?,
-            reload_pending: Path::new(RELOAD_PENDING).exists(),
+            reload_pending: crate::host::files::exists(Path::new(RELOAD_PENDING)),
         })
     }
 
