@@ -302,6 +302,17 @@ pub fn remove_stale_dirs(dir: &Path, prefix: &str) {
     }
 }
 
+/// Whether this process runs as root (effective uid 0): what decides if root-only files such as
+/// sshd's host keys can be read.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether `path` exists (following symlinks), as `Path::exists`.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

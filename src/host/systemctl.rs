@@ -68,6 +68,15 @@ pub fn stop(unit: &str) -> Cmd {
     Cmd::new("systemctl").args(["stop", unit])
 }
 
+/// `systemctl show -p <prop> ... <unit> ...`: the named properties of each unit, in one process.
+pub fn show(props: &[&str], units: &[&str]) -> Cmd {
+    let mut cmd = Cmd::new("systemctl").arg("show");
+    for p in props {
+        cmd = cmd.args(["-p", p]);
+    }
+    cmd.args(units.iter().copied())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use ipnet::IpNet;
 use crate::config::{AgentSettings, FirewallSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sockets::Listener;
-use crate::host::{Cmd, FileSpec, Host};
+use crate::host::{Cmd, FileSpec, Host, iptables};
 use crate::resources::Name;
 use lists::{Family, LastGood, Stored};
 use origin::Shape;
@@ -274,9 +274,7 @@ fn age(now: SystemTime, at: &str) -> Option<String> {
 // ---- observation ----------------------------------------------------------------------------
 
 pub async fn save(host: &Host, backend: Backend, fam: Family) -> Result<FilterTable> {
-    let cmd = Cmd::new(&backend.save(fam))
-        .args(["-t", "filter"])
-        .timeout(Duration::from_secs(30));
+    let cmd = iptables::save_filter(&backend.save(fam));
     let out = host.query(&cmd).await?.success_of(&cmd)?;
     rules::parse_save(&out.stdout).map_err(|e| anyhow!("cannot parse the output of `{cmd}`: {e}"))
 }
@@ -291,14 +289,7 @@ pub async fn observe_docker(
     let nft = host.program_exists(&Backend::Nft.save(fam));
     let legacy = host.program_exists(&Backend::Legacy.save(fam));
     let candidates: Vec<Backend> = if nft && legacy {
-        let names = match fam {
-            Family::V4 => "/proc/net/ip_tables_names",
-            Family::V6 => "/proc/net/ip6_tables_names",
-        };
-        let legacy_filter = host
-            .read_text(Path::new(names))?
-            .is_some_and(|t| t.lines().any(|l| l.trim() == "filter"));
-        if legacy_filter {
+        if iptables::legacy_filter_loaded(host, fam == Family::V6)? {
             vec![Backend::Nft, Backend::Legacy]
         } else {
             vec![Backend::Nft]

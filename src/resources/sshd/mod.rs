@@ -286,15 +286,13 @@ impl Resource for Sshd {
 
     async fn observe(&self, host: &Host) -> Result<State> {
         let main = host.read_text(Path::new(SSHD_CONFIG))?;
-        let mut names: Vec<String> = match std::fs::read_dir(DROP_DIR) {
-            Ok(rd) => rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".conf"))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        names.sort();
+        // Any listing error reads as no drop-ins, as before.
+        let names: Vec<String> = host
+            .list_dir(Path::new(DROP_DIR))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.ends_with(".conf"))
+            .collect();
         let mut drop_ins = Vec::new();
         for n in names {
             if let Some(t) = host.read_text(&Path::new(DROP_DIR).join(&n))? {
@@ -302,7 +300,7 @@ impl Resource for Sshd {
             }
         }
         let sshd_installed = host.program_exists("sshd");
-        let privsep_dir = Path::new(PRIVSEP_DIR).is_dir();
+        let privsep_dir = crate::host::files::is_dir(Path::new(PRIVSEP_DIR));
         let local = format!("user={},host=localhost,addr=127.0.0.1", self.user);
         let public = format!("user={},host={PUBLIC_PROBE},addr={PUBLIC_PROBE}", self.user);
         let units_cmd = units_cmd();
@@ -314,7 +312,7 @@ impl Resource for Sshd {
             if !privsep_dir {
                 return Ok(Effective::Unknown(format!("{PRIVSEP_DIR} is missing")));
             }
-            if !nix::unistd::geteuid().is_root() {
+            if !crate::host::files::is_root() {
                 // sshd -T must read the host keys; without root it fails for that alone.
                 return Ok(Effective::Unknown(
                     "not root: `sshd -T` cannot read the host keys".into(),
@@ -343,8 +341,8 @@ impl Resource for Sshd {
             main,
             drop_ins,
             moduli: host.read_text(Path::new(MODULI))?,
-            has_ed25519_key: Path::new(ED25519_KEY).exists(),
-            has_rsa_key: Path::new(RSA_KEY).exists(),
+            has_ed25519_key: crate::host::files::exists(Path::new(ED25519_KEY)),
+            has_rsa_key: crate::host::files::exists(Path::new(RSA_KEY)),
             privsep_dir,
             effective: effective?,
             unit,
@@ -352,7 +350,7 @@ impl Resource for Sshd {
             key_users,
             sshd_installed,
             effective_public: effective_public?,
-            reload_pending: Path::new(RELOAD_PENDING).exists(),
+            reload_pending: crate::host::files::exists(Path::new(RELOAD_PENDING)),
         })
     }
 

@@ -353,3 +353,11 @@ fn candidate_tree_holds_the_configuration_as_it_will_be() {
     drop(tree);
     assert!(!dir.exists(), "candidate tree left behind");
 }
+
+#[test]
+fn the_unit_query_is_the_same_command_line() {
+    assert_eq!(
+        validate::units_cmd().to_string(),
+        "systemctl show -p Id -p LoadState -p ActiveState ssh.service sshd.service ssh.socket"
+    );
+}

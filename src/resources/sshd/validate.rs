@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use super::config_text::{includes_drop_dir, split_line};
 use super::effective::parse_effective;
 use super::{DROP_DIR, KeyUser, SSHD_CONFIG, Sshd, State, Unit, admission};
-use crate::host::{CandidateTree, Cmd, Host, systemd};
+use crate::host::{CandidateTree, Cmd, Host, systemctl, systemd};
 
 /// Pick the sshd unit from `systemctl show -p Id -p LoadState -p ActiveState ssh.service
 /// sshd.service ssh.socket` (blocks separated by blank lines).
@@ -187,18 +187,10 @@ async fn admit_someone(host: &Host, main: &str, judge: &Judge<'_>) -> Result<()>
 }
 
 pub(super) fn units_cmd() -> Cmd {
-    Cmd::new("systemctl").args([
-        "show",
-        "-p",
-        "Id",
-        "-p",
-        "LoadState",
-        "-p",
-        "ActiveState",
-        "ssh.service",
-        "sshd.service",
-        "ssh.socket",
-    ])
+    systemctl::show(
+        &["Id", "LoadState", "ActiveState"],
+        &["ssh.service", "sshd.service", "ssh.socket"],
+    )
 }
 
 /// Check the files on disk with `sshd -t`, then reload sshd the way `converge` does. For
@@ -226,8 +218,7 @@ pub(super) async fn reload(host: &Host, s: &State) -> Result<()> {
 async fn reload_unit(host: &Host, unit: Option<&Unit>) -> Result<()> {
     match unit {
         Some(u) if u.active => {
-            host.run(&Cmd::new("systemctl").args(["reload", u.id.as_str()]))
-                .await?;
+            host.run(&systemctl::reload(u.id.as_str())).await?;
         }
         Some(_) => {
             log::info!("sshd unit not running; the new configuration applies when it starts")
