@@ -13,7 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::report::{json, out_str};
+use common::describe;
+use common::report::json;
 use common::{Peer, TestBox, sh_quote};
 use serde_json::Value;
 
@@ -166,7 +167,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     ));
     config(&b, &format!("[access]\noperator_ips = [\"{OP}\"]\n"));
     let o = b.agent(&["converge", "--only", "users,sshd,ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
         can_log_in(&op, &key),
         "control: the operator logs in as deploy"
@@ -238,7 +239,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
         "the chain was replaced"
     );
     let o = b.agent(&["converge", "--only", "users,sshd,ufw,firewall"]);
-    assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", describe(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("sapari-agent confirm") && e.contains(&id), "{e}");
     assert!(b.read_string(&format!("{STATE}/pending.json")).is_some());
@@ -277,7 +278,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
 
     // The same configuration is not silently applied again (by the timer, say).
     let o = b.agent(&["converge", "--only", "users,sshd,ufw,firewall"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains("rolled back unconfirmed") && e.contains("--confirm"),
@@ -314,7 +315,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     let (old_out, (out, last, mut session)) = older;
     let _ = session.kill();
     let _ = session.wait();
-    let old_text = out_str(&old_out);
+    let old_text = describe(&old_out);
     assert!(
         old_text.contains("OLD-CONFIRM-EXIT=1") && old_text.contains("before the change"),
         "a session opened before the change must not confirm it: {old_text}"
@@ -339,7 +340,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     assert!(same.contains("NEW SSH session"), "{same}");
 
     let o = ssh_run(&op, &key, &format!("sudo {AGENT} confirm --json"));
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let v = json(&o);
     assert_eq!(v["result"], "confirmed", "{v:#}");
     assert_eq!(v["id"], id.as_str());
@@ -362,10 +363,15 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     }
     assert!(can_log_in(&op, &key));
     let o = b.agent(&["converge", "--only", "users,sshd,ufw,firewall", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
     let o = ssh_run(&op, &key, &format!("sudo {AGENT} confirm"));
-    assert_eq!(o.status.code(), Some(1), "nothing pending: {}", out_str(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "nothing pending: {}",
+        describe(&o)
+    );
 
     // ---- the rollback timer lost (a reboot drops transient units) ----
     let rules_confirmed = b.read_string("/etc/ufw/user.rules").unwrap();
@@ -382,17 +388,17 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
         "ufw",
         "--json",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let id = json(&o)["confirm"]["id"].as_str().unwrap().to_string();
     let timer = format!("sapari-agent-rollback-{id}.timer");
     assert_confirm_check(&b, "WARN");
     b.exec_ok(&format!("systemctl stop {timer}"));
     let o = b.agent(&["converge", "--only", "ufw"]);
-    assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", describe(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("re-armed"),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert_eq!(
         b.exec_ok(&format!("systemctl is-active {timer}")).trim(),
@@ -405,7 +411,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     p["deadline_unix"] = (unix_now() - 600).into();
     b.write(&path, p.to_string().as_bytes(), 0o600);
     let o = b.agent(&["converge", "--only", "ufw"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains("rolling it back now") && e.contains("rolled back unconfirmed"),

@@ -30,7 +30,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use common::report::{json, out_str};
+use common::describe;
+use common::report::json;
 use common::{Peer, TestBox, sh_quote};
 
 const SERVER: &str = "203.0.113.10";
@@ -73,7 +74,7 @@ fn sh(script: &str) -> Output {
 
 fn sh_ok(script: &str) -> String {
     let o = sh(script);
-    assert!(o.status.success(), "{script}\n{}", out_str(&o));
+    assert!(o.status.success(), "{script}\n{}", describe(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -115,7 +116,7 @@ fn crash_rootfs() -> PathBuf {
         .args(["docker.io", "docker-compose"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "build-debs.sh: {}", out_str(&o));
+    assert!(o.status.success(), "build-debs.sh: {}", describe(&o));
     let debs = String::from_utf8_lossy(&o.stdout)
         .lines()
         .last()
@@ -341,7 +342,7 @@ fn census(k: &Keys) -> Census {
         &[("SAPARI_AGENT_TEST_CRASH_COUNT", COUNT_FILE)],
     );
     let seconds = t0.elapsed().as_secs_f64();
-    assert_eq!(o.status.code(), Some(0), "counting run: {}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "counting run: {}", describe(&o));
     let r = json(&o);
     assert_eq!(r["summary"]["failed"], 0, "{r:#}");
     let labels = read_labels(&b);
@@ -407,7 +408,7 @@ fn settled(b: &TestBox, op: &Peer, k: &Keys, what: &str) {
     assert!(
         String::from_utf8_lossy(&s.stdout).contains("LOGIN-OK"),
         "{what}: deploy login: {}",
-        out_str(&s)
+        describe(&s)
     );
 }
 
@@ -624,7 +625,10 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
         ],
     );
     if o.status.code() != Some(128 + 9) {
-        return Err(format!("the agent did not die of SIGKILL: {}", out_str(&o)));
+        return Err(format!(
+            "the agent did not die of SIGKILL: {}",
+            describe(&o)
+        ));
     }
     let reached = read_labels(&b);
     if reached.len() != n || reached.last() != Some(label) {
@@ -642,7 +646,7 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
     ] {
         let o = b.exec(script);
         if !o.status.success() {
-            bad.push(format!("{what} fails: {}", out_str(&o)));
+            bad.push(format!("{what} fails: {}", describe(&o)));
         }
     }
     let who = login(&op, k);
@@ -674,7 +678,7 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
     let o = b.agent(&["converge", "--json"]);
     let r = json(&o);
     if o.status.code() != Some(0) || r["summary"]["failed"] != 0 {
-        bad.push(format!("the rerun did not converge: {}", out_str(&o)));
+        bad.push(format!("the rerun did not converge: {}", describe(&o)));
     } else {
         let o = b.agent(&["converge", "--json", "--detailed-exitcodes"]);
         let r = json(&o);
@@ -872,7 +876,7 @@ fn useradd_cut_short_before_the_home_converges() {
     b.nsenter_ok("useradd --user-group --shell /bin/bash --groups sudo,docker deploy && test ! -e /home/deploy");
     let o = b.agent(&["converge", "--json"]);
     let r = json(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(r["summary"]["failed"], 0, "{r:#}");
     assert_eq!(
         b.nsenter_ok("stat -c '%a %U' /home/deploy /home/deploy/.ssh; test -f /home/deploy/.bashrc && echo skel"),

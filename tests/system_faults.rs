@@ -5,18 +5,19 @@
 //! Root only; run through scripts/test.sh.
 
 mod common;
-#[path = "common/netfw.rs"]
-mod netfw;
+
+use common::netfw;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::TestBox;
 use common::apt_repo;
-use common::report::{json, out_str, resource};
-use netfw::Fam::{V4, V6};
-use netfw::{Edge, PATH_ENV, Reply};
+use common::describe;
+use common::netfw::Fam::{V4, V6};
+use common::netfw::{Edge, Reply};
+use common::report::{json, resource};
+use common::{PATH, TestBox};
 
 const CONFIG: &str = "/etc/sapari-agent/agent.toml";
 const SUDOERS_D: &str = "/etc/sudoers.d";
@@ -39,7 +40,7 @@ fn config(key: &str) -> String {
 /// The agent's JSON run of `--only what`, with the exit code checked.
 fn converge(b: &TestBox, what: &str, want: i32) -> serde_json::Value {
     let o = b.agent(&["converge", "--json", "--only", what]);
-    assert_eq!(o.status.code(), Some(want), "{what}: {}", out_str(&o));
+    assert_eq!(o.status.code(), Some(want), "{what}: {}", describe(&o));
     json(&o)
 }
 
@@ -134,7 +135,7 @@ fn faults_on_one_box_fail_clearly_keep_state_and_recover() {
         let before = b.snapshot(&watched);
         let o = b.agent(&["converge", "--only", "users"]);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert_eq!(o.status.code(), Some(78), "{what}: {}", out_str(&o));
+        assert_eq!(o.status.code(), Some(78), "{what}: {}", describe(&o));
         eprintln!("config {what}: {}", err.trim());
         assert!(err.contains(CONFIG), "{what}: must name the file: {err}");
         assert!(
@@ -344,7 +345,7 @@ fn firewall_faults_fail_clearly_keep_the_chain_and_recover() {
     );
     let bin = e.dir().join("fault-bin");
     restore_wrappers(&bin);
-    let path = vec![("PATH".to_string(), format!("{}:{PATH_ENV}", bin.display()))];
+    let path = vec![("PATH".to_string(), format!("{}:{PATH}", bin.display()))];
     let cfg = e.config_path().to_string_lossy().into_owned();
     let before = tables(&e);
     let run = e.agent_with(

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::describe;
+use common::report::{json, resource};
 
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ print("synced" if rc != 5 and not (t.status & 0x40) else "unsynced")
     assert!(
         s.contains("synced"),
         "adjtimex probe failed: {}",
-        out_str(&o)
+        describe(&o)
     );
     s.trim() == "synced"
 }
@@ -80,7 +81,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     );
 
     let o = b.agent(&["converge", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     assert_eq!(r["mode"], "converge");
     assert_eq!(resource(&r, "hostname")["status"], "changed", "{r:#}");
@@ -125,7 +126,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     assert!(
         !j.stdout.is_empty(),
         "journal has no RESOURCE/STATUS fields: {}",
-        out_str(&j)
+        describe(&j)
     );
 
     let o2 = b.agent(&["converge", "--json", "--detailed-exitcodes"]);
@@ -133,7 +134,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
         o2.status.code(),
         Some(0),
         "second run must have nothing to do: {}",
-        out_str(&o2)
+        describe(&o2)
     );
     let r2 = json(&o2);
     assert_eq!(r2["summary"]["changed"], 0, "{r2:#}");
@@ -182,7 +183,7 @@ fn plan_reports_changes_and_changes_nothing() {
         o.status.code(),
         Some(2),
         "pending changes -> 2: {}",
-        out_str(&o)
+        describe(&o)
     );
     let r = json(&o);
     assert_eq!(r["mode"], "plan");
@@ -203,7 +204,7 @@ fn plan_reports_changes_and_changes_nothing() {
     assert_eq!(resource(&r, "swap")["status"], "would_change");
 
     let human = b.agent(&["plan"]);
-    assert_eq!(human.status.code(), Some(0), "{}", out_str(&human));
+    assert_eq!(human.status.code(), Some(0), "{}", describe(&human));
     let h = String::from_utf8_lossy(&human.stdout);
     assert!(
         h.contains("swap file: absent -> 64M") && h.contains("plan: "),
@@ -233,7 +234,7 @@ fn broken_config_exits_78_and_changes_nothing() {
         b.nsenter(&format!("chmod {mode:o} /etc/sapari-agent/agent.toml"));
         let start = observable_state(&b);
         let o = b.agent(&["converge"]);
-        assert_eq!(o.status.code(), Some(78), "{needle}: {}", out_str(&o));
+        assert_eq!(o.status.code(), Some(78), "{needle}: {}", describe(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "error must name {needle}: {err}");
         assert!(err.contains("/etc/sapari-agent/agent.toml"), "{err}");
@@ -244,7 +245,7 @@ fn broken_config_exits_78_and_changes_nothing() {
         );
     }
     let o = b.agent(&["converge", "--only", "nope"]);
-    assert_eq!(o.status.code(), Some(64), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(64), "{}", describe(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("valid names: hostname users"));
     b.nsenter("rm -rf /etc/sapari-agent");
     assert_eq!(observable_state(&b).1, before.1, "hostname untouched");
@@ -264,10 +265,10 @@ fn ntp_reports_the_kernel_clock_honestly() {
     let r = json(&o);
     let ntp = resource(&r, "ntp");
     if synced {
-        assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
         assert_ne!(ntp["status"], "failed", "{r:#}");
     } else {
-        assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+        assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
         assert_eq!(ntp["status"], "failed", "{r:#}");
         let e = ntp["error"].as_str().unwrap();
         assert!(e.contains("not synchronized") && e.contains("JWT"), "{e}");
@@ -283,7 +284,7 @@ fn ntp_reports_the_kernel_clock_honestly() {
         String::from_utf8_lossy(&en.stdout).trim(),
         "enabled",
         "{}",
-        out_str(&en)
+        describe(&en)
     );
 
     let st = b.agent(&["status", "--json", "--only", "ntp"]);
@@ -307,7 +308,7 @@ fn swap_on_an_overlay_root_fails_clearly_and_others_still_converge() {
     let b = TestBox::boot();
     install_config(&b, &config("").replace(SWAP.as_str(), "/swapfile"));
     let o = b.agent(&["converge", "--json"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let r = json(&o);
     let swap = resource(&r, "swap");
     assert_eq!(swap["status"], "failed");
@@ -328,7 +329,7 @@ fn concurrent_converges_serialize() {
     let holder = b.spawn("exec flock /run/sapari-agent.lock sleep 4");
     std::thread::sleep(Duration::from_millis(800));
     let o = b.agent(&["converge"]);
-    assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", describe(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("another sapari-agent run"));
     assert!(b.read(&SWAP).is_none(), "gave up without changing anything");
 
@@ -338,11 +339,11 @@ fn concurrent_converges_serialize() {
     let mut holder = holder;
     let o = b.agent(&["converge", "--json"]);
     let _ = holder.wait();
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("waiting up to"),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(
         t0.elapsed() >= Duration::from_millis(1500),
@@ -357,8 +358,8 @@ fn concurrent_converges_serialize() {
     let a = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
     let c = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
     let (a, c) = (a.wait_with_output().unwrap(), c.wait_with_output().unwrap());
-    assert_eq!(a.status.code(), Some(0), "{}", out_str(&a));
-    assert_eq!(c.status.code(), Some(0), "{}", out_str(&c));
+    assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+    assert_eq!(c.status.code(), Some(0), "{}", describe(&c));
     let mut changed: Vec<u64> = [json(&a), json(&c)]
         .iter()
         .map(|r| r["summary"]["changed"].as_u64().unwrap())

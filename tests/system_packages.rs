@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::describe;
+use common::report::{json, resource};
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
     let (b, _repo) = boot_with_repo();
     config(&b, "");
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     assert_eq!(resource(&r, "packages")["status"], "changed", "{r:#}");
     let changes = resource(&r, "packages")["changes"].to_string();
@@ -84,7 +85,7 @@ fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
         resource(&json(&o), "packages")["status"],
         "unchanged",
         "{}",
-        out_str(&o)
+        describe(&o)
     );
 }
 
@@ -98,7 +99,7 @@ fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
     let mut h = b.spawn(&format!("exec python3 -c {}", sh_quote(holder)));
     std::thread::sleep(Duration::from_millis(1500));
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = resource(&json(&o), "packages")["error"]
         .as_str()
         .unwrap()
@@ -110,7 +111,7 @@ fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("waiting for the dpkg lock held by python3"),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(
         !b.exec_ok("dpkg-query -W -f '${db:Status-Abbrev}' python3-systemd 2>/dev/null || true")
@@ -124,7 +125,7 @@ fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
         "install = [\"python3-systemd\"]\nlock_timeout = \"30s\"",
     );
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(
         b.exec_ok("dpkg-query -W -f '${db:Status-Abbrev}' python3-systemd")
             .trim(),

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::describe;
+use common::report::{json, resource};
 
 use common::{Peer, TestBox, sh_quote};
 
@@ -151,7 +152,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     );
 
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(resource(&json(&o), "ufw")["status"], "changed");
 
     assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh");
@@ -179,7 +180,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     );
 
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
 
     // Someone opens 80 by hand: reported and kept, then pruned on request.
     b.exec_ok("ufw allow 80/tcp");
@@ -194,7 +195,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
         resource(&json(&o), "ufw")["status"],
         "changed",
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(!reaches(&evil, "tcp", SERVER, 80), "pruned");
     assert!(reaches(&op, "tcp", SERVER, 22), "operator still in");
@@ -231,7 +232,7 @@ fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
         let o = over_ssh(&format!(
             "{via}/usr/local/bin/sapari-agent converge --only ufw --json"
         ));
-        assert_eq!(o.status.code(), Some(1), "{via}: {}", out_str(&o));
+        assert_eq!(o.status.code(), Some(1), "{via}: {}", describe(&o));
         let e = resource(&json(&o), "ufw")["error"]
             .as_str()
             .unwrap()
@@ -252,7 +253,7 @@ fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
     // Naming the address admits it: applied, and the session's address keeps SSH.
     let o =
         over_ssh("/usr/local/bin/sapari-agent converge --only ufw --json --my-ip 198.51.100.66");
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(reaches(&evil, "tcp", SERVER, 22));
 }
 
@@ -352,7 +353,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
 
     // The plan names the setting and the change.
     let o = b.agent(&["plan", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let changes = resource(&r, "ufw")["changes"].as_array().unwrap().clone();
     let c = changes
@@ -368,7 +369,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
 
     // 1. ufw not active yet: IPV6=yes, then the rules, then `ufw enable` loads both families.
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(resource(&json(&o), "ufw")["status"], "changed");
     let edited = b.read_string("/etc/default/ufw").unwrap();
     assert_eq!(edited, shipped, "only IPV6 changed, back to yes");
@@ -377,7 +378,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
     assert_v6_filtered(&b, &evil, "after enabling");
     assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh over v4");
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
 
     // 2. ufw active with IPV6=no (set by hand and reloaded): the agent reloads after the edit.
     b.write("/etc/default/ufw", off.as_bytes(), 0o644);
@@ -400,7 +401,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
         .clone();
     assert_eq!(check["level"], "FAIL", "{check}");
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let to = resource(&r, "ufw")["changes"]
         .as_array()
@@ -414,7 +415,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
     assert_v6_filtered(&b, &evil, "after the reload");
     assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh over v4");
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
     let st = json(&b.agent(&["status", "--only", "ufw", "--json"]));
     assert!(
         st["checks"]
