@@ -72,6 +72,25 @@ pub struct TestBox {
     pub(crate) opts: BoxOptions,
 }
 
+/// The agent binary to bind in, checked: a file whose path nspawn's --bind can carry.
+fn checked_agent(opts: &BoxOptions) -> PathBuf {
+    let agent = opts.agent.clone().unwrap_or_else(agent_binary);
+    let agent = fs::canonicalize(&agent)
+        .unwrap_or_else(|e| panic!("agent binary {}: {e}", agent.display()));
+    assert!(
+        agent.is_file(),
+        "agent binary {} is not a file",
+        agent.display()
+    );
+    // ':' separates source and destination in nspawn's --bind
+    assert!(
+        !agent.to_string_lossy().contains(':'),
+        "agent path {} must not contain ':'",
+        agent.display()
+    );
+    agent
+}
+
 impl TestBox {
     pub fn boot() -> TestBox {
         Self::boot_with(BoxOptions::default())
@@ -81,20 +100,7 @@ impl TestBox {
         require_root();
         start_watchdog();
         cleanup_stale();
-        let agent = opts.agent.clone().unwrap_or_else(agent_binary);
-        let agent = fs::canonicalize(&agent)
-            .unwrap_or_else(|e| panic!("agent binary {}: {e}", agent.display()));
-        assert!(
-            agent.is_file(),
-            "agent binary {} is not a file",
-            agent.display()
-        );
-        // ':' separates source and destination in nspawn's --bind
-        assert!(
-            !agent.to_string_lossy().contains(':'),
-            "agent path {} must not contain ':'",
-            agent.display()
-        );
+        let agent = checked_agent(&opts);
         let rootfs = rootfs(opts.suite);
         let t0 = Instant::now();
 
@@ -115,7 +121,26 @@ impl TestBox {
             extra_netns: Mutex::new(Vec::new()),
             opts,
         };
+        let d = b.make_dir();
+        let host_net = b.make_netns();
+        let nspawn_pid = b.spawn_nspawn(&d, &agent, &rootfs);
+        b.find_init(nspawn_pid, &host_net);
+        let state = b.wait_booted();
+        b.assert_no_sys_time();
+        if state == "degraded" {
+            b.report_degraded();
+        }
+        eprintln!(
+            "harness: {name} booted in {:.1?} (container pid {})",
+            t0.elapsed(),
+            b.pid
+        );
+        b
+    }
 
+    /// The box's host directory and its swap dir, which must be on ext4/xfs.
+    fn make_dir(&mut self) -> PathBuf {
+        let name = self.name.clone();
         let root = harness_tmp_root();
         assert!(
             root.is_absolute() && !root.to_string_lossy().contains(':'),
@@ -127,17 +152,23 @@ impl TestBox {
             .tempdir_in(&root)
             .unwrap_or_else(|e| panic!("tempdir in {}: {e}", root.display()));
         let d = dir.path().to_path_buf();
-        b.dir = Some(dir);
-        b.swap_dir = d.join("swap");
-        fs::create_dir(&b.swap_dir).unwrap();
-        let fst = fstype(&b.swap_dir);
+        self.dir = Some(dir);
+        self.swap_dir = d.join("swap");
+        fs::create_dir(&self.swap_dir).unwrap();
+        let fst = fstype(&self.swap_dir);
         if fst != "ext4" && fst != "xfs" {
             panic!(
                 "{} is on {fst:?}; swap files need ext4 or xfs. Point SAPARI_TEST_TMP at a directory on such a filesystem",
-                b.swap_dir.display()
+                self.swap_dir.display()
             );
         }
+        d
+    }
 
+    /// The box's own netns (only `lo` up), after removing a stale one of the same name; returns
+    /// the host's netns identity for the safety checks that follow.
+    fn make_netns(&mut self) -> String {
+        let name = self.name.clone();
         // A netns or cgroup of this name can only be left over from a dead process whose pid we
         // now have.
         if Path::new("/run/netns").join(&name).exists() {
@@ -147,12 +178,21 @@ impl TestBox {
             remove_cgroup_tree(&h.join(&name));
         }
         host(&["ip", "netns", "add", &name]);
-        b.netns_made = true;
+        self.netns_made = true;
         host(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        b.netns_id = netns_id(&name).expect("netns vanished right after creation");
+        self.netns_id = netns_id(&name).expect("netns vanished right after creation");
         let host_net = ns_link("self", "net").expect("read /proc/self/ns/net");
-        assert_ne!(b.netns_id, host_net, "new netns has the host's identity?!");
+        assert_ne!(
+            self.netns_id, host_net,
+            "new netns has the host's identity?!"
+        );
+        host_net
+    }
 
+    /// Starts systemd-nspawn in a private mount ns inside the box's netns and cgroups; returns
+    /// its pid.
+    fn spawn_nspawn(&mut self, d: &Path, agent: &Path, rootfs: &Path) -> u32 {
+        let name = self.name.clone();
         let netns_bind = d.join("netns");
         fs::write(&netns_bind, b"").unwrap();
         let log_path = d.join("nspawn.log");
@@ -175,9 +215,9 @@ impl TestBox {
             // needs CAP_SYS_TIME, which the container lacks (asserted below).
             "--system-call-filter=@swap adjtimex clock_adjtime".into(),
             format!("--bind-ro={}:{AGENT_PATH}", agent.display()),
-            format!("--bind={}:{SWAP_MOUNT}", b.swap_dir.display()),
+            format!("--bind={}:{SWAP_MOUNT}", self.swap_dir.display()),
         ];
-        nspawn_args.extend(b.opts.extra_nspawn_args.iter().cloned());
+        nspawn_args.extend(self.opts.extra_nspawn_args.iter().cloned());
         let quoted: Vec<String> = nspawn_args.iter().map(|a| sh_quote(a)).collect();
         // /run must be a tmpfs for nspawn, and hiding the host's /run also hides /run/netns, so
         // the netns handle is bound to a file first. The private mount ns keeps both off the host.
@@ -204,51 +244,60 @@ impl TestBox {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn unshare/systemd-nspawn: {e}"));
         let nspawn_pid = child.id();
-        b.nspawn = Some(child);
+        self.nspawn = Some(child);
+        nspawn_pid
+    }
 
+    /// Finds the container's init and proves it is in the box's namespaces, not the host's.
+    fn find_init(&mut self, nspawn_pid: u32, host_net: &str) {
+        let name = self.name.clone();
         // unshare, sh and nsenter all exec, so the child *is* systemd-nspawn; the container
         // init is its child.
         let deadline = Instant::now() + Duration::from_secs(15);
-        while b.pid == 0 {
-            b.check_nspawn_alive("while waiting for the container init");
-            b.pid = all_pids()
+        while self.pid == 0 {
+            self.check_nspawn_alive("while waiting for the container init");
+            self.pid = all_pids()
                 .into_iter()
                 .find(|&p| {
                     proc_stat(p).is_some_and(|(pp, comm)| pp == nspawn_pid && comm == "systemd")
                 })
                 .unwrap_or(0);
-            if b.pid == 0 {
+            if self.pid == 0 {
                 assert!(
                     Instant::now() < deadline,
                     "container init did not appear within 15 s\n{}",
-                    b.nspawn_log()
+                    self.nspawn_log()
                 );
                 thread::sleep(Duration::from_millis(20));
             }
         }
         // Safety: a wrong pid here would make every later nsenter act on the host.
-        let pid_net = ns_link(&b.pid.to_string(), "net").unwrap_or_default();
+        let pid_net = ns_link(&self.pid.to_string(), "net").unwrap_or_default();
         assert_eq!(
-            pid_net, b.netns_id,
+            pid_net, self.netns_id,
             "container pid {} is not in test netns {name}",
-            b.pid
+            self.pid
         );
         assert_ne!(
             pid_net, host_net,
             "container pid {} is in the host netns",
-            b.pid
+            self.pid
         );
         assert_ne!(
-            ns_link(&b.pid.to_string(), "mnt"),
+            ns_link(&self.pid.to_string(), "mnt"),
             ns_link("self", "mnt"),
             "container shares the host mount ns"
         );
+    }
 
-        let deadline = Instant::now() + b.opts.boot_timeout;
+    /// Waits until `systemctl is-system-running` says running or degraded; returns which.
+    fn wait_booted(&mut self) -> String {
+        let name = self.name.clone();
+        let deadline = Instant::now() + self.opts.boot_timeout;
         let mut state = String::new();
         loop {
-            b.check_nspawn_alive("while booting");
-            if let Ok(o) = b.nsenter_bounded(
+            self.check_nspawn_alive("while booting");
+            if let Ok(o) = self.nsenter_bounded(
                 &["systemctl", "is-system-running"],
                 None,
                 Duration::from_secs(10),
@@ -259,7 +308,7 @@ impl TestBox {
                 }
             }
             if Instant::now() >= deadline {
-                let jobs = b
+                let jobs = self
                     .nsenter_bounded(
                         &["systemctl", "list-jobs", "--no-pager"],
                         None,
@@ -269,14 +318,18 @@ impl TestBox {
                     .unwrap_or_default();
                 panic!(
                     "container {name} not booted after {:?} (state {state:?})\njobs:\n{jobs}\nnspawn log:\n{}",
-                    b.opts.boot_timeout,
-                    b.nspawn_log()
+                    self.opts.boot_timeout,
+                    self.nspawn_log()
                 );
             }
             thread::sleep(Duration::from_millis(200));
         }
+        state
+    }
+
+    fn assert_no_sys_time(&self) {
         // The clock is host-global: the syscall filter above is only safe without CAP_SYS_TIME.
-        let status = fs::read_to_string(format!("/proc/{}/status", b.pid)).unwrap_or_default();
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         let capbnd = status
             .lines()
             .find_map(|l| l.strip_prefix("CapBnd:"))
@@ -287,23 +340,19 @@ impl TestBox {
             0,
             "container must not have CAP_SYS_TIME"
         );
-        if state == "degraded" {
-            let failed = b
-                .nsenter_bounded(
-                    &["systemctl", "--failed", "--no-legend", "--plain"],
-                    None,
-                    Duration::from_secs(10),
-                )
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            eprintln!("harness: {name} booted degraded; failed units:\n{failed}");
-        }
-        eprintln!(
-            "harness: {name} booted in {:.1?} (container pid {})",
-            t0.elapsed(),
-            b.pid
-        );
-        b
+    }
+
+    fn report_degraded(&self) {
+        let name = &self.name;
+        let failed = self
+            .nsenter_bounded(
+                &["systemctl", "--failed", "--no-legend", "--plain"],
+                None,
+                Duration::from_secs(10),
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        eprintln!("harness: {name} booted degraded; failed units:\n{failed}");
     }
 
     pub(crate) fn check_nspawn_alive(&mut self, when: &str) {
