@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::describe;
 use common::report::json;
 use common::{Peer, TestBox, sh_quote};
+use sapari_agent::config::Config;
 use serde_json::Value;
 
 const SERVER: &str = "203.0.113.10";
@@ -27,14 +28,18 @@ const ONLY: &str = "--only users,sshd,ufw,firewall";
 const SSH_OPTS: &str = "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR -o BatchMode=yes -o IdentitiesOnly=yes";
 
 /// The lists cannot be fetched in the box: fail fast and use the built-in one.
-const BASE: &str = "[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n[firewall]\nlist_url_v4 = \"https://127.0.0.1:9/ips-v4\"\nlist_url_v6 = \"https://127.0.0.1:9/ips-v6\"\nfetch_timeout = \"2s\"\n";
-
-fn config(b: &TestBox, extra: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("{BASE}{extra}").as_bytes(),
-        0o600,
-    );
+/// The resources under test with everything else quiet: no clock wait, no swap, and Cloudflare
+/// lists that fail fast.
+fn config(b: &TestBox, operator_ips: &[&str], edit: impl FnOnce(&mut Config)) {
+    b.write_config(&common::config::config(|c| {
+        c.ntp.require_sync = false;
+        c.swap.enabled = false;
+        c.firewall.list_url_v4 = "https://127.0.0.1:9/ips-v4".into();
+        c.firewall.list_url_v6 = "https://127.0.0.1:9/ips-v6".into();
+        c.firewall.fetch_timeout = "2s".parse().unwrap();
+        c.access.operator_ips = operator_ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        edit(c);
+    }));
 }
 
 fn ssh(peer: &Peer, key: &Path, cmd: &str) -> Command {
@@ -165,7 +170,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
          iptables -A DOCKER-USER -m comment --comment hand-made -j RETURN",
         sh_quote(&public)
     ));
-    config(&b, &format!("[access]\noperator_ips = [\"{OP}\"]\n"));
+    config(&b, &[OP], |_| {});
     let o = b.agent(&["converge", "--only", "users,sshd,ufw", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
@@ -181,10 +186,10 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     // ufw shuts the operator out (--force past its guard); sshd changes too, in a way its
     // own guard admits (it refuses an AllowUsers without a keyed sudo user, --force or not),
     // so the rollback has sshd's files to restore as well.
-    config(
-        &b,
-        "[access]\noperator_ips = [\"198.51.100.99\"]\n[ufw]\nprune = true\n[sshd]\nallow_users = [\"deploy\", \"nobody\"]\n",
-    );
+    config(&b, &["198.51.100.99"], |c| {
+        c.ufw.prune = true;
+        c.sshd.allow_users = vec!["deploy".parse().unwrap(), "nobody".parse().unwrap()];
+    });
     // The session drops while the converge runs: it has printed its first line, so the
     // rollback is armed; the run goes on without anyone reading.
     let (_, _, mut session) = session_until(
@@ -287,10 +292,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     assert_eq!(b.read_string("/etc/ufw/user.rules").unwrap(), rules_before);
 
     // ---- a harmless change, confirmed from a new session ----
-    config(
-        &b,
-        &format!("[access]\noperator_ips = [\"{OP}\", \"192.0.2.51\"]\n"),
-    );
+    config(&b, &[OP, "192.0.2.51"], |_| {});
     // A login opened before the change proves nothing about logging in after it: this one
     // waits until the change is pending, then tries to confirm.
     let older = std::thread::scope(|sc| {
@@ -375,10 +377,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
 
     // ---- the rollback timer lost (a reboot drops transient units) ----
     let rules_confirmed = b.read_string("/etc/ufw/user.rules").unwrap();
-    config(
-        &b,
-        "[access]\noperator_ips = [\"198.51.100.99\"]\n[ufw]\nprune = true\n",
-    );
+    config(&b, &["198.51.100.99"], |c| c.ufw.prune = true);
     let o = b.agent(&[
         "converge",
         "--force",

@@ -33,6 +33,7 @@ use std::time::Instant;
 use common::describe;
 use common::report::json;
 use common::{Peer, TestBox, sh_quote};
+use sapari_agent::config::{Config, DockerSource};
 
 const SERVER: &str = "203.0.113.10";
 const OPERATOR: &str = "192.0.2.50";
@@ -230,14 +231,22 @@ fn labels_normalize() {
     assert_eq!(normalize("swapon"), "swapon");
 }
 
-fn config(op_pub: &str, swap: &str) -> String {
-    format!(
-        "[access]\noperator_ips = [\"{OPERATOR}\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n\
-         [users]\nauthorized_keys = [\"{op_pub}\"]\n\n[docker]\nsource = \"distro\"\n\n\
-         [firewall]\nfetch_timeout = \"1s\"\n\n[swap]\npath = \"{swap}\"\nsize = \"64M\"\naccept_existing = false\n\n\
-         [packages]\nenabled = false\n\n[tailscale]\nenabled = false\n\n[compose]\nenabled = false\n\n\
-         [ntp]\nrequire_sync = false\nsync_timeout = \"1s\"\n"
-    )
+fn config(op_pub: &str, swap: &str) -> Config {
+    common::config::config(|c| {
+        c.access.operator_ips = vec![OPERATOR.parse().unwrap()];
+        c.hostname.name = "sapari-prod".parse().unwrap();
+        c.users.authorized_keys = vec![op_pub.parse().unwrap()];
+        c.docker.source = DockerSource::Distro;
+        c.firewall.fetch_timeout = "1s".parse().unwrap();
+        c.swap.path = swap.parse().unwrap();
+        c.swap.size = "64M".parse().unwrap();
+        c.swap.accept_existing = false;
+        c.packages.enabled = false;
+        c.tailscale.enabled = false;
+        c.compose.enabled = false;
+        c.ntp.require_sync = false;
+        c.ntp.sync_timeout = "1s".parse().unwrap();
+    })
 }
 
 /// A fresh box as Hetzner hands it over (root with the operator's key, cloud-init's drop-in
@@ -255,11 +264,7 @@ fn fresh_box(k: &Keys) -> (TestBox, Peer) {
          mkdir -p /etc/sapari-agent",
         sh_quote(&k.public)
     ));
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        config(&k.public, &swap_path()).as_bytes(),
-        0o600,
-    );
+    b.write_config(&config(&k.public, &swap_path()));
     (b, op)
 }
 
@@ -315,7 +320,9 @@ fn census(k: &Keys) -> Census {
     setup();
     let bin = std::fs::read(common::agent_binary()).unwrap();
     let mut key = bin;
-    key.extend_from_slice(config("KEY", "SWAP").as_bytes());
+    // The operator's key is made per run: the census does not depend on it.
+    let text = common::config::to_toml(&config(&k.public, &format!("{SWAP_DIR}/SWAP")));
+    key.extend_from_slice(text.replace(&k.public, "KEY").as_bytes());
     key.extend_from_slice(
         std::env::var("SAPARI_TEST_ROOTFS")
             .unwrap_or_default()

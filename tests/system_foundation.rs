@@ -9,7 +9,8 @@ use common::report::{json, resource};
 
 use std::time::{Duration, Instant};
 
-use common::TestBox;
+use common::{CONFIG_PATH, TestBox};
+use sapari_agent::config::Config;
 use serde_json::Value;
 
 /// Unique per test process (nextest runs one test per process): /proc/swaps is global, and
@@ -20,16 +21,26 @@ static SWAP: std::sync::LazyLock<String> =
 const OPERATOR_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5XCtKcP+JC48vXbIoe+UVO/zcUdqfXFZ2HI0vvRsPW operator";
 
-fn config(extra: &str) -> String {
-    format!(
-        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{swap}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[packages]\nenabled = false\n\n[docker]\nenabled = false\n\n[firewall]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}",
-        swap = *SWAP
-    )
+fn config(edit: impl FnOnce(&mut Config)) -> String {
+    common::config::to_toml(&common::config::config(|c| {
+        c.access.operator_ips = vec!["192.0.2.50".parse().unwrap()];
+        c.hostname.name = "sapari-prod".parse().unwrap();
+        c.users.authorized_keys = vec![OPERATOR_KEY.parse().unwrap()];
+        c.swap.path = SWAP.parse().unwrap();
+        c.swap.size = "64M".parse().unwrap();
+        c.tailscale.enabled = false;
+        c.packages.enabled = false;
+        c.docker.enabled = false;
+        c.firewall.enabled = false;
+        c.ntp.require_sync = false;
+        c.ntp.sync_timeout = "2s".parse().unwrap();
+        edit(c);
+    }))
 }
 
 fn install_config(b: &TestBox, text: &str) {
     b.nsenter("mkdir -p /etc/sapari-agent && chmod 755 /etc/sapari-agent");
-    b.write("/etc/sapari-agent/agent.toml", text.as_bytes(), 0o600);
+    b.write(CONFIG_PATH, text.as_bytes(), 0o600);
 }
 
 fn text(b: &TestBox, path: &str) -> String {
@@ -74,7 +85,7 @@ print("synced" if rc != 5 and not (t.status & 0x40) else "unsynced")
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     let b = TestBox::boot();
-    install_config(&b, &config(""));
+    install_config(&b, &config(|_| {}));
     assert_ne!(
         String::from_utf8_lossy(&b.exec("hostname").stdout).trim(),
         "sapari-prod"
@@ -169,7 +180,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn plan_reports_changes_and_changes_nothing() {
     let b = TestBox::boot();
-    install_config(&b, &config(""));
+    install_config(&b, &config(|_| {}));
     let before = observable_state(&b);
 
     let o = b.agent(&[
@@ -220,15 +231,15 @@ fn broken_config_exits_78_and_changes_nothing() {
     let b = TestBox::boot();
     let before = observable_state(&b);
     for (cfg, mode, needle) in [
-        (config("[swap2]\n"), 0o600, "swap2"),
-        (config("").replace("64M", "64X"), 0o600, "swap.size"),
+        (format!("{}[swap2]\n", config(|_| {})), 0o600, "swap2"),
+        (config(|_| {}).replace("64M", "64X"), 0o600, "swap.size"),
         (
-            config("").replace("sapari-prod", "sapari_prod"),
+            config(|_| {}).replace("sapari-prod", "sapari_prod"),
             0o600,
             "hostname.name",
         ),
         ("[swap\n".to_string(), 0o600, "agent.toml:1"),
-        (config(""), 0o666, "chmod go-w"),
+        (config(|_| {}), 0o666, "chmod go-w"),
     ] {
         install_config(&b, &cfg);
         b.nsenter(&format!("chmod {mode:o} /etc/sapari-agent/agent.toml"));
@@ -255,10 +266,7 @@ fn broken_config_exits_78_and_changes_nothing() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn ntp_reports_the_kernel_clock_honestly() {
     let b = TestBox::boot();
-    install_config(
-        &b,
-        &config("").replace("require_sync = false", "require_sync = true"),
-    );
+    install_config(&b, &config(|c| c.ntp.require_sync = true));
     let synced = kernel_clock_synced(&b);
     let t0 = Instant::now();
     let o = b.agent(&["converge", "--only", "ntp", "--json"]);
@@ -306,7 +314,7 @@ fn ntp_reports_the_kernel_clock_honestly() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn swap_on_an_overlay_root_fails_clearly_and_others_still_converge() {
     let b = TestBox::boot();
-    install_config(&b, &config("").replace(SWAP.as_str(), "/swapfile"));
+    install_config(&b, &config(|c| c.swap.path = "/swapfile".parse().unwrap()));
     let o = b.agent(&["converge", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let r = json(&o);
@@ -323,7 +331,10 @@ fn swap_on_an_overlay_root_fails_clearly_and_others_still_converge() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn concurrent_converges_serialize() {
     let b = TestBox::boot();
-    install_config(&b, &config("\n[agent]\nlock_timeout = \"1s\"\n"));
+    install_config(
+        &b,
+        &config(|c| c.agent.lock_timeout = "1s".parse().unwrap()),
+    );
 
     // A run that holds the lock past our timeout makes us give up with 75, naming it.
     let holder = b.spawn("exec flock /run/sapari-agent.lock sleep 4");
@@ -334,7 +345,10 @@ fn concurrent_converges_serialize() {
     assert!(b.read(&SWAP).is_none(), "gave up without changing anything");
 
     // With a longer timeout it waits for the holder, then runs.
-    install_config(&b, &config("\n[agent]\nlock_timeout = \"30s\"\n"));
+    install_config(
+        &b,
+        &config(|c| c.agent.lock_timeout = "30s".parse().unwrap()),
+    );
     let t0 = Instant::now();
     let mut holder = holder;
     let o = b.agent(&["converge", "--json"]);

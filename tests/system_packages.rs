@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::apt_repo::{self, Repo};
 use common::{TestBox, sh_quote};
+use sapari_agent::config::PackagesSettings;
 
 const PACKAGES: &[&str] = &["fail2ban", "unattended-upgrades", "python3-systemd"];
 
@@ -19,19 +20,15 @@ fn boot_with_repo() -> (TestBox, Repo) {
     apt_repo::boot_with_repo(PACKAGES)
 }
 
-fn config(b: &TestBox, extra: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("[packages]\n{extra}\n").as_bytes(),
-        0o600,
-    );
+fn config(b: &TestBox, edit: impl FnOnce(&mut PackagesSettings)) {
+    b.write_config(&common::config::config(|c| edit(&mut c.packages)));
 }
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
     let (b, _repo) = boot_with_repo();
-    config(&b, "");
+    config(&b, |_| {});
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
@@ -93,7 +90,10 @@ fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
     let (b, _repo) = boot_with_repo();
-    config(&b, "install = [\"python3-systemd\"]\nlock_timeout = \"3s\"");
+    config(&b, |p| {
+        p.install = vec!["python3-systemd".into()];
+        p.lock_timeout = "3s".parse().unwrap();
+    });
     // Hold apt's lock the way apt does (fcntl), as unattended-upgrades does at first boot.
     let holder = "import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(8)";
     let mut h = b.spawn(&format!("exec python3 -c {}", sh_quote(holder)));
@@ -120,10 +120,10 @@ fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
 
     // Once the holder is gone, the same converge goes through.
     let _ = h.wait();
-    config(
-        &b,
-        "install = [\"python3-systemd\"]\nlock_timeout = \"30s\"",
-    );
+    config(&b, |p| {
+        p.install = vec!["python3-systemd".into()];
+        p.lock_timeout = "30s".parse().unwrap();
+    });
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(

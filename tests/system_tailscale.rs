@@ -52,12 +52,10 @@ json.dump(st, open(D + "/state.json", "w"))
 "#;
 
 fn config(b: &TestBox, hostname: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("[hostname]\nname = \"sapari-prod\"\n[tailscale]\nhostname = \"{hostname}\"\n")
-            .as_bytes(),
-        0o600,
-    );
+    b.write_config(&common::config::config(|c| {
+        c.hostname.name = "sapari-prod".parse().unwrap();
+        c.tailscale.hostname = hostname.into();
+    }));
 }
 
 fn assert_no_secret(what: &str, text: &str) {

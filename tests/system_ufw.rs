@@ -8,6 +8,7 @@ use common::describe;
 use common::report::{json, resource};
 
 use common::{Peer, TestBox, sh_quote};
+use sapari_agent::config::Config;
 
 const SERVER: &str = "203.0.113.10";
 /// The box's global IPv6 address, on a link of its own to the attacker (`wan6`).
@@ -126,12 +127,13 @@ fn net() -> Net {
     }
 }
 
-fn config(b: &TestBox, extra: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("[access]\noperator_ips = [\"192.0.2.50\"]\n[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n{extra}").as_bytes(),
-        0o600,
-    );
+fn config(b: &TestBox, edit: impl FnOnce(&mut Config)) {
+    b.write_config(&common::config::config(|c| {
+        c.access.operator_ips = vec!["192.0.2.50".parse().unwrap()];
+        c.ntp.require_sync = false;
+        c.swap.enabled = false;
+        edit(c);
+    }));
 }
 
 #[test]
@@ -140,7 +142,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     let Net {
         b, op, evil, ts, ..
     } = net();
-    config(&b, "");
+    config(&b, |_| {});
     // Controls: before the agent, everything is reachable.
     assert!(
         reaches(&evil, "tcp", SERVER, 22),
@@ -189,7 +191,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     let notes = resource(&r, "ufw")["notes"].to_string();
     assert!(notes.contains("allow 80/tcp from anywhere"), "{r:#}");
     assert_eq!(r["summary"]["changed"], 0);
-    config(&b, "[ufw]\nprune = true\n");
+    config(&b, |c| c.ufw.prune = true);
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
     assert_eq!(
         resource(&json(&o), "ufw")["status"],
@@ -205,7 +207,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
     let Net { b, evil, .. } = net();
-    config(&b, "");
+    config(&b, |_| {});
     // A real SSH session from the "wrong" address (the operator forgot --my-ip for it).
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k");
@@ -334,7 +336,7 @@ fn assert_v6_filtered(b: &TestBox, evil: &Peer, when: &str) {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn ipv6_no_is_turned_into_ipv6_filtering() {
     let Net { b, op, evil, .. } = net();
-    config(&b, "");
+    config(&b, |_| {});
     add_v6_link(&b, &evil);
     // The box as someone left it: IPV6=no (and an unusual mode, which the edit must keep).
     let shipped = b.read_string("/etc/default/ufw").unwrap();

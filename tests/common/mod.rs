@@ -8,6 +8,7 @@
 
 pub mod apt_repo;
 pub mod cleanup;
+pub mod config;
 pub mod files;
 pub mod netfw;
 pub mod nspawn;
