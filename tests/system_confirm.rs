@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{AGENT_PATH as AGENT, SERVER};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,9 +21,7 @@ use common::{Peer, TestBox, sh_quote};
 use sapari_agent::config::Config;
 use serde_json::Value;
 
-const SERVER: &str = "203.0.113.10";
 const OP: &str = "192.0.2.50";
-const AGENT: &str = "/usr/local/bin/sapari-agent";
 const STATE: &str = "/var/lib/sapari-agent/confirm";
 const DROP_IN: &str = "/etc/ssh/sshd_config.d/10-sapari-agent.conf";
 const ONLY: &str = "--only users,sshd,ufw,firewall";

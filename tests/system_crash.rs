@@ -23,6 +23,8 @@
 
 mod common;
 
+use common::SERVER;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,6 @@ use common::report::json;
 use common::{Peer, TestBox, sh_quote};
 use sapari_agent::config::{Config, DockerSource};
 
-const SERVER: &str = "203.0.113.10";
 const OPERATOR: &str = "192.0.2.50";
 /// Directory of the swap file, on the harness's ext4 mount. The file's name is unique per
 /// box: /proc/swaps is kernel-global, and mkswap refuses a path that another box has active.

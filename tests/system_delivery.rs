@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::CONFIG_PATH;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -92,7 +94,7 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     // What cloud-init's write_files leaves before the package arrives: the package must
     // neither ask about it nor replace it.
     let cfg = b"# written before the package\n";
-    b.write("/etc/sapari-agent/agent.toml", cfg, 0o600);
+    b.write(CONFIG_PATH, cfg, 0o600);
     let before = b.snapshot(&["/etc/ssh", "/etc/ufw", "/etc/passwd", "/etc/sudoers.d"]);
 
     let o = b.exec("DEBIAN_FRONTEND=noninteractive dpkg -i /root/v1.deb </dev/null");
@@ -100,10 +102,7 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     assert_eq!(installed_version(&b).as_deref(), Some("0.1.0"));
     let v = b.exec_ok("/usr/bin/sapari-agent version");
     assert!(v.contains("sapari-agent "), "{v}");
-    assert_eq!(
-        b.read("/etc/sapari-agent/agent.toml").as_deref(),
-        Some(&cfg[..])
-    );
+    assert_eq!(b.read(CONFIG_PATH).as_deref(), Some(&cfg[..]));
     assert!(exists(&b, "/etc/sapari-agent/agent.toml.example"));
     assert!(exists(&b, "/usr/share/man/man8/sapari-agent.8.gz"));
 
@@ -263,7 +262,7 @@ fn timer_service_corrects_drift_and_the_journal_names_what_changed() {
     put_deb(&b, &deb, "/root/agent.deb");
     b.exec_ok("dpkg -i /root/agent.deb");
     b.write(
-        "/etc/sapari-agent/agent.toml",
+        CONFIG_PATH,
         format!(
             "[access]\noperator_ips = [\"{OPERATOR}\"]\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n\
              [sshd]\nneutralize_overrides = true\n\n[docker]\nsource = \"distro\"\n\n\

@@ -18,6 +18,8 @@
 
 mod common;
 
+use common::{AGENT_PATH, CONFIG_PATH};
+
 use common::describe;
 use common::report::{json, resource};
 
@@ -35,13 +37,13 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(240);
 fn boot_with_repo() -> (TestBox, Repo) {
     let (b, repo) = apt_repo::boot_with_repo(PACKAGES);
     b.enable_ipv4_forwarding();
-    b.write("/etc/sapari-agent/agent.toml", CONFIG.as_bytes(), 0o600);
+    b.write(CONFIG_PATH, CONFIG.as_bytes(), 0o600);
     (b, repo)
 }
 
 fn converge(b: &TestBox) -> Output {
     b.exec_with(
-        "/usr/local/bin/sapari-agent converge --only users,docker --json",
+        &format!("{AGENT_PATH} converge --only users,docker --json"),
         &[],
         AGENT_TIMEOUT,
     )

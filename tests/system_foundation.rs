@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::AGENT_PATH;
+
 use common::describe;
 use common::report::{json, resource};
 
@@ -248,7 +250,7 @@ fn broken_config_exits_78_and_changes_nothing() {
         assert_eq!(o.status.code(), Some(78), "{needle}: {}", describe(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "error must name {needle}: {err}");
-        assert!(err.contains("/etc/sapari-agent/agent.toml"), "{err}");
+        assert!(err.contains(CONFIG_PATH), "{err}");
         assert_eq!(
             observable_state(&b),
             start,
@@ -369,8 +371,8 @@ fn concurrent_converges_serialize() {
         "swapoff {s}; rm -f {s}; sed -i '\\|{s}|d' /etc/fstab",
         s = *SWAP
     ));
-    let a = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
-    let c = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
+    let a = b.spawn(&format!("{AGENT_PATH} converge --json --only swap"));
+    let c = b.spawn(&format!("{AGENT_PATH} converge --json --only swap"));
     let (a, c) = (a.wait_with_output().unwrap(), c.wait_with_output().unwrap());
     assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
     assert_eq!(c.status.code(), Some(0), "{}", describe(&c));

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{AGENT_PATH, CONFIG_PATH, SERVER};
+
 use common::describe;
 use common::report::{json, resource};
 
@@ -16,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::{BoxOptions, Peer, TestBox, sh_quote};
 
-const SERVER: &str = "203.0.113.10";
 const ROOT_PW: &str = "Root-pw-4711";
 const ALICE_PW: &str = "Alice-pw-4711";
 const BASE_TOML: &str = "[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n";
@@ -57,11 +58,7 @@ fn cloud_image(b: &TestBox, root_keys: &str) {
 
 fn configure(b: &TestBox, extra: &str) {
     b.nsenter_ok("mkdir -p /etc/sapari-agent");
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("{BASE_TOML}{extra}").as_bytes(),
-        0o600,
-    );
+    b.write(CONFIG_PATH, format!("{BASE_TOML}{extra}").as_bytes(), 0o600);
 }
 
 fn boot_box(agent: Option<PathBuf>) -> (TestBox, Peer) {
@@ -271,7 +268,7 @@ fn planted_links_and_fifos_are_refused() {
     let started = Instant::now();
     let o = b.exec(&format!(
         "timeout 60 {} converge --json --only users",
-        common::AGENT_PATH
+        AGENT_PATH
     ));
     let took = started.elapsed();
     assert_ne!(

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{CONFIG_PATH, SERVER};
+
 use common::describe;
 use common::report::{json, resource};
 
@@ -13,7 +15,6 @@ use std::time::Duration;
 
 use common::{Peer, TestBox, sh_quote};
 
-const SERVER: &str = "203.0.113.10";
 const ROOT_PW: &str = "Root-pw-4711";
 const ALICE_PW: &str = "Alice-pw-4711";
 
@@ -55,7 +56,7 @@ fn boot_with_operator() -> (TestBox, Peer) {
     let op = b.add_peer("op", &format!("{SERVER}/24"), "192.0.2.50/24");
     b.nsenter_ok("mkdir -p /etc/sapari-agent");
     b.write(
-        "/etc/sapari-agent/agent.toml",
+        CONFIG_PATH,
         b"[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n",
         0o600,
     );
@@ -346,7 +347,7 @@ fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
     );
 
     b.write(
-        "/etc/sapari-agent/agent.toml",
+        CONFIG_PATH,
         b"[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n[sshd]\nneutralize_overrides = true\n",
         0o600,
     );

@@ -4,13 +4,14 @@
 
 mod common;
 
+use common::SERVER;
+
 use common::describe;
 use common::report::{json, resource};
 
 use common::{Peer, TestBox, sh_quote};
 use sapari_agent::config::Config;
 
-const SERVER: &str = "203.0.113.10";
 /// The box's global IPv6 address, on a link of its own to the attacker (`wan6`).
 const SERVER6: &str = "2001:db8:10::1";
 const EVIL6: &str = "2001:db8:10::66";
