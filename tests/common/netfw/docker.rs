@@ -421,11 +421,6 @@ exec dockerd "$@""#;
             .to_string()
     }
 
-    /// The pid of the running dockerd (started by us), if any.
-    pub fn dockerd_pid(&self) -> Option<u32> {
-        self.dockerd.lock().unwrap().as_ref().map(Child::id)
-    }
-
     /// A crash of dockerd: SIGKILL to dockerd alone, nothing else is signalled. What stays
     /// behind is what a crash leaves (seen on 20.10, 26.1 and 28.5 alike): the containers keep
     /// running under their shims (not dockerd's children) and stay reachable through the NAT

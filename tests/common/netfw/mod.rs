@@ -571,11 +571,6 @@ impl Edge {
         e
     }
 
-    /// The daemon and its config this edge runs.
-    pub fn docker_options(&self) -> DockerOptions {
-        self.dopts
-    }
-
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -688,11 +683,6 @@ impl Edge {
                 problems.join("; ")
             );
         }
-    }
-
-    /// dockerd's log so far (for failure messages).
-    pub fn dockerd_log(&self) -> String {
-        fs::read_to_string(self.dockerd_dir().join("dockerd.log")).unwrap_or_default()
     }
 }
 
