@@ -624,9 +624,9 @@ impl TestBox {
         still
     }
 
-    pub(crate) fn teardown(&mut self) {
-        let mut problems: Vec<String> = Vec::new();
-        self.swapoff_all();
+    /// Powers the container off (killing it after 20 s, or at once if it cannot take the
+    /// request) and reaps systemd-nspawn.
+    fn stop_container(&mut self, problems: &mut Vec<String>) {
         if let Some(mut child) = self.nspawn.take() {
             let alive = |c: &mut Child| matches!(c.try_wait(), Ok(None));
             if self.container_alive() && alive(&mut child) {
@@ -663,27 +663,33 @@ impl TestBox {
             }
             let _ = child.wait();
         }
+    }
+
+    /// Removes the box's cgroup in every hierarchy its systemd writes to.
+    fn remove_cgroups(&self, problems: &mut Vec<String>) {
+        for h in cgroup_hierarchies() {
+            let cg = h.join(&self.name);
+            let t0 = Instant::now();
+            while cg.exists() && !remove_cgroup_tree(&cg) && t0.elapsed() < Duration::from_secs(5) {
+                thread::sleep(Duration::from_millis(100));
+            }
+            if cg.exists() {
+                problems.push(format!("cgroup {} not removed", cg.display()));
+            }
+        }
+    }
+
+    pub(crate) fn teardown(&mut self) {
+        let mut problems: Vec<String> = Vec::new();
+        self.swapoff_all();
+        self.stop_container(&mut problems);
         if !self.netns_id.is_empty() {
             let t0 = Instant::now();
             while kill_netns_inits(&self.netns_id) && t0.elapsed() < Duration::from_secs(10) {
                 thread::sleep(Duration::from_millis(100));
             }
         }
-        {
-            for h in cgroup_hierarchies() {
-                let cg = h.join(&self.name);
-                let t0 = Instant::now();
-                while cg.exists()
-                    && !remove_cgroup_tree(&cg)
-                    && t0.elapsed() < Duration::from_secs(5)
-                {
-                    thread::sleep(Duration::from_millis(100));
-                }
-                if cg.exists() {
-                    problems.push(format!("cgroup {} not removed", cg.display()));
-                }
-            }
-        }
+        self.remove_cgroups(&mut problems);
         let still = self.swapoff_all();
         if !still.is_empty() {
             problems.push(format!("swap still active: {still:?}"));
