@@ -242,7 +242,7 @@ fn write_read_and_snapshot() {
     );
 
     // The rootfs cache is never modified by a box (volatile overlay).
-    assert!(!rootfs().join("etc/sapt-test").exists());
+    assert!(!rootfs(Suite::default()).join("etc/sapt-test").exists());
 }
 
 #[test]

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::{AGENT_PATH, CONFIG_PATH};
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -1002,7 +1004,7 @@ fn wrong_sha256_installs_nothing_and_cloud_init_reports_it() {
             .join("\n")
     );
     for absent in [
-        "/usr/local/bin/sapari-agent",
+        AGENT_PATH,
         "/usr/local/lib/systemd/system/sapari-agent.service",
         "/usr/local/lib/systemd/system/sapari-agent.timer",
         "/var/lib/sapari-agent/last-run.json",
@@ -1014,7 +1016,7 @@ fn wrong_sha256_installs_nothing_and_cloud_init_reports_it() {
         );
     }
     // write_files ran before the script: the config is there, ready for a re-run by hand.
-    assert!(debugfs_cat(&raw, "/etc/sapari-agent/agent.toml").is_some());
+    assert!(debugfs_cat(&raw, CONFIG_PATH).is_some());
     eprintln!("boot-test: wrong sha256 checked in {:.0?}", t0.elapsed());
 }
 
@@ -1168,7 +1170,7 @@ fn rendered_user_data_passes_cloud_init_schema() {
             serde_json::json!([["/bin/sh", "/usr/local/sbin/sapari-agent-bootstrap"]]),
             "{name}: exactly one runcmd entry"
         );
-        let toml = &v["files"]["/etc/sapari-agent/agent.toml"];
+        let toml = &v["files"][CONFIG_PATH];
         assert_eq!(
             toml["content"].as_str(),
             Some(cfg.as_str()),

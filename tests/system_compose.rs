@@ -15,8 +15,8 @@
 //! Root only; run through scripts/test.sh.
 
 mod common;
-#[path = "common/netfw.rs"]
-mod netfw;
+
+use common::netfw;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use netfw::{AgentRun, Edge};
+use common::netfw::{AgentRun, Edge};
 use serde_json::Value;
 
 const PROJECT: &str = "sapari";
@@ -670,7 +670,7 @@ fn control_compose_v1_by_hand_sets_limits_and_reproduces_f1() {
         assert!(
             o.status.success(),
             "docker-compose {a:?}\n{}",
-            netfw::describe(&o)
+            common::describe(&o)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -1382,7 +1382,7 @@ fn wait_http(e: &Edge, path: &str, code: u16) {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "{path}: {got:?} after 30 s, want {code}\n{}",
-            netfw::describe(&e.docker(&["ps", "-a"]))
+            common::describe(&e.docker(&["ps", "-a"]))
         );
         std::thread::sleep(Duration::from_millis(200));
     }

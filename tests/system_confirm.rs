@@ -7,33 +7,39 @@
 
 mod common;
 
+use common::{AGENT_PATH as AGENT, SERVER};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::report::{json, out_str};
+use common::describe;
+use common::report::json;
 use common::{Peer, TestBox, sh_quote};
+use sapari_agent::config::Config;
 use serde_json::Value;
 
-const SERVER: &str = "203.0.113.10";
 const OP: &str = "192.0.2.50";
-const AGENT: &str = "/usr/local/bin/sapari-agent";
 const STATE: &str = "/var/lib/sapari-agent/confirm";
 const DROP_IN: &str = "/etc/ssh/sshd_config.d/10-sapari-agent.conf";
 const ONLY: &str = "--only users,sshd,ufw,firewall";
 const SSH_OPTS: &str = "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o LogLevel=ERROR -o BatchMode=yes -o IdentitiesOnly=yes";
 
 /// The lists cannot be fetched in the box: fail fast and use the built-in one.
-const BASE: &str = "[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n[firewall]\nlist_url_v4 = \"https://127.0.0.1:9/ips-v4\"\nlist_url_v6 = \"https://127.0.0.1:9/ips-v6\"\nfetch_timeout = \"2s\"\n";
-
-fn config(b: &TestBox, extra: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("{BASE}{extra}").as_bytes(),
-        0o600,
-    );
+/// The resources under test with everything else quiet: no clock wait, no swap, and Cloudflare
+/// lists that fail fast.
+fn config(b: &TestBox, operator_ips: &[&str], edit: impl FnOnce(&mut Config)) {
+    b.write_config(&common::config::config(|c| {
+        c.ntp.require_sync = false;
+        c.swap.enabled = false;
+        c.firewall.list_url_v4 = "https://127.0.0.1:9/ips-v4".into();
+        c.firewall.list_url_v6 = "https://127.0.0.1:9/ips-v6".into();
+        c.firewall.fetch_timeout = "2s".parse().unwrap();
+        c.access.operator_ips = operator_ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        edit(c);
+    }));
 }
 
 fn ssh(peer: &Peer, key: &Path, cmd: &str) -> Command {
@@ -164,9 +170,9 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
          iptables -A DOCKER-USER -m comment --comment hand-made -j RETURN",
         sh_quote(&public)
     ));
-    config(&b, &format!("[access]\noperator_ips = [\"{OP}\"]\n"));
+    config(&b, &[OP], |_| {});
     let o = b.agent(&["converge", "--only", "users,sshd,ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
         can_log_in(&op, &key),
         "control: the operator logs in as deploy"
@@ -180,10 +186,10 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     // ufw shuts the operator out (--force past its guard); sshd changes too, in a way its
     // own guard admits (it refuses an AllowUsers without a keyed sudo user, --force or not),
     // so the rollback has sshd's files to restore as well.
-    config(
-        &b,
-        "[access]\noperator_ips = [\"198.51.100.99\"]\n[ufw]\nprune = true\n[sshd]\nallow_users = [\"deploy\", \"nobody\"]\n",
-    );
+    config(&b, &["198.51.100.99"], |c| {
+        c.ufw.prune = true;
+        c.sshd.allow_users = vec!["deploy".parse().unwrap(), "nobody".parse().unwrap()];
+    });
     // The session drops while the converge runs: it has printed its first line, so the
     // rollback is armed; the run goes on without anyone reading.
     let (_, _, mut session) = session_until(
@@ -238,7 +244,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
         "the chain was replaced"
     );
     let o = b.agent(&["converge", "--only", "users,sshd,ufw,firewall"]);
-    assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", describe(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("sapari-agent confirm") && e.contains(&id), "{e}");
     assert!(b.read_string(&format!("{STATE}/pending.json")).is_some());
@@ -277,7 +283,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
 
     // The same configuration is not silently applied again (by the timer, say).
     let o = b.agent(&["converge", "--only", "users,sshd,ufw,firewall"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains("rolled back unconfirmed") && e.contains("--confirm"),
@@ -286,10 +292,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     assert_eq!(b.read_string("/etc/ufw/user.rules").unwrap(), rules_before);
 
     // ---- a harmless change, confirmed from a new session ----
-    config(
-        &b,
-        &format!("[access]\noperator_ips = [\"{OP}\", \"192.0.2.51\"]\n"),
-    );
+    config(&b, &[OP, "192.0.2.51"], |_| {});
     // A login opened before the change proves nothing about logging in after it: this one
     // waits until the change is pending, then tries to confirm.
     let older = std::thread::scope(|sc| {
@@ -314,7 +317,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     let (old_out, (out, last, mut session)) = older;
     let _ = session.kill();
     let _ = session.wait();
-    let old_text = out_str(&old_out);
+    let old_text = describe(&old_out);
     assert!(
         old_text.contains("OLD-CONFIRM-EXIT=1") && old_text.contains("before the change"),
         "a session opened before the change must not confirm it: {old_text}"
@@ -339,7 +342,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     assert!(same.contains("NEW SSH session"), "{same}");
 
     let o = ssh_run(&op, &key, &format!("sudo {AGENT} confirm --json"));
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let v = json(&o);
     assert_eq!(v["result"], "confirmed", "{v:#}");
     assert_eq!(v["id"], id.as_str());
@@ -362,17 +365,19 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     }
     assert!(can_log_in(&op, &key));
     let o = b.agent(&["converge", "--only", "users,sshd,ufw,firewall", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
     let o = ssh_run(&op, &key, &format!("sudo {AGENT} confirm"));
-    assert_eq!(o.status.code(), Some(1), "nothing pending: {}", out_str(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "nothing pending: {}",
+        describe(&o)
+    );
 
     // ---- the rollback timer lost (a reboot drops transient units) ----
     let rules_confirmed = b.read_string("/etc/ufw/user.rules").unwrap();
-    config(
-        &b,
-        "[access]\noperator_ips = [\"198.51.100.99\"]\n[ufw]\nprune = true\n",
-    );
+    config(&b, &["198.51.100.99"], |c| c.ufw.prune = true);
     let o = b.agent(&[
         "converge",
         "--force",
@@ -382,17 +387,17 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
         "ufw",
         "--json",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let id = json(&o)["confirm"]["id"].as_str().unwrap().to_string();
     let timer = format!("sapari-agent-rollback-{id}.timer");
     assert_confirm_check(&b, "WARN");
     b.exec_ok(&format!("systemctl stop {timer}"));
     let o = b.agent(&["converge", "--only", "ufw"]);
-    assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", describe(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("re-armed"),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert_eq!(
         b.exec_ok(&format!("systemctl is-active {timer}")).trim(),
@@ -405,7 +410,7 @@ fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     p["deadline_unix"] = (unix_now() - 600).into();
     b.write(&path, p.to_string().as_bytes(), 0o600);
     let o = b.agent(&["converge", "--only", "ufw"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains("rolling it back now") && e.contains("rolled back unconfirmed"),

@@ -23,6 +23,8 @@
 
 mod common;
 
+use common::SERVER;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,10 +32,11 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use common::report::{json, out_str};
+use common::describe;
+use common::report::json;
 use common::{Peer, TestBox, sh_quote};
+use sapari_agent::config::{Config, DockerSource};
 
-const SERVER: &str = "203.0.113.10";
 const OPERATOR: &str = "192.0.2.50";
 /// Directory of the swap file, on the harness's ext4 mount. The file's name is unique per
 /// box: /proc/swaps is kernel-global, and mkswap refuses a path that another box has active.
@@ -73,7 +76,7 @@ fn sh(script: &str) -> Output {
 
 fn sh_ok(script: &str) -> String {
     let o = sh(script);
-    assert!(o.status.success(), "{script}\n{}", out_str(&o));
+    assert!(o.status.success(), "{script}\n{}", describe(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -115,7 +118,7 @@ fn crash_rootfs() -> PathBuf {
         .args(["docker.io", "docker-compose"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "build-debs.sh: {}", out_str(&o));
+    assert!(o.status.success(), "build-debs.sh: {}", describe(&o));
     let debs = String::from_utf8_lossy(&o.stdout)
         .lines()
         .last()
@@ -229,14 +232,22 @@ fn labels_normalize() {
     assert_eq!(normalize("swapon"), "swapon");
 }
 
-fn config(op_pub: &str, swap: &str) -> String {
-    format!(
-        "[access]\noperator_ips = [\"{OPERATOR}\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n\
-         [users]\nauthorized_keys = [\"{op_pub}\"]\n\n[docker]\nsource = \"distro\"\n\n\
-         [firewall]\nfetch_timeout = \"1s\"\n\n[swap]\npath = \"{swap}\"\nsize = \"64M\"\naccept_existing = false\n\n\
-         [packages]\nenabled = false\n\n[tailscale]\nenabled = false\n\n[compose]\nenabled = false\n\n\
-         [ntp]\nrequire_sync = false\nsync_timeout = \"1s\"\n"
-    )
+fn config(op_pub: &str, swap: &str) -> Config {
+    common::config::config(|c| {
+        c.access.operator_ips = vec![OPERATOR.parse().unwrap()];
+        c.hostname.name = "sapari-prod".parse().unwrap();
+        c.users.authorized_keys = vec![op_pub.parse().unwrap()];
+        c.docker.source = DockerSource::Distro;
+        c.firewall.fetch_timeout = "1s".parse().unwrap();
+        c.swap.path = swap.parse().unwrap();
+        c.swap.size = "64M".parse().unwrap();
+        c.swap.accept_existing = false;
+        c.packages.enabled = false;
+        c.tailscale.enabled = false;
+        c.compose.enabled = false;
+        c.ntp.require_sync = false;
+        c.ntp.sync_timeout = "1s".parse().unwrap();
+    })
 }
 
 /// A fresh box as Hetzner hands it over (root with the operator's key, cloud-init's drop-in
@@ -254,11 +265,7 @@ fn fresh_box(k: &Keys) -> (TestBox, Peer) {
          mkdir -p /etc/sapari-agent",
         sh_quote(&k.public)
     ));
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        config(&k.public, &swap_path()).as_bytes(),
-        0o600,
-    );
+    b.write_config(&config(&k.public, &swap_path()));
     (b, op)
 }
 
@@ -314,7 +321,9 @@ fn census(k: &Keys) -> Census {
     setup();
     let bin = std::fs::read(common::agent_binary()).unwrap();
     let mut key = bin;
-    key.extend_from_slice(config("KEY", "SWAP").as_bytes());
+    // The operator's key is made per run: the census does not depend on it.
+    let text = common::config::to_toml(&config(&k.public, &format!("{SWAP_DIR}/SWAP")));
+    key.extend_from_slice(text.replace(&k.public, "KEY").as_bytes());
     key.extend_from_slice(
         std::env::var("SAPARI_TEST_ROOTFS")
             .unwrap_or_default()
@@ -341,7 +350,7 @@ fn census(k: &Keys) -> Census {
         &[("SAPARI_AGENT_TEST_CRASH_COUNT", COUNT_FILE)],
     );
     let seconds = t0.elapsed().as_secs_f64();
-    assert_eq!(o.status.code(), Some(0), "counting run: {}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "counting run: {}", describe(&o));
     let r = json(&o);
     assert_eq!(r["summary"]["failed"], 0, "{r:#}");
     let labels = read_labels(&b);
@@ -407,7 +416,7 @@ fn settled(b: &TestBox, op: &Peer, k: &Keys, what: &str) {
     assert!(
         String::from_utf8_lossy(&s.stdout).contains("LOGIN-OK"),
         "{what}: deploy login: {}",
-        out_str(&s)
+        describe(&s)
     );
 }
 
@@ -624,7 +633,10 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
         ],
     );
     if o.status.code() != Some(128 + 9) {
-        return Err(format!("the agent did not die of SIGKILL: {}", out_str(&o)));
+        return Err(format!(
+            "the agent did not die of SIGKILL: {}",
+            describe(&o)
+        ));
     }
     let reached = read_labels(&b);
     if reached.len() != n || reached.last() != Some(label) {
@@ -642,7 +654,7 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
     ] {
         let o = b.exec(script);
         if !o.status.success() {
-            bad.push(format!("{what} fails: {}", out_str(&o)));
+            bad.push(format!("{what} fails: {}", describe(&o)));
         }
     }
     let who = login(&op, k);
@@ -674,7 +686,7 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
     let o = b.agent(&["converge", "--json"]);
     let r = json(&o);
     if o.status.code() != Some(0) || r["summary"]["failed"] != 0 {
-        bad.push(format!("the rerun did not converge: {}", out_str(&o)));
+        bad.push(format!("the rerun did not converge: {}", describe(&o)));
     } else {
         let o = b.agent(&["converge", "--json", "--detailed-exitcodes"]);
         let r = json(&o);
@@ -872,7 +884,7 @@ fn useradd_cut_short_before_the_home_converges() {
     b.nsenter_ok("useradd --user-group --shell /bin/bash --groups sudo,docker deploy && test ! -e /home/deploy");
     let o = b.agent(&["converge", "--json"]);
     let r = json(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(r["summary"]["failed"], 0, "{r:#}");
     assert_eq!(
         b.nsenter_ok("stat -c '%a %U' /home/deploy /home/deploy/.ssh; test -f /home/deploy/.bashrc && echo skel"),

@@ -4,10 +4,12 @@
 
 mod common;
 
+use common::CONFIG_PATH;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::report::out_str;
+use common::describe;
 use common::{TestBox, sh_quote};
 
 const UNITS: &[&str] = &[
@@ -26,7 +28,7 @@ fn build_deb(version: &str, dir: &Path) -> PathBuf {
         .env("SAPARI_DEB_OUT", dir)
         .output()
         .unwrap();
-    assert!(o.status.success(), "build-deb.sh: {}", out_str(&o));
+    assert!(o.status.success(), "build-deb.sh: {}", describe(&o));
     let deb = PathBuf::from(
         String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -71,7 +73,7 @@ fn lintian_reports_no_errors_or_warnings() {
         .arg(&deb)
         .output()
         .expect("lintian (apt-get install lintian)");
-    assert!(o.status.success(), "lintian: {}", out_str(&o));
+    assert!(o.status.success(), "lintian: {}", describe(&o));
     let tags: Vec<String> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
@@ -92,18 +94,15 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     // What cloud-init's write_files leaves before the package arrives: the package must
     // neither ask about it nor replace it.
     let cfg = b"# written before the package\n";
-    b.write("/etc/sapari-agent/agent.toml", cfg, 0o600);
+    b.write(CONFIG_PATH, cfg, 0o600);
     let before = b.snapshot(&["/etc/ssh", "/etc/ufw", "/etc/passwd", "/etc/sudoers.d"]);
 
     let o = b.exec("DEBIAN_FRONTEND=noninteractive dpkg -i /root/v1.deb </dev/null");
-    assert!(o.status.success(), "dpkg -i v1: {}", out_str(&o));
+    assert!(o.status.success(), "dpkg -i v1: {}", describe(&o));
     assert_eq!(installed_version(&b).as_deref(), Some("0.1.0"));
     let v = b.exec_ok("/usr/bin/sapari-agent version");
     assert!(v.contains("sapari-agent "), "{v}");
-    assert_eq!(
-        b.read("/etc/sapari-agent/agent.toml").as_deref(),
-        Some(&cfg[..])
-    );
+    assert_eq!(b.read(CONFIG_PATH).as_deref(), Some(&cfg[..]));
     assert!(exists(&b, "/etc/sapari-agent/agent.toml.example"));
     assert!(exists(&b, "/usr/share/man/man8/sapari-agent.8.gz"));
 
@@ -117,7 +116,7 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     assert!(
         o.status.success(),
         "systemd-analyze verify: {}",
-        out_str(&o)
+        describe(&o)
     );
     let complaints: Vec<&str> = verify.lines().filter(|l| l.contains("sapari")).collect();
     assert!(
@@ -161,8 +160,8 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     assert!(
         o.status.success(),
         "boot unit: {}\n{}",
-        out_str(&o),
-        out_str(&b.exec("journalctl -u sapari-firewall-boot.service --no-pager"))
+        describe(&o),
+        describe(&b.exec("journalctl -u sapari-firewall-boot.service --no-pager"))
     );
     let table = b.exec_ok("nft list table inet sapari_agent");
     assert!(
@@ -177,7 +176,7 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     b.exec_ok("echo '# local note' >> /etc/sapari-agent/agent.toml.example");
     b.exec_ok("systemctl disable sapari-agent.timer");
     let o = b.exec("DEBIAN_FRONTEND=noninteractive dpkg -i /root/v2.deb </dev/null");
-    assert!(o.status.success(), "dpkg -i v2: {}", out_str(&o));
+    assert!(o.status.success(), "dpkg -i v2: {}", describe(&o));
     assert_eq!(installed_version(&b).as_deref(), Some("0.1.1~test1"));
     let example = b
         .read_string("/etc/sapari-agent/agent.toml.example")
@@ -189,7 +188,7 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     // Remove keeps the configuration; purge leaves nothing of the package behind.
     b.exec_ok("mkdir -p /var/lib/sapari-agent && echo '{}' > /var/lib/sapari-agent/last-run.json");
     let o = b.exec("dpkg -r sapari-agent");
-    assert!(o.status.success(), "dpkg -r: {}", out_str(&o));
+    assert!(o.status.success(), "dpkg -r: {}", describe(&o));
     assert!(!exists(&b, "/usr/bin/sapari-agent"));
     assert!(!exists(&b, "/usr/lib/systemd/system/sapari-agent.timer"));
     assert!(exists(&b, "/etc/sapari-agent/agent.toml.example"));
@@ -202,7 +201,7 @@ fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
         assert!(!o.status.success(), "{p} left after remove");
     }
     let o = b.exec("dpkg --purge sapari-agent");
-    assert!(o.status.success(), "dpkg --purge: {}", out_str(&o));
+    assert!(o.status.success(), "dpkg --purge: {}", describe(&o));
     assert_eq!(installed_version(&b), None);
     for p in ["/etc/sapari-agent", "/var/lib/sapari-agent"] {
         assert!(!exists(&b, p), "{p} left after purge");
@@ -263,7 +262,7 @@ fn timer_service_corrects_drift_and_the_journal_names_what_changed() {
     put_deb(&b, &deb, "/root/agent.deb");
     b.exec_ok("dpkg -i /root/agent.deb");
     b.write(
-        "/etc/sapari-agent/agent.toml",
+        CONFIG_PATH,
         format!(
             "[access]\noperator_ips = [\"{OPERATOR}\"]\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n\
              [sshd]\nneutralize_overrides = true\n\n[docker]\nsource = \"distro\"\n\n\

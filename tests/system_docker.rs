@@ -18,7 +18,10 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::{AGENT_PATH, CONFIG_PATH};
+
+use common::describe;
+use common::report::{json, resource};
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -34,13 +37,13 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(240);
 fn boot_with_repo() -> (TestBox, Repo) {
     let (b, repo) = apt_repo::boot_with_repo(PACKAGES);
     b.enable_ipv4_forwarding();
-    b.write("/etc/sapari-agent/agent.toml", CONFIG.as_bytes(), 0o600);
+    b.write(CONFIG_PATH, CONFIG.as_bytes(), 0o600);
     (b, repo)
 }
 
 fn converge(b: &TestBox) -> Output {
     b.exec_with(
-        "/usr/local/bin/sapari-agent converge --only users,docker --json",
+        &format!("{AGENT_PATH} converge --only users,docker --json"),
         &[],
         AGENT_TIMEOUT,
     )
@@ -53,7 +56,7 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     let t0 = Instant::now();
     let o = converge(&b);
     eprintln!("first converge took {:.1?}", t0.elapsed());
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let d = resource(&r, "docker");
     assert_eq!(d["status"], "changed", "{r:#}");
@@ -66,7 +69,7 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("docker: updating package lists"),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     // Debian 12 has no compose v2 plugin: the v1 command is found and named.
     assert_eq!(
@@ -108,7 +111,7 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     );
 
     let o = converge(&b);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let d = resource(&r, "docker");
     assert_eq!(d["status"], "unchanged", "{r:#}");
@@ -154,7 +157,7 @@ fn a_daemon_that_cannot_start_fails_naming_the_unit_and_its_log() {
         0o644,
     );
     let o = converge(&b);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let r = json(&o);
     let d = resource(&r, "docker");
     assert_eq!(d["status"], "failed", "{r:#}");
@@ -180,7 +183,7 @@ fn a_daemon_that_cannot_start_fails_naming_the_unit_and_its_log() {
 
     // Not silently "unchanged" the next time either, and status says what is wrong.
     let o = converge(&b);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     assert_eq!(resource(&json(&o), "docker")["status"], "failed");
     let o = b.agent(&["status", "--only", "docker"]);
     let s = String::from_utf8_lossy(&o.stdout);
@@ -188,6 +191,6 @@ fn a_daemon_that_cannot_start_fails_naming_the_unit_and_its_log() {
         s.lines()
             .any(|l| l.starts_with("docker ") && l.contains("FAIL") && l.contains("not running")),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
 }

@@ -5,14 +5,14 @@
 //! Root only; run through scripts/test.sh.
 
 mod common;
-#[path = "common/netfw.rs"]
-mod netfw;
+
+use common::netfw;
 
 use std::time::{Duration, Instant};
 
-use netfw::Fam::{self, V4, V6};
-use netfw::Proto::{self, Tcp, Udp};
-use netfw::{CF_V4, CF_V6, CONTAINER_V4, Edge, Host, Reply};
+use common::netfw::Fam::{self, V4, V6};
+use common::netfw::Proto::{self, Tcp, Udp};
+use common::netfw::{CF_V4, CF_V6, CONTAINER_V4, Edge, Host, Reply};
 
 fn all_reached(e: &Edge, from: Host) -> Vec<String> {
     e.reach(from)
@@ -67,7 +67,7 @@ fn fixture_dockerd_publishes_443_and_hand_rules_block() {
 
     for (fam, cidrs) in [(V4, CF_V4), (V6, CF_V6)] {
         let o = e.restore_noflush(fam, &Edge::hand_rules(cidrs));
-        assert!(o.status.success(), "{}", netfw::describe(&o));
+        assert!(o.status.success(), "{}", common::describe(&o));
     }
     if e.chain_rules(V6, "FORWARD").first().map(String::as_str) != Some("-A FORWARD -j DOCKER-USER")
     {

@@ -4,11 +4,15 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::AGENT_PATH;
+
+use common::describe;
+use common::report::{json, resource};
 
 use std::time::{Duration, Instant};
 
-use common::TestBox;
+use common::{CONFIG_PATH, TestBox};
+use sapari_agent::config::Config;
 use serde_json::Value;
 
 /// Unique per test process (nextest runs one test per process): /proc/swaps is global, and
@@ -19,16 +23,26 @@ static SWAP: std::sync::LazyLock<String> =
 const OPERATOR_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL5XCtKcP+JC48vXbIoe+UVO/zcUdqfXFZ2HI0vvRsPW operator";
 
-fn config(extra: &str) -> String {
-    format!(
-        "[access]\noperator_ips = [\"192.0.2.50\"]\n\n[hostname]\nname = \"sapari-prod\"\n\n[users]\nauthorized_keys = [\"{OPERATOR_KEY}\"]\n\n[swap]\npath = \"{swap}\"\nsize = \"64M\"\n\n[tailscale]\nenabled = false\n\n[packages]\nenabled = false\n\n[docker]\nenabled = false\n\n[firewall]\nenabled = false\n\n[ntp]\nrequire_sync = false\nsync_timeout = \"2s\"\n{extra}",
-        swap = *SWAP
-    )
+fn config(edit: impl FnOnce(&mut Config)) -> String {
+    common::config::to_toml(&common::config::config(|c| {
+        c.access.operator_ips = vec!["192.0.2.50".parse().unwrap()];
+        c.hostname.name = "sapari-prod".parse().unwrap();
+        c.users.authorized_keys = vec![OPERATOR_KEY.parse().unwrap()];
+        c.swap.path = SWAP.parse().unwrap();
+        c.swap.size = "64M".parse().unwrap();
+        c.tailscale.enabled = false;
+        c.packages.enabled = false;
+        c.docker.enabled = false;
+        c.firewall.enabled = false;
+        c.ntp.require_sync = false;
+        c.ntp.sync_timeout = "2s".parse().unwrap();
+        edit(c);
+    }))
 }
 
 fn install_config(b: &TestBox, text: &str) {
     b.nsenter("mkdir -p /etc/sapari-agent && chmod 755 /etc/sapari-agent");
-    b.write("/etc/sapari-agent/agent.toml", text.as_bytes(), 0o600);
+    b.write(CONFIG_PATH, text.as_bytes(), 0o600);
 }
 
 fn text(b: &TestBox, path: &str) -> String {
@@ -64,7 +78,7 @@ print("synced" if rc != 5 and not (t.status & 0x40) else "unsynced")
     assert!(
         s.contains("synced"),
         "adjtimex probe failed: {}",
-        out_str(&o)
+        describe(&o)
     );
     s.trim() == "synced"
 }
@@ -73,14 +87,14 @@ print("synced" if rc != 5 and not (t.status & 0x40) else "unsynced")
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     let b = TestBox::boot();
-    install_config(&b, &config(""));
+    install_config(&b, &config(|_| {}));
     assert_ne!(
         String::from_utf8_lossy(&b.exec("hostname").stdout).trim(),
         "sapari-prod"
     );
 
     let o = b.agent(&["converge", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     assert_eq!(r["mode"], "converge");
     assert_eq!(resource(&r, "hostname")["status"], "changed", "{r:#}");
@@ -125,7 +139,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     assert!(
         !j.stdout.is_empty(),
         "journal has no RESOURCE/STATUS fields: {}",
-        out_str(&j)
+        describe(&j)
     );
 
     let o2 = b.agent(&["converge", "--json", "--detailed-exitcodes"]);
@@ -133,7 +147,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
         o2.status.code(),
         Some(0),
         "second run must have nothing to do: {}",
-        out_str(&o2)
+        describe(&o2)
     );
     let r2 = json(&o2);
     assert_eq!(r2["summary"]["changed"], 0, "{r2:#}");
@@ -168,7 +182,7 @@ fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn plan_reports_changes_and_changes_nothing() {
     let b = TestBox::boot();
-    install_config(&b, &config(""));
+    install_config(&b, &config(|_| {}));
     let before = observable_state(&b);
 
     let o = b.agent(&[
@@ -182,7 +196,7 @@ fn plan_reports_changes_and_changes_nothing() {
         o.status.code(),
         Some(2),
         "pending changes -> 2: {}",
-        out_str(&o)
+        describe(&o)
     );
     let r = json(&o);
     assert_eq!(r["mode"], "plan");
@@ -203,7 +217,7 @@ fn plan_reports_changes_and_changes_nothing() {
     assert_eq!(resource(&r, "swap")["status"], "would_change");
 
     let human = b.agent(&["plan"]);
-    assert_eq!(human.status.code(), Some(0), "{}", out_str(&human));
+    assert_eq!(human.status.code(), Some(0), "{}", describe(&human));
     let h = String::from_utf8_lossy(&human.stdout);
     assert!(
         h.contains("swap file: absent -> 64M") && h.contains("plan: "),
@@ -219,24 +233,24 @@ fn broken_config_exits_78_and_changes_nothing() {
     let b = TestBox::boot();
     let before = observable_state(&b);
     for (cfg, mode, needle) in [
-        (config("[swap2]\n"), 0o600, "swap2"),
-        (config("").replace("64M", "64X"), 0o600, "swap.size"),
+        (format!("{}[swap2]\n", config(|_| {})), 0o600, "swap2"),
+        (config(|_| {}).replace("64M", "64X"), 0o600, "swap.size"),
         (
-            config("").replace("sapari-prod", "sapari_prod"),
+            config(|_| {}).replace("sapari-prod", "sapari_prod"),
             0o600,
             "hostname.name",
         ),
         ("[swap\n".to_string(), 0o600, "agent.toml:1"),
-        (config(""), 0o666, "chmod go-w"),
+        (config(|_| {}), 0o666, "chmod go-w"),
     ] {
         install_config(&b, &cfg);
         b.nsenter(&format!("chmod {mode:o} /etc/sapari-agent/agent.toml"));
         let start = observable_state(&b);
         let o = b.agent(&["converge"]);
-        assert_eq!(o.status.code(), Some(78), "{needle}: {}", out_str(&o));
+        assert_eq!(o.status.code(), Some(78), "{needle}: {}", describe(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "error must name {needle}: {err}");
-        assert!(err.contains("/etc/sapari-agent/agent.toml"), "{err}");
+        assert!(err.contains(CONFIG_PATH), "{err}");
         assert_eq!(
             observable_state(&b),
             start,
@@ -244,7 +258,7 @@ fn broken_config_exits_78_and_changes_nothing() {
         );
     }
     let o = b.agent(&["converge", "--only", "nope"]);
-    assert_eq!(o.status.code(), Some(64), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(64), "{}", describe(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("valid names: hostname users"));
     b.nsenter("rm -rf /etc/sapari-agent");
     assert_eq!(observable_state(&b).1, before.1, "hostname untouched");
@@ -254,20 +268,17 @@ fn broken_config_exits_78_and_changes_nothing() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn ntp_reports_the_kernel_clock_honestly() {
     let b = TestBox::boot();
-    install_config(
-        &b,
-        &config("").replace("require_sync = false", "require_sync = true"),
-    );
+    install_config(&b, &config(|c| c.ntp.require_sync = true));
     let synced = kernel_clock_synced(&b);
     let t0 = Instant::now();
     let o = b.agent(&["converge", "--only", "ntp", "--json"]);
     let r = json(&o);
     let ntp = resource(&r, "ntp");
     if synced {
-        assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
         assert_ne!(ntp["status"], "failed", "{r:#}");
     } else {
-        assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+        assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
         assert_eq!(ntp["status"], "failed", "{r:#}");
         let e = ntp["error"].as_str().unwrap();
         assert!(e.contains("not synchronized") && e.contains("JWT"), "{e}");
@@ -283,7 +294,7 @@ fn ntp_reports_the_kernel_clock_honestly() {
         String::from_utf8_lossy(&en.stdout).trim(),
         "enabled",
         "{}",
-        out_str(&en)
+        describe(&en)
     );
 
     let st = b.agent(&["status", "--json", "--only", "ntp"]);
@@ -305,9 +316,9 @@ fn ntp_reports_the_kernel_clock_honestly() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn swap_on_an_overlay_root_fails_clearly_and_others_still_converge() {
     let b = TestBox::boot();
-    install_config(&b, &config("").replace(SWAP.as_str(), "/swapfile"));
+    install_config(&b, &config(|c| c.swap.path = "/swapfile".parse().unwrap()));
     let o = b.agent(&["converge", "--json"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let r = json(&o);
     let swap = resource(&r, "swap");
     assert_eq!(swap["status"], "failed");
@@ -322,27 +333,33 @@ fn swap_on_an_overlay_root_fails_clearly_and_others_still_converge() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn concurrent_converges_serialize() {
     let b = TestBox::boot();
-    install_config(&b, &config("\n[agent]\nlock_timeout = \"1s\"\n"));
+    install_config(
+        &b,
+        &config(|c| c.agent.lock_timeout = "1s".parse().unwrap()),
+    );
 
     // A run that holds the lock past our timeout makes us give up with 75, naming it.
     let holder = b.spawn("exec flock /run/sapari-agent.lock sleep 4");
     std::thread::sleep(Duration::from_millis(800));
     let o = b.agent(&["converge"]);
-    assert_eq!(o.status.code(), Some(75), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", describe(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("another sapari-agent run"));
     assert!(b.read(&SWAP).is_none(), "gave up without changing anything");
 
     // With a longer timeout it waits for the holder, then runs.
-    install_config(&b, &config("\n[agent]\nlock_timeout = \"30s\"\n"));
+    install_config(
+        &b,
+        &config(|c| c.agent.lock_timeout = "30s".parse().unwrap()),
+    );
     let t0 = Instant::now();
     let mut holder = holder;
     let o = b.agent(&["converge", "--json"]);
     let _ = holder.wait();
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("waiting up to"),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(
         t0.elapsed() >= Duration::from_millis(1500),
@@ -354,11 +371,11 @@ fn concurrent_converges_serialize() {
         "swapoff {s}; rm -f {s}; sed -i '\\|{s}|d' /etc/fstab",
         s = *SWAP
     ));
-    let a = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
-    let c = b.spawn("/usr/local/bin/sapari-agent converge --json --only swap");
+    let a = b.spawn(&format!("{AGENT_PATH} converge --json --only swap"));
+    let c = b.spawn(&format!("{AGENT_PATH} converge --json --only swap"));
     let (a, c) = (a.wait_with_output().unwrap(), c.wait_with_output().unwrap());
-    assert_eq!(a.status.code(), Some(0), "{}", out_str(&a));
-    assert_eq!(c.status.code(), Some(0), "{}", out_str(&c));
+    assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+    assert_eq!(c.status.code(), Some(0), "{}", describe(&c));
     let mut changed: Vec<u64> = [json(&a), json(&c)]
         .iter()
         .map(|r| r["summary"]["changed"].as_u64().unwrap())

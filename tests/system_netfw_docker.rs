@@ -5,17 +5,15 @@
 //! tests built on them mean something. Root only; run through scripts/test.sh.
 
 mod common;
-#[path = "common/netfw.rs"]
-mod netfw;
 
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netfw::Fam::{V4, V6};
-use netfw::Proto::Tcp;
-use netfw::{CONTAINER_V4, Daemon, DockerOptions, Edge, Fam, Host, ProbeStats};
+use common::netfw::Fam::{V4, V6};
+use common::netfw::Proto::Tcp;
+use common::netfw::{CONTAINER_V4, Daemon, DockerOptions, Edge, Fam, Host, ProbeStats};
 
 fn save(e: &Edge, fam: Fam, table: &str) -> String {
     let cmd = match fam {

@@ -10,14 +10,14 @@
 //! connections in every case. See tests/common/netfw.rs; root only, run through scripts/test.sh.
 
 mod common;
-#[path = "common/netfw.rs"]
-mod netfw;
+
+use common::netfw;
 
 use std::time::{Duration, Instant};
 
-use netfw::Fam::{V4, V6};
-use netfw::Proto::Udp;
-use netfw::{Daemon, DockerOptions, Edge, Host, ProbeStats, Reply};
+use common::netfw::Fam::{V4, V6};
+use common::netfw::Proto::Udp;
+use common::netfw::{Daemon, DockerOptions, Edge, Host, ProbeStats, Reply};
 
 /// How long the probes keep running after an event, so that the state it left is measured
 /// too (and the Cloudflare client is seen getting through again).
@@ -214,7 +214,7 @@ fn prove(daemon: Daemon, ipv6: bool) {
     watch(&e, "reboot, Cloudflare down, stale DOCKER-USER", || {
         reboot(&e, &[0], || {
             let o = e.restore_noflush(V4, "*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n");
-            assert!(o.status.success(), "{}", netfw::describe(&o));
+            assert!(o.status.success(), "{}", common::describe(&o));
         })
     })
     .assert_closed();

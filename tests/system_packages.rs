@@ -5,12 +5,14 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::describe;
+use common::report::{json, resource};
 
 use std::time::Duration;
 
 use common::apt_repo::{self, Repo};
 use common::{TestBox, sh_quote};
+use sapari_agent::config::PackagesSettings;
 
 const PACKAGES: &[&str] = &["fail2ban", "unattended-upgrades", "python3-systemd"];
 
@@ -18,21 +20,17 @@ fn boot_with_repo() -> (TestBox, Repo) {
     apt_repo::boot_with_repo(PACKAGES)
 }
 
-fn config(b: &TestBox, extra: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("[packages]\n{extra}\n").as_bytes(),
-        0o600,
-    );
+fn config(b: &TestBox, edit: impl FnOnce(&mut PackagesSettings)) {
+    b.write_config(&common::config::config(|c| edit(&mut c.packages)));
 }
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
     let (b, _repo) = boot_with_repo();
-    config(&b, "");
+    config(&b, |_| {});
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     assert_eq!(resource(&r, "packages")["status"], "changed", "{r:#}");
     let changes = resource(&r, "packages")["changes"].to_string();
@@ -84,7 +82,7 @@ fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
         resource(&json(&o), "packages")["status"],
         "unchanged",
         "{}",
-        out_str(&o)
+        describe(&o)
     );
 }
 
@@ -92,13 +90,16 @@ fn installs_in_one_transaction_and_runs_fail2ban_on_the_journal() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
     let (b, _repo) = boot_with_repo();
-    config(&b, "install = [\"python3-systemd\"]\nlock_timeout = \"3s\"");
+    config(&b, |p| {
+        p.install = vec!["python3-systemd".into()];
+        p.lock_timeout = "3s".parse().unwrap();
+    });
     // Hold apt's lock the way apt does (fcntl), as unattended-upgrades does at first boot.
     let holder = "import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(8)";
     let mut h = b.spawn(&format!("exec python3 -c {}", sh_quote(holder)));
     std::thread::sleep(Duration::from_millis(1500));
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = resource(&json(&o), "packages")["error"]
         .as_str()
         .unwrap()
@@ -110,7 +111,7 @@ fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("waiting for the dpkg lock held by python3"),
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(
         !b.exec_ok("dpkg-query -W -f '${db:Status-Abbrev}' python3-systemd 2>/dev/null || true")
@@ -119,12 +120,12 @@ fn a_held_dpkg_lock_is_waited_for_then_reported_with_its_holder() {
 
     // Once the holder is gone, the same converge goes through.
     let _ = h.wait();
-    config(
-        &b,
-        "install = [\"python3-systemd\"]\nlock_timeout = \"30s\"",
-    );
+    config(&b, |p| {
+        p.install = vec!["python3-systemd".into()];
+        p.lock_timeout = "30s".parse().unwrap();
+    });
     let o = b.agent(&["converge", "--only", "packages", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(
         b.exec_ok("dpkg-query -W -f '${db:Status-Abbrev}' python3-systemd")
             .trim(),

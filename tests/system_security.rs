@@ -7,7 +7,10 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::{AGENT_PATH, CONFIG_PATH, SERVER};
+
+use common::describe;
+use common::report::{json, resource};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -15,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::{BoxOptions, Peer, TestBox, sh_quote};
 
-const SERVER: &str = "203.0.113.10";
 const ROOT_PW: &str = "Root-pw-4711";
 const ALICE_PW: &str = "Alice-pw-4711";
 const BASE_TOML: &str = "[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n";
@@ -56,11 +58,7 @@ fn cloud_image(b: &TestBox, root_keys: &str) {
 
 fn configure(b: &TestBox, extra: &str) {
     b.nsenter_ok("mkdir -p /etc/sapari-agent");
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("{BASE_TOML}{extra}").as_bytes(),
-        0o600,
-    );
+    b.write(CONFIG_PATH, format!("{BASE_TOML}{extra}").as_bytes(), 0o600);
 }
 
 fn boot_box(agent: Option<PathBuf>) -> (TestBox, Peer) {
@@ -79,7 +77,7 @@ fn converge_ok(b: &TestBox, only: &str) -> serde_json::Value {
         o.status.code(),
         Some(0),
         "converge --only {only}: {}",
-        out_str(&o)
+        describe(&o)
     );
     json(&o)
 }
@@ -124,14 +122,14 @@ fn restricted_root_key_stays_restricted() {
     assert!(
         !logged_in(&o),
         "control: from= refuses root from 192.0.2.50: {}",
-        out_str(&o)
+        describe(&o)
     );
     let o = ssh_key(&near, &restricted.private, "root", "echo LOGIN-OK");
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains("FORCED-COMMAND") && !out.contains("LOGIN-OK"),
         "control: root from 198.51.100.99 gets the forced command: {}",
-        out_str(&o)
+        describe(&o)
     );
 
     let r = converge_ok(&b, "users,sshd");
@@ -166,12 +164,12 @@ fn restricted_root_key_stays_restricted() {
     assert!(
         !logged_in(&o) && !String::from_utf8_lossy(&o.stdout).contains("FORCED-COMMAND"),
         "restricted root key must not admit deploy from 192.0.2.50: {}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
         "refused by authentication: {}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(
         deploy_key_login(&op, &redirected.private),
@@ -183,7 +181,7 @@ fn restricted_root_key_stays_restricted() {
     assert!(
         out.contains("FORCED-COMMAND") && !out.contains("LOGIN-OK"),
         "deploy from 198.51.100.99 gets the forced command only: {}",
-        out_str(&o)
+        describe(&o)
     );
     eprintln!("restricted_root_key_stays_restricted: {:.1?}", t0.elapsed());
 }
@@ -225,7 +223,7 @@ fn planted_links_and_fifos_are_refused() {
     // 1. ~/.ssh/authorized_keys -> /etc/shadow
     as_deploy("rm -f authorized_keys && ln -s /etc/shadow authorized_keys");
     let o = b.agent(&["converge", "--json", "--only", "users"]);
-    assert_ne!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let e = error_of(&r, "users");
     assert!(
@@ -239,7 +237,7 @@ fn planted_links_and_fifos_are_refused() {
         g.status.code(),
         Some(1),
         "no deploy-owned file holds shadow's root line: {}",
-        out_str(&g)
+        describe(&g)
     );
     let found =
         b.nsenter_ok("find /home/deploy -user deploy -type f -exec cat {} + 2>/dev/null; true");
@@ -270,16 +268,16 @@ fn planted_links_and_fifos_are_refused() {
     let started = Instant::now();
     let o = b.exec(&format!(
         "timeout 60 {} converge --json --only users",
-        common::AGENT_PATH
+        AGENT_PATH
     ));
     let took = started.elapsed();
     assert_ne!(
         o.status.code(),
         Some(124),
         "converge hung on the FIFO: {}",
-        out_str(&o)
+        describe(&o)
     );
-    assert_ne!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(took < Duration::from_secs(55), "converge took {took:?}");
     let e = error_of(&json(&o), "users");
     assert!(
@@ -298,7 +296,7 @@ fn planted_links_and_fifos_are_refused() {
     let root_keys = b.read_string("/root/.ssh/authorized_keys").unwrap();
     as_deploy("cd /home/deploy && rm -rf .ssh && ln -s /root/.ssh .ssh");
     let o = b.agent(&["converge", "--json", "--only", "users"]);
-    assert_ne!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", describe(&o));
     let e = error_of(&json(&o), "users");
     assert!(e.contains("/home/deploy/.ssh"), "{e}");
     assert_eq!(
@@ -356,7 +354,7 @@ fn allow_users_that_lock_everyone_out_is_refused() {
     let before = b.snapshot(&["/etc/ssh"]);
     let pid_before = b.exec_ok("systemctl show -p MainPID --value ssh.service");
     let o = b.agent(&["converge", "--json", "--only", "sshd"]);
-    assert_ne!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_ne!(o.status.code(), Some(0), "{}", describe(&o));
     let e = error_of(&json(&o), "sshd");
     assert!(
         e.contains("refusing") && e.contains("AllowUsers") && e.contains("deploy"),
@@ -448,7 +446,7 @@ fn pending_reload_is_retried() {
         &["converge", "--json", "--only", "sshd"],
         &[("SAPARI_AGENT_TEST_CRASH_COUNT", "/root/count")],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let counted = points(&b, "/root/count");
     // A binary without the hooks must fail this test, not pass it unseen.
     assert!(
@@ -499,7 +497,7 @@ fn pending_reload_is_retried() {
         o.status.code(),
         Some(128 + 9),
         "SIGKILL at {at}: {}",
-        out_str(&o)
+        describe(&o)
     );
     let died = points(&b, "/root/crash");
     assert_eq!(
@@ -535,7 +533,7 @@ fn pending_reload_is_retried() {
         "{r:#}"
     );
     let o = b.agent(&["converge", "--json", "--only", "sshd"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let sshd = resource(&r, "sshd");
     assert_eq!(sshd["status"], "changed", "{r:#}");

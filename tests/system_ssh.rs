@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::{CONFIG_PATH, SERVER};
+
+use common::describe;
+use common::report::{json, resource};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -12,7 +15,6 @@ use std::time::Duration;
 
 use common::{Peer, TestBox, sh_quote};
 
-const SERVER: &str = "203.0.113.10";
 const ROOT_PW: &str = "Root-pw-4711";
 const ALICE_PW: &str = "Alice-pw-4711";
 
@@ -54,7 +56,7 @@ fn boot_with_operator() -> (TestBox, Peer) {
     let op = b.add_peer("op", &format!("{SERVER}/24"), "192.0.2.50/24");
     b.nsenter_ok("mkdir -p /etc/sapari-agent");
     b.write(
-        "/etc/sapari-agent/agent.toml",
+        CONFIG_PATH,
         b"[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n",
         0o600,
     );
@@ -104,7 +106,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let o = b.agent(&["converge", "--json", "--only", "users,sshd,deploy-key"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     assert_eq!(resource(&r, "users")["status"], "changed", "{r:#}");
     assert_eq!(resource(&r, "sshd")["status"], "changed", "{r:#}");
@@ -113,7 +115,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
     assert!(
         String::from_utf8_lossy(&s.stdout).contains("SESSION-SURVIVED"),
         "open session died in the reload: {}",
-        out_str(&s)
+        describe(&s)
     );
 
     let deploy = ssh_key(
@@ -126,12 +128,12 @@ fn hardened_sshd_admits_the_deploy_key_only() {
     assert!(
         out.contains("LOGIN-OK"),
         "deploy key login: {}",
-        out_str(&deploy)
+        describe(&deploy)
     );
     assert!(
         out.contains("SUDO-OK"),
         "passwordless sudo: {}",
-        out_str(&deploy)
+        describe(&deploy)
     );
     assert!(
         out.contains("sudo") && out.contains("docker"),
@@ -183,7 +185,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
     assert!(
         text.contains("sntrup761"),
         "ssh-audit did not run: {}",
-        out_str(&audit)
+        describe(&audit)
     );
     let bad: Vec<&str> = text
         .lines()
@@ -230,7 +232,7 @@ fn hardened_sshd_admits_the_deploy_key_only() {
 
     // Idempotence: nothing to do, host keys and the deploy key untouched.
     let o2 = b.agent(&["converge", "--json", "--only", "users,sshd,deploy-key"]);
-    assert_eq!(o2.status.code(), Some(0), "{}", out_str(&o2));
+    assert_eq!(o2.status.code(), Some(0), "{}", describe(&o2));
     let r2 = json(&o2);
     assert_eq!(r2["summary"]["changed"], 0, "{r2:#}");
     assert_eq!(host_key_fingerprints(&b), fingerprints, "host keys changed");
@@ -261,7 +263,7 @@ fn lockout_guard_leaves_sshd_untouched_without_a_usable_key() {
     let before = b.snapshot(&["/etc/ssh"]);
 
     let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let r = json(&o);
     let sshd = resource(&r, "sshd");
     assert_eq!(sshd["status"], "failed", "{r:#}");
@@ -301,7 +303,7 @@ fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
     let pid_before = b.exec_ok("systemctl show -p MainPID --value ssh.service");
     let before = b.snapshot(&["/etc/ssh"]);
     let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let r = json(&o);
     let e = resource(&r, "sshd")["error"].as_str().unwrap().to_string();
     assert!(
@@ -330,7 +332,7 @@ fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
         0o644,
     );
     let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = resource(&json(&o), "sshd")["error"]
         .as_str()
         .unwrap()
@@ -345,12 +347,12 @@ fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
     );
 
     b.write(
-        "/etc/sapari-agent/agent.toml",
+        CONFIG_PATH,
         b"[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n[sshd]\nneutralize_overrides = true\n",
         0o600,
     );
     let o = b.agent(&["converge", "--json", "--only", "users,sshd"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let legacy = b
         .read_string("/etc/ssh/sshd_config.d/01-legacy.conf")
         .unwrap();

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::describe;
+use common::report::{json, resource};
 
 use common::TestBox;
 use serde_json::Value;
@@ -51,12 +52,10 @@ json.dump(st, open(D + "/state.json", "w"))
 "#;
 
 fn config(b: &TestBox, hostname: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("[hostname]\nname = \"sapari-prod\"\n[tailscale]\nhostname = \"{hostname}\"\n")
-            .as_bytes(),
-        0o600,
-    );
+    b.write_config(&common::config::config(|c| {
+        c.hostname.name = "sapari-prod".parse().unwrap();
+        c.tailscale.hostname = hostname.into();
+    }));
 }
 
 fn assert_no_secret(what: &str, text: &str) {
@@ -86,7 +85,7 @@ fn joins_once_renames_with_set_and_never_shows_the_key() {
     let b = boot_with_stub(0o600);
 
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     assert_eq!(resource(&r, "tailscale")["status"], "changed", "{r:#}");
     assert!(
@@ -106,13 +105,13 @@ fn joins_once_renames_with_set_and_never_shows_the_key() {
         resource(&json(&o), "tailscale")["status"],
         "unchanged",
         "{}",
-        out_str(&o)
+        describe(&o)
     );
 
     // A new name on a running node goes through `set` (re-running `up` would be refused).
     config(&b, "web-02");
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let log = b.read_string("/var/lib/tailscale-stub/argv.log").unwrap();
     let last_change = log
         .lines()
@@ -132,12 +131,12 @@ fn joins_once_renames_with_set_and_never_shows_the_key() {
     assert!(
         String::from_utf8_lossy(&st.stdout).contains("tailnet IPv4 100.101.102.103"),
         "{}",
-        out_str(&st)
+        describe(&st)
     );
 
     // Nowhere to be seen: arguments, reports, the journal, the saved report.
     assert_no_secret("argument lists", &log);
-    assert_no_secret("agent output", &out_str(&o));
+    assert_no_secret("agent output", &describe(&o));
     assert_no_secret(
         "the journal",
         &b.exec_ok("journalctl -t sapari-agent --no-pager -o cat"),
@@ -154,7 +153,7 @@ fn joins_once_renames_with_set_and_never_shows_the_key() {
 fn a_key_file_others_can_read_is_refused() {
     let b = boot_with_stub(0o644);
     let o = b.agent(&["converge", "--only", "tailscale", "--json"]);
-    assert_eq!(o.status.code(), Some(1), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let e = resource(&json(&o), "tailscale")["error"]
         .as_str()
         .unwrap()
@@ -163,7 +162,7 @@ fn a_key_file_others_can_read_is_refused() {
         e.contains("chmod 600 /etc/sapari-agent/tailscale.key"),
         "{e}"
     );
-    assert_no_secret("the error", &out_str(&o));
+    assert_no_secret("the error", &describe(&o));
     assert!(
         b.read("/var/lib/tailscale-stub/state.json").is_none(),
         "no join attempted"

@@ -4,11 +4,14 @@
 
 mod common;
 
-use common::report::{json, out_str, resource};
+use common::SERVER;
+
+use common::describe;
+use common::report::{json, resource};
 
 use common::{Peer, TestBox, sh_quote};
+use sapari_agent::config::Config;
 
-const SERVER: &str = "203.0.113.10";
 /// The box's global IPv6 address, on a link of its own to the attacker (`wan6`).
 const SERVER6: &str = "2001:db8:10::1";
 const EVIL6: &str = "2001:db8:10::66";
@@ -125,12 +128,13 @@ fn net() -> Net {
     }
 }
 
-fn config(b: &TestBox, extra: &str) {
-    b.write(
-        "/etc/sapari-agent/agent.toml",
-        format!("[access]\noperator_ips = [\"192.0.2.50\"]\n[ntp]\nrequire_sync = false\n[swap]\nenabled = false\n{extra}").as_bytes(),
-        0o600,
-    );
+fn config(b: &TestBox, edit: impl FnOnce(&mut Config)) {
+    b.write_config(&common::config::config(|c| {
+        c.access.operator_ips = vec!["192.0.2.50".parse().unwrap()];
+        c.ntp.require_sync = false;
+        c.swap.enabled = false;
+        edit(c);
+    }));
 }
 
 #[test]
@@ -139,7 +143,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     let Net {
         b, op, evil, ts, ..
     } = net();
-    config(&b, "");
+    config(&b, |_| {});
     // Controls: before the agent, everything is reachable.
     assert!(
         reaches(&evil, "tcp", SERVER, 22),
@@ -151,7 +155,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     );
 
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(resource(&json(&o), "ufw")["status"], "changed");
 
     assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh");
@@ -179,7 +183,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     );
 
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
 
     // Someone opens 80 by hand: reported and kept, then pruned on request.
     b.exec_ok("ufw allow 80/tcp");
@@ -188,13 +192,13 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
     let notes = resource(&r, "ufw")["notes"].to_string();
     assert!(notes.contains("allow 80/tcp from anywhere"), "{r:#}");
     assert_eq!(r["summary"]["changed"], 0);
-    config(&b, "[ufw]\nprune = true\n");
+    config(&b, |c| c.ufw.prune = true);
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
     assert_eq!(
         resource(&json(&o), "ufw")["status"],
         "changed",
         "{}",
-        out_str(&o)
+        describe(&o)
     );
     assert!(!reaches(&evil, "tcp", SERVER, 80), "pruned");
     assert!(reaches(&op, "tcp", SERVER, 22), "operator still in");
@@ -204,7 +208,7 @@ fn ufw_opens_443_to_all_and_ssh_only_to_operator_and_tailnet() {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
     let Net { b, evil, .. } = net();
-    config(&b, "");
+    config(&b, |_| {});
     // A real SSH session from the "wrong" address (the operator forgot --my-ip for it).
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k");
@@ -231,7 +235,7 @@ fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
         let o = over_ssh(&format!(
             "{via}/usr/local/bin/sapari-agent converge --only ufw --json"
         ));
-        assert_eq!(o.status.code(), Some(1), "{via}: {}", out_str(&o));
+        assert_eq!(o.status.code(), Some(1), "{via}: {}", describe(&o));
         let e = resource(&json(&o), "ufw")["error"]
             .as_str()
             .unwrap()
@@ -252,7 +256,7 @@ fn a_rule_set_that_drops_the_current_ssh_client_is_refused() {
     // Naming the address admits it: applied, and the session's address keeps SSH.
     let o =
         over_ssh("/usr/local/bin/sapari-agent converge --only ufw --json --my-ip 198.51.100.66");
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(reaches(&evil, "tcp", SERVER, 22));
 }
 
@@ -333,7 +337,7 @@ fn assert_v6_filtered(b: &TestBox, evil: &Peer, when: &str) {
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn ipv6_no_is_turned_into_ipv6_filtering() {
     let Net { b, op, evil, .. } = net();
-    config(&b, "");
+    config(&b, |_| {});
     add_v6_link(&b, &evil);
     // The box as someone left it: IPV6=no (and an unusual mode, which the edit must keep).
     let shipped = b.read_string("/etc/default/ufw").unwrap();
@@ -352,7 +356,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
 
     // The plan names the setting and the change.
     let o = b.agent(&["plan", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let changes = resource(&r, "ufw")["changes"].as_array().unwrap().clone();
     let c = changes
@@ -368,7 +372,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
 
     // 1. ufw not active yet: IPV6=yes, then the rules, then `ufw enable` loads both families.
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(resource(&json(&o), "ufw")["status"], "changed");
     let edited = b.read_string("/etc/default/ufw").unwrap();
     assert_eq!(edited, shipped, "only IPV6 changed, back to yes");
@@ -377,7 +381,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
     assert_v6_filtered(&b, &evil, "after enabling");
     assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh over v4");
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
 
     // 2. ufw active with IPV6=no (set by hand and reloaded): the agent reloads after the edit.
     b.write("/etc/default/ufw", off.as_bytes(), 0o644);
@@ -400,7 +404,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
         .clone();
     assert_eq!(check["level"], "FAIL", "{check}");
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", out_str(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     let to = resource(&r, "ufw")["changes"]
         .as_array()
@@ -414,7 +418,7 @@ fn ipv6_no_is_turned_into_ipv6_filtering() {
     assert_v6_filtered(&b, &evil, "after the reload");
     assert!(reaches(&op, "tcp", SERVER, 22), "operator ssh over v4");
     let o = b.agent(&["converge", "--only", "ufw", "--json"]);
-    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", out_str(&o));
+    assert_eq!(json(&o)["summary"]["changed"], 0, "{}", describe(&o));
     let st = json(&b.agent(&["status", "--only", "ufw", "--json"]));
     assert!(
         st["checks"]

@@ -8,18 +8,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::TestBox;
-use super::report::out_str;
+use super::describe;
 
 pub const REPO_IP: &str = "198.18.1.10";
 
 fn repo_dir(packages: &[&str]) -> PathBuf {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/harness/build-debs.sh");
     let o = Command::new(script)
-        .arg(super::rootfs())
+        .arg(super::rootfs(super::Suite::default()))
         .args(packages)
         .output()
         .unwrap();
-    assert!(o.status.success(), "build-debs.sh: {}", out_str(&o));
+    assert!(o.status.success(), "build-debs.sh: {}", describe(&o));
     PathBuf::from(
         String::from_utf8_lossy(&o.stdout)
             .lines()

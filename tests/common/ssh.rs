@@ -1,8 +1,12 @@
 //! Real `ssh` logins from a peer namespace: with a key, or with a password through sshpass.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use std::process::Output;
+use tempfile::TempDir;
 
 use super::{Peer, sh_quote};
 
@@ -28,3 +32,44 @@ pub fn with_password(peer: &Peer, server: &str, user: &str, pw: &str) -> Output 
 pub fn logged_in(o: &Output) -> bool {
     String::from_utf8_lossy(&o.stdout).contains("LOGIN-OK")
 }
+
+/// An operator's ed25519 key pair in a temporary directory (removed on drop).
+pub struct OperatorKey {
+    _dir: TempDir,
+    /// The private key file, for `ssh -i`.
+    pub private: PathBuf,
+    /// The public key line, for authorized_keys and the agent's config.
+    pub public: String,
+}
+
+pub fn operator_key() -> OperatorKey {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("op");
+    let st = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "operator@laptop",
+            "-f",
+        ])
+        .arg(&private)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ssh-keygen");
+    let public = fs::read_to_string(private.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    OperatorKey {
+        _dir: dir,
+        private,
+        public,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TestBox
