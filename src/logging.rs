@@ -31,7 +31,7 @@ impl Log for Stderr {
 }
 
 pub fn init(verbose: bool) {
-    if Path::new(JOURNAL_SOCKET).exists()
+    if crate::host::files::exists(Path::new(JOURNAL_SOCKET))
         && let Ok(j) = systemd_journal_logger::JournalLog::new()
     {
         let j = j.with_syslog_identifier("sapari-agent".to_string());

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! Boot tests: a Debian 12 VM (qemu, TCG) does its first boot with the user-data that
 //! `sapari-agent cloud-init render` prints, from a NoCloud seed, as a Hetzner server would,
 //! and is checked from outside; and `cloud-init schema` (Debian 12's, run by chroot in the VM

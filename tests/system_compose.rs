@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! The `compose` resource against a real dockerd: a project shaped like the production
 //! `docker-compose.prod.yml` (web, render, proxy, download, analysis, redis, rabbitmq, caddy,
 //! each with `deploy.resources.limits` from `${GROUP_MEMORY:-..}` / `${GROUP_CPUS:-..}`, caddy

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! Crash consistency: the agent is killed with SIGKILL at many points of a full converge of a
 //! fresh box, and after each kill the box must still be sound: `sshd -t` and `visudo -c`
 //! pass, the operator can still log in with the key, /etc/fstab parses and `swapon -a`

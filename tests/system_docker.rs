@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! The `docker` resource with `source = "distro"`, installed for real by apt inside the
 //! container: Debian 12's docker.io and docker-compose (1.29, the only compose bookworm has),
 //! served from a local apt repository in a peer namespace as in system_packages.rs (built once

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! Fault injection ("Proof"): each fault ends with a clear error that names its cause, the
 //! previous state intact (compared with `snapshot` before and after), and a rerun that succeeds
 //! once the fault is gone. Cases other tests already prove are not repeated here (see the

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! The `firewall` resource against real traffic: a real dockerd in the server's network
 //! namespace publishes :443 (TCP and UDP, IPv4 and IPv6), clients in a Cloudflare range, an
 //! attacker, the operator and a tailnet client connect for real, and the Cloudflare lists come

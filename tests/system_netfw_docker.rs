@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! Smoke test of the real-traffic fixture's Docker variants (tests/common/netfw.rs): Debian 12's
 //! docker.io 20.10 on the host, Debian 13's 26.1 and forky's 28.5 by chroot from cached trees,
 //! each with `--ipv6 --ip6tables` and with Docker's default config. No agent: these pin what each

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! The origin lock under the events that used to open it, with real traffic: a probe opens a
 //! fresh TCP connection every 10 ms from a non-Cloudflare IPv4 and IPv6 address (and one from a
 //! Cloudflare range, which must keep getting through) while dockerd restarts, crashes, the box

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! Packages, installed for real by apt inside the container from a local repository: the
 //! .debs are downloaded on the host once (cached), indexed, and served over HTTP from a
 //! peer namespace; the container's apt sources point there (the box reaches no archive).

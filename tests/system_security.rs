@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! Security properties of the users and sshd resources, checked against a real sshd in a
 //! container with a real `ssh` client in "operator" network namespaces: a restricted root
 //! key stays restricted for deploy, root does not follow a user's planted links or read

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! Tailscale against a stub CLI: no tailscaled or control server can run here, so a stub
 //! `tailscale` on PATH reproduces the observable contract the agent relies on
 //! (`status --json` shape, `up` refusing changed flags on a running node, `set`), and logs

@@ -1,3 +1,5 @@
+// Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! UFW, proven with real traffic: peers in their own network namespaces (operator,
 //! attacker, a tailnet client on a `tailscale0` link) connect to the container's real
 //! services after the agent converged its real ufw. Root only; run through scripts/test.sh.

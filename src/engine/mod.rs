@@ -1,7 +1,8 @@
 //! The convergence engine: observe every selected resource concurrently, then apply in
 //! the fixed dependency order, verify each apply by observing again, and report.
 
-pub mod lock;
+/// The run lock is a host facility (flock on a file); the engine's runs hold it.
+pub use crate::host::lock;
 pub mod report;
 
 use std::any::Any;

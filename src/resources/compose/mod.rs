@@ -22,13 +22,6 @@ use crate::host::{Cmd, FileSpec, Host, http, state_dir};
 use crate::resources::Name;
 use profile::{Budget, Profile};
 
-// Transitional, for the merge of issue #13: every caller now uses `host::http`'s copies of
-// these; lib.rs's go when it is rewritten, and this line with them.
-const _: () = {
-    let _ = crate::error_chain;
-    let _ = crate::request_error;
-};
-
 use state_dir::{COMPOSE_ENV as AGENT_ENV, COMPOSE_STATE as STATE_FILE};
 
 pub struct Compose {
