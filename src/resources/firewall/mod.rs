@@ -18,7 +18,6 @@ pub mod rollback;
 pub mod rules;
 mod show;
 // The old name, for lists.rs until it says `builtin_lists` itself.
-use builtin_lists as snapshot;
 pub use show::{Shown, ShownList, Verdict, render_show};
 
 use std::path::{Path, PathBuf};

@@ -254,12 +254,12 @@ pub fn address_space(nets: &[IpNet]) -> u128 {
 
 fn builtin_text(family: Family) -> &'static str {
     match family {
-        Family::V4 => super::snapshot::V4,
-        Family::V6 => super::snapshot::V6,
+        Family::V4 => super::builtin_lists::V4,
+        Family::V6 => super::builtin_lists::V6,
     }
 }
 
-/// The built-in list (snapshot.rs), parsed without `parse_list` (whose cap depends on it).
+/// The built-in list (builtin_lists.rs), parsed without `parse_list` (whose cap depends on it).
 pub fn builtin_list(family: Family) -> Vec<IpNet> {
     let nets: Vec<IpNet> = builtin_text(family)
         .lines()

@@ -14,9 +14,9 @@ fn nets(s: &[&str]) -> Vec<IpNet> {
 
 #[test]
 fn cloudflare_lists_pass() {
-    let l = v4(super::super::snapshot::V4).unwrap();
+    let l = v4(super::super::builtin_lists::V4).unwrap();
     assert_eq!(l.len(), 15);
-    let l = v6(super::super::snapshot::V6).unwrap();
+    let l = v6(super::super::builtin_lists::V6).unwrap();
     assert_eq!(l.len(), 7);
 }
 
@@ -191,11 +191,11 @@ fn address_space_is_exact_and_the_built_in_lists_are_under_the_cap() {
     assert_eq!(address_space(&nets(&["::/0"])), u128::MAX);
     assert_eq!(
         builtin_list(Family::V4),
-        v4(super::super::snapshot::V4).unwrap()
+        v4(super::super::builtin_lists::V4).unwrap()
     );
     assert_eq!(
         builtin_list(Family::V6),
-        v6(super::super::snapshot::V6).unwrap()
+        v6(super::super::builtin_lists::V6).unwrap()
     );
 }
 
@@ -204,7 +204,7 @@ fn lists_wider_than_four_times_the_built_in_are_rejected() {
     // v4: the built-in list + 3 x its space is exactly the cap and passes; one more
     // address does not. 4,574,208 = 2^22 + 2^18 + 2^16 + 2^15 + 2^14 + 2^11 + 2^10
     let cap = max_addresses(Family::V4);
-    let mut text = String::from(super::super::snapshot::V4);
+    let mut text = String::from(super::super::builtin_lists::V4);
     text.push_str("45.0.0.0/10\n45.64.0.0/14\n45.68.0.0/16\n45.69.0.0/17\n");
     text.push_str("45.69.128.0/18\n45.69.192.0/21\n45.69.200.0/22\n");
     let l = v4(&text).unwrap();
@@ -286,8 +286,8 @@ fn transition_ranges_are_rejected() {
 #[test]
 fn the_system_test_fixtures_still_validate() {
     // tests/system_firewall.rs and system_faults.rs serve the built-in lists plus these
-    let base4 = super::super::snapshot::V4;
-    let base6 = super::super::snapshot::V6;
+    let base4 = super::super::builtin_lists::V4;
+    let base6 = super::super::builtin_lists::V6;
     assert!(v4(&format!("{base4}1.1.1.0/24\n")).is_ok());
     assert!(v4(&format!("{base4}45.64.0.0/24\n")).is_ok());
     assert!(v6(&format!("{base6}2a09:bac0::/29\n")).is_ok());
