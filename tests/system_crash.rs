@@ -453,7 +453,9 @@ fn resource_of(label: &str) -> &'static str {
         "firewall"
     } else if has("SWAPFILE") || has("mkswap") || has("swapon") || has("/etc/fstab") {
         "swap"
-    } else if has("last-run.json") {
+    } else if has("last-run.json") || l.ends_with(" /var/lib/sapari-agent") {
+        // The state directory itself is created (through the host's guard) right before the
+        // first file of the run's report or the firewall's lists goes into it.
         "report"
     } else if has("/run/sapari-agent") {
         // The directory of sshd's and ufw's reload-pending markers.
