@@ -218,17 +218,34 @@ pub fn request_error(e: &Error) -> String {
     }
 }
 
+/// The loopback HTTP server of the unit tests that exercise this client (here and in the
+/// resources that download through it): plain HTTP on 127.0.0.1, reached only through
+/// [`Options::allow_http_for_tests`].
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub mod test_server {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A plain-http server on 127.0.0.1 that answers every request with `reply`.
-    async fn serve(reply: &'static str) -> u16 {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    /// Reads each request's head and hands its path, the server's port and the connection to
+    /// `answer`. Returns the port and how many connections were accepted.
+    pub async fn serve<F, Fut>(answer: F) -> (u16, Arc<AtomicUsize>)
+    where
+        F: Fn(String, u16, TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let answer = Arc::new(answer);
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut got = Vec::new();
@@ -238,11 +255,28 @@ mod tests {
                             Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let _ = tcp.write_all(reply.as_bytes()).await;
-                    let _ = tcp.shutdown().await;
+                    let req = String::from_utf8_lossy(&got);
+                    let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    answer(path, port, tcp).await;
                 });
             }
         });
+        (port, accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A plain-http server on 127.0.0.1 that answers every request with `reply`.
+    async fn serve(reply: &'static str) -> u16 {
+        let (port, _) = test_server::serve(move |_, _, mut tcp| async move {
+            let _ = tcp.write_all(reply.as_bytes()).await;
+            let _ = tcp.shutdown().await;
+        })
+        .await;
         port
     }
 

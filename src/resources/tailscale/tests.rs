@@ -185,7 +185,7 @@ mod http {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     async fn reply(path: &str, port: u16, tcp: &mut tokio::net::TcpStream) {
         let head = |status: &str, extra: &str| {
@@ -231,32 +231,10 @@ mod http {
 
     /// The port, and how many connections the server accepted.
     async fn serve() -> (u16, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let req = String::from_utf8_lossy(&got);
-                    let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    reply(&path, port, &mut tcp).await;
-                });
-            }
-        });
-        (port, accepted)
+        crate::host::http::test_server::serve(|path, port, mut tcp| async move {
+            reply(&path, port, &mut tcp).await
+        })
+        .await
     }
 
     #[tokio::test(flavor = "current_thread")]
