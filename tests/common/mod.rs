@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod config;
 pub mod files;
 pub mod netfw;
+pub mod netns;
 pub mod nspawn;
 pub mod peer;
 pub mod process;

@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 
+use super::netns::{self, End};
 use super::process::*;
 use super::*;
 
@@ -55,82 +56,44 @@ impl TestBox {
             host(&["ip", "netns", "add", &rt]);
             made.push(rt.clone());
             host(&["ip", "-n", &rt, "link", "set", "lo", "up"]);
-            // per-netns sysctl: only the router namespace forwards
-            host(&[
-                "ip",
-                "netns",
-                "exec",
-                &rt,
-                "sh",
-                "-c",
-                "echo 1 > /proc/sys/net/ipv4/ip_forward",
-            ]);
+            netns::forwarding(&rt, false);
         }
         let (sgw, slen) = gateway(server_ip);
         let has_wan = host_quiet(&["ip", "-n", &self.name, "link", "show", "wan0"]);
         if !has_wan {
-            host(&[
-                "ip", "-n", &rt, "link", "add", "srv", "type", "veth", "peer", "name", "wan0",
-                "netns", &self.name,
-            ]);
-            host(&[
-                "ip",
-                "-n",
-                &rt,
-                "addr",
-                "add",
-                &format!("{sgw}/{slen}"),
-                "dev",
-                "srv",
-            ]);
-            host(&["ip", "-n", &rt, "link", "set", "srv", "up"]);
-            host(&[
-                "ip", "-n", &self.name, "addr", "add", server_ip, "dev", "wan0",
-            ]);
-            host(&["ip", "-n", &self.name, "link", "set", "wan0", "up"]);
-            host(&[
-                "ip",
-                "-n",
-                &self.name,
-                "route",
-                "replace",
-                "default",
-                "via",
-                &sgw.to_string(),
-            ]);
+            let sgw_cidr = format!("{sgw}/{slen}");
+            netns::veth(
+                &End {
+                    ns: &rt,
+                    dev: "srv",
+                    addrs: &[&sgw_cidr],
+                },
+                &End {
+                    ns: &self.name,
+                    dev: "wan0",
+                    addrs: &[server_ip],
+                },
+            );
+            netns::default_route(&self.name, &sgw.to_string());
         }
         let (pgw, plen) = gateway(peer_ip);
         host(&["ip", "netns", "add", &pn]);
         made.push(pn.clone());
         host(&["ip", "-n", &pn, "link", "set", "lo", "up"]);
-        let rdev = format!("p-{name}");
-        host(&[
-            "ip", "-n", &rt, "link", "add", &rdev, "type", "veth", "peer", "name", "eth0", "netns",
-            &pn,
-        ]);
-        host(&[
-            "ip",
-            "-n",
-            &rt,
-            "addr",
-            "add",
-            &format!("{pgw}/{plen}"),
-            "dev",
-            &rdev,
-        ]);
-        host(&["ip", "-n", &rt, "link", "set", &rdev, "up"]);
-        host(&["ip", "-n", &pn, "addr", "add", peer_ip, "dev", "eth0"]);
-        host(&["ip", "-n", &pn, "link", "set", "eth0", "up"]);
-        host(&[
-            "ip",
-            "-n",
-            &pn,
-            "route",
-            "add",
-            "default",
-            "via",
-            &pgw.to_string(),
-        ]);
+        let (rdev, pgw_cidr) = (format!("p-{name}"), format!("{pgw}/{plen}"));
+        netns::veth(
+            &End {
+                ns: &rt,
+                dev: &rdev,
+                addrs: &[&pgw_cidr],
+            },
+            &End {
+                ns: &pn,
+                dev: "eth0",
+                addrs: &[peer_ip],
+            },
+        );
+        netns::default_route(&pn, &pgw.to_string());
         Peer {
             netns: pn,
             ip: peer_ip.to_string(),

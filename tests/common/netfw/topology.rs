@@ -5,6 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::common::netns::{self, End};
 
 impl Edge {
     pub(crate) fn topology(&mut self) {
@@ -13,15 +14,7 @@ impl Edge {
         for h in Host::ALL {
             self.add_ns(&self.ns(h));
         }
-        host(&[
-            "ip",
-            "netns",
-            "exec",
-            &rt,
-            "sh",
-            "-c",
-            "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
-        ]);
+        netns::forwarding(&rt, true);
         let wan: [WanLink; 5] = [
             (
                 Host::Srv,
@@ -50,81 +43,45 @@ impl Edge {
         for (h, dev, r4, p4, v6) in wan {
             let n = self.ns(h);
             let rdev = format!("i-{}", h.role());
-            host(&[
-                "ip", "-n", &rt, "link", "add", &rdev, "type", "veth", "peer", "name", dev,
-                "netns", &n,
-            ]);
-            host(&["ip", "-n", &rt, "addr", "add", r4, "dev", &rdev]);
-            host(&["ip", "-n", &n, "addr", "add", p4, "dev", dev]);
+            let (mut r, mut p) = (vec![r4], vec![p4]);
             if let Some((r6, p6)) = v6 {
-                host(&["ip", "-n", &rt, "addr", "add", r6, "dev", &rdev, "nodad"]);
-                host(&["ip", "-n", &n, "addr", "add", p6, "dev", dev, "nodad"]);
+                r.push(r6);
+                p.push(p6);
             }
-            host(&["ip", "-n", &rt, "link", "set", &rdev, "up"]);
-            host(&["ip", "-n", &n, "link", "set", dev, "up"]);
-            let gw4 = r4.split('/').next().unwrap();
-            host(&["ip", "-n", &n, "route", "add", "default", "via", gw4]);
-            if let Some((r6, _)) = v6 {
-                let gw6 = r6.split('/').next().unwrap();
-                host(&["ip", "-n", &n, "-6", "route", "add", "default", "via", gw6]);
+            netns::veth(
+                &End {
+                    ns: &rt,
+                    dev: &rdev,
+                    addrs: &r,
+                },
+                &End {
+                    ns: &n,
+                    dev,
+                    addrs: &p,
+                },
+            );
+            for gw in [Some(r4), v6.map(|(r6, _)| r6)].into_iter().flatten() {
+                netns::default_route(&n, gw.split('/').next().unwrap());
             }
         }
         // The tailnet client hangs directly off the server's tailscale0.
         let srv = self.ns(Host::Srv);
         let ts = self.ns(Host::Ts);
-        host(&[
-            "ip",
-            "-n",
-            &srv,
-            "link",
-            "add",
-            "tailscale0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ts,
-        ]);
-        for (n, dev, a4, a6) in [
-            (&srv, "tailscale0", "100.64.5.1/24", "fd7a:115c:a1e0::1/64"),
-            (&ts, "eth0", "100.64.5.7/24", "fd7a:115c:a1e0::7/64"),
-        ] {
-            host(&["ip", "-n", n, "addr", "add", a4, "dev", dev]);
-            host(&["ip", "-n", n, "addr", "add", a6, "dev", dev, "nodad"]);
-            host(&["ip", "-n", n, "link", "set", dev, "up"]);
-        }
-        host(&[
-            "ip",
-            "-n",
-            &ts,
-            "route",
-            "add",
-            "default",
-            "via",
-            "100.64.5.1",
-        ]);
-        host(&[
-            "ip",
-            "-n",
-            &ts,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "fd7a:115c:a1e0::1",
-        ]);
-        host(&[
-            "ip",
-            "netns",
-            "exec",
-            &srv,
-            "sh",
-            "-c",
-            "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
-        ]);
+        netns::veth(
+            &End {
+                ns: &srv,
+                dev: "tailscale0",
+                addrs: &["100.64.5.1/24", "fd7a:115c:a1e0::1/64"],
+            },
+            &End {
+                ns: &ts,
+                dev: "eth0",
+                addrs: &["100.64.5.7/24", "fd7a:115c:a1e0::7/64"],
+            },
+        );
+        netns::default_route(&ts, "100.64.5.1");
+        netns::default_route(&ts, "fd7a:115c:a1e0::1");
+        netns::forwarding(&srv, true);
     }
 }
 
