@@ -20,9 +20,9 @@ use crate::config::{self, Config};
 use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, state_dir, sys, systemctl};
-use crate::resources::firewall::{self, rules::CHAIN};
-use crate::resources::guarded::{file_snap, put_back};
-use crate::resources::{Name, sshd, ufw, users};
+use crate::resources::Name;
+use crate::resources::firewall;
+use crate::resources::guarded::{self, Guard, Installed, Step, guarded};
 
 mod handlers;
 mod plan;
@@ -48,7 +48,9 @@ const LOST_AFTER: u64 = 120;
 const ROLLBACK_LOCK_WAIT: Duration = Duration::from_secs(3600);
 
 /// The resources whose previous state is kept and restored.
-pub const GUARDED: [Name; 4] = [Name::Users, Name::Sshd, Name::Ufw, Name::Firewall];
+fn guarded_names() -> Vec<Name> {
+    guarded().into_iter().map(Guard::name).collect()
+}
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 // ---- pure parts -----------------------------------------------------------------------------
@@ -118,61 +120,28 @@ fn list(v: &[String]) -> String {
 // ---- capture and restore --------------------------------------------------------------------
 
 async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
-    let sshd = sshd::rollback::paths(host, &cfg.sshd.drop_in.0)?
-        .iter()
-        .map(|p| file_snap(host, p))
-        .collect::<Result<Vec<_>>>()?;
-    let ufw = ufw::rollback::capture(host)?;
-    let chains = if cfg.firewall.enabled {
-        ChainSnap::capture(host).await?
-    } else {
-        Vec::new()
-    };
-    Ok(Snapshot {
+    let mut s = Snapshot {
         id: id.to_string(),
         taken_at: rfc3339(unix_now()),
-        sshd,
-        ufw_installed: host.program_exists("ufw"),
-        ufw,
-        chains,
-        items: users::rollback::capture(host, &cfg.users.name.0)?,
-    })
+        ..Snapshot::default()
+    };
+    for g in guarded() {
+        g.capture(host, cfg, &mut s).await?;
+    }
+    Ok(s)
 }
 
 /// The same files and chains as `saved`, as they are now.
 async fn recapture(host: &Host, saved: &Snapshot) -> Result<Snapshot> {
-    let files = |v: &[FileSnap]| -> Result<Vec<FileSnap>> {
-        v.iter().map(|f| file_snap(host, &f.path)).collect()
-    };
-    let mut chains = Vec::new();
-    for c in &saved.chains {
-        chains.push(c.recapture(host).await?);
-    }
-    Ok(Snapshot {
+    let mut s = Snapshot {
         id: saved.id.clone(),
         taken_at: rfc3339(unix_now()),
-        sshd: files(&saved.sshd)?,
-        ufw_installed: host.program_exists("ufw"),
-        ufw: files(&saved.ufw)?,
-        chains,
-        items: saved
-            .items
-            .iter()
-            .map(|i| i.recapture(host))
-            .collect::<Result<_>>()?,
-    })
-}
-
-async fn run_step(host: &Host, step: &Step) -> Result<()> {
-    match step {
-        Step::Item(i) => i.restore(host).await,
-        Step::Write(f) | Step::Ufw(UfwAction::Write(f)) => put_back(host, f),
-        Step::ReloadSshd => sshd::validate_and_reload(host).await,
-        Step::Ufw(UfwAction::Disable) => ufw::rollback::disable(host).await,
-        Step::Ufw(UfwAction::Reload) => ufw::rollback::reload(host).await,
-        Step::CheckUfw { want_on } => ufw::rollback::check(host, *want_on).await,
-        Step::Chain(c) => c.restore(host).await,
+        ..Snapshot::default()
+    };
+    for g in guarded() {
+        g.recapture(host, saved, &mut s).await?;
     }
+    Ok(s)
 }
 
 #[derive(Debug, Default)]
@@ -222,9 +191,9 @@ async fn restore_all(host: &Host, saved: &Snapshot) -> Restored {
             };
         }
     };
-    let plan = rollback_plan(saved, &now, host.program_exists("sshd"));
+    let plan = rollback_plan(saved, &now, host);
     let mut r = execute(plan, &differing(saved, &now), |step| async move {
-        run_step(host, &step).await
+        guarded::run(host, &step).await
     })
     .await;
     match recapture(host, saved).await {
@@ -572,7 +541,7 @@ impl Session {
             // Unknown: treat everything as changed, so the rollback still comes.
             Err(e) => {
                 log::warn!("cannot tell what changed: {e:#}");
-                names(&GUARDED)
+                names(&guarded_names())
             }
         };
         if changed.is_empty() {

@@ -1,5 +1,15 @@
 use super::*;
+use crate::resources::firewall::rollback::{ChainSnap, Step as ChainStep};
 use crate::resources::firewall::{lists::Family, rules::Backend};
+use crate::resources::guarded::{FileSnap, Guarded};
+use crate::resources::sshd::rollback::Step as SshdStep;
+use crate::resources::ufw::rollback::{Step as UfwStep, Ufw};
+use crate::resources::users::rollback::{Item, Step as UsersStep};
+use crate::resources::{ufw, users};
+
+fn ufw_restore_plan(saved: &Snapshot, now: &Snapshot) -> Vec<UfwStep> {
+    ufw::rollback::restore_order(&Ufw::slot(saved), &Ufw::slot(now))
+}
 
 fn f(path: &str, content: Option<&str>) -> FileSnap {
     FileSnap {
@@ -111,7 +121,7 @@ fn ufw_installed_by_the_change_counts_only_when_active() {
     ];
     let mut n = snap();
     assert_eq!(differing(&s, &n), vec![Name::Ufw]);
-    assert_eq!(ufw_restore_plan(&s, &n), vec![UfwAction::Disable]);
+    assert_eq!(ufw_restore_plan(&s, &n), vec![UfwStep::Disable]);
     n.ufw = ufw_files(false, "x");
     n.chains = s.chains.clone();
     n.sshd = s.sshd.clone();
@@ -126,7 +136,7 @@ fn ufw_restore_order() {
     n.ufw = ufw_files(true, "new\n");
     assert_eq!(
         ufw_restore_plan(&s, &n),
-        vec![UfwAction::Write(s.ufw[0].clone()), UfwAction::Reload]
+        vec![UfwStep::Write(s.ufw[0].clone()), UfwStep::Reload]
     );
     // It was off and the change enabled it: off first, then the files.
     let mut s = snap();
@@ -136,9 +146,9 @@ fn ufw_restore_order() {
     assert_eq!(
         ufw_restore_plan(&s, &n),
         vec![
-            UfwAction::Disable,
-            UfwAction::Write(s.ufw[0].clone()),
-            UfwAction::Write(s.ufw[3].clone())
+            UfwStep::Disable,
+            UfwStep::Write(s.ufw[0].clone()),
+            UfwStep::Write(s.ufw[3].clone())
         ]
     );
 }
@@ -337,9 +347,15 @@ fn the_sudoers_drop_in_is_kept_and_named_as_users() {
     n.items = vec![Item::Sudoers(f("/etc/sudoers.d/90-sapari-deploy", None))];
     assert_eq!(differing(&s, &n), vec![Name::Users]);
     let plan = rollback_plan(&s, &n, true);
-    assert_eq!(plan[0], (Name::Users, vec![Step::Item(s.items[0].clone())]));
     assert_eq!(
-        crate::resources::users::sudoers_path("deploy"),
+        plan[0],
+        (
+            Name::Users,
+            vec![Step::Users(UsersStep::PutBack(s.items[0].clone()))]
+        )
+    );
+    assert_eq!(
+        users::sudoers_path("deploy"),
         Path::new("/etc/sudoers.d/90-sapari-deploy")
     );
     // Stored tagged, and a snapshot of the previous version (no items) still reads.
@@ -368,15 +384,18 @@ fn a_rollback_reloads_everything_even_when_the_files_are_as_saved() {
     assert_eq!(
         rollback_plan(&s, &s, true),
         vec![
-            (Name::Sshd, vec![Step::ReloadSshd]),
+            (Name::Sshd, vec![Step::Sshd(SshdStep::Reload)]),
             (
                 Name::Ufw,
                 vec![
-                    Step::Ufw(UfwAction::Reload),
-                    Step::CheckUfw { want_on: true }
+                    Step::Ufw(UfwStep::Reload),
+                    Step::Ufw(UfwStep::Check { want_on: true })
                 ]
             ),
-            (Name::Firewall, vec![Step::Chain(s.chains[0].clone())]),
+            (
+                Name::Firewall,
+                vec![Step::Firewall(ChainStep::Restore(s.chains[0].clone()))]
+            ),
         ]
     );
     // Files that differ go back before the reload.
@@ -386,13 +405,19 @@ fn a_rollback_reloads_everything_even_when_the_files_are_as_saved() {
         rollback_plan(&s, &n, true)[0],
         (
             Name::Sshd,
-            vec![Step::Write(s.sshd[1].clone()), Step::ReloadSshd]
+            vec![
+                Step::Sshd(SshdStep::Write(s.sshd[1].clone())),
+                Step::Sshd(SshdStep::Reload)
+            ]
         )
     );
     // No sshd to reload: its files still go back.
     assert_eq!(
         rollback_plan(&s, &n, false)[0],
-        (Name::Sshd, vec![Step::Write(s.sshd[1].clone())])
+        (
+            Name::Sshd,
+            vec![Step::Sshd(SshdStep::Write(s.sshd[1].clone()))]
+        )
     );
     // ufw neither before nor now: nothing to run for it.
     let mut none = s.clone();
@@ -415,13 +440,16 @@ async fn one_failing_reload_does_not_stop_the_others() {
     let ran = std::cell::RefCell::new(Vec::new());
     let r = execute(plan, &changed, |step| {
         ran.borrow_mut().push(step.clone());
-        let fail = matches!(step, Step::ReloadSshd | Step::Chain(_));
+        let fail = matches!(step, Step::Sshd(SshdStep::Reload) | Step::Firewall(_));
         async move { if fail { bail!("boom") } else { Ok(()) } }
     })
     .await;
     let ran = ran.into_inner();
-    assert!(ran.contains(&Step::Ufw(UfwAction::Reload)), "{ran:?}");
-    assert!(ran.contains(&Step::CheckUfw { want_on: true }), "{ran:?}");
+    assert!(ran.contains(&Step::Ufw(UfwStep::Reload)), "{ran:?}");
+    assert!(
+        ran.contains(&Step::Ufw(UfwStep::Check { want_on: true })),
+        "{ran:?}"
+    );
     assert_eq!(r.resources, vec![Name::Ufw], "sshd's reload failed");
     assert_eq!(
         r.errors,

@@ -2,14 +2,19 @@
 //! iptables-save printed them (the chain may hold rules this agent did not write, which
 //! `rules::Rule` need not round-trip), put back in one `--noflush` transaction.
 
+use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::lists::Family;
 use super::rules::{Backend, CHAIN};
+use crate::config::Config;
 use crate::host::{Cmd, Host};
+use crate::resources::Name;
+use crate::resources::guarded::{Guarded, Installed, Snapshot};
 
 /// One family's saved chain. Family and backend serialise as the `v4`/`nft` strings the
 /// snapshots of earlier versions hold.
@@ -78,5 +83,73 @@ impl ChainSnap {
         .await
         .map(drop)
         .with_context(|| format!("the {} {CHAIN} chain was not restored", fam.label()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Replace one family's chain with the saved one.
+    Restore(ChainSnap),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Restore(c) => write!(f, "restoring the {} {CHAIN} chain", c.family.as_str()),
+        }
+    }
+}
+
+pub struct Firewall;
+
+#[async_trait]
+impl Guarded for Firewall {
+    const NAME: Name = Name::Firewall;
+    /// DOCKER-USER only filters traffic forwarded to containers, so it cannot lock anyone out;
+    /// refusing `firewall apply` would leave the empty chain Docker recreates at boot, and with
+    /// it the published ports open to everyone.
+    const LOCKS_OUT: bool = false;
+    type Snapshot = Vec<ChainSnap>;
+    type Step = Step;
+
+    fn slot(rec: &Snapshot) -> Vec<ChainSnap> {
+        rec.chains.clone()
+    }
+
+    fn put(rec: &mut Snapshot, s: Vec<ChainSnap>) {
+        rec.chains = s;
+    }
+
+    /// Nothing while the configuration leaves the chain alone.
+    async fn capture(host: &Host, cfg: &Config) -> Result<Vec<ChainSnap>> {
+        if cfg.firewall.enabled {
+            ChainSnap::capture(host).await
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    async fn recapture(host: &Host, saved: &Vec<ChainSnap>) -> Result<Vec<ChainSnap>> {
+        let mut chains = Vec::new();
+        for c in saved {
+            chains.push(c.recapture(host).await?);
+        }
+        Ok(chains)
+    }
+
+    /// An absent chain and an empty one filter the same.
+    fn differs(saved: &Vec<ChainSnap>, now: &Vec<ChainSnap>) -> bool {
+        saved.len() != now.len() || saved.iter().zip(now).any(|(s, n)| s.lines() != n.lines())
+    }
+
+    /// Every saved chain is re-applied, changed or not (see `Guarded::restore_plan`).
+    fn restore_plan(saved: &Vec<ChainSnap>, _: &Vec<ChainSnap>, _: &dyn Installed) -> Vec<Step> {
+        saved.iter().cloned().map(Step::Restore).collect()
+    }
+
+    async fn restore(host: &Host, step: &Step) -> Result<()> {
+        match step {
+            Step::Restore(c) => c.restore(host).await,
+        }
     }
 }

@@ -1,13 +1,19 @@
-//! ufw's side of commit-confirmed: the files kept, whether they have it switched on, and the
+//! ufw's side of commit confirmed: the files kept, whether they have it switched on, and the
 //! commands that put its running state back.
 
+use std::fmt;
 use std::path::Path;
 
 use anyhow::{Result, bail};
+use async_trait::async_trait;
 
 use super::{STATE_FILES, UFW_CONF, shell_var};
+use crate::config::Config;
 use crate::host::{Cmd, Host};
-use crate::resources::guarded::{FileSnap, file_snap};
+use crate::resources::Name;
+use crate::resources::guarded::{
+    FileSnap, Guarded, Installed, Snapshot, contents_differ, file_snap, put_back, refile,
+};
 
 /// ufw.conf's `ENABLED=yes` among the saved files.
 pub fn enabled(files: &[FileSnap]) -> bool {
@@ -25,6 +31,126 @@ pub fn capture(host: &Host) -> Result<Vec<FileSnap>> {
         .iter()
         .map(|p| file_snap(host, Path::new(p)))
         .collect()
+}
+
+/// What is kept of ufw (the snapshot's `ufw_installed` and `ufw`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UfwSnap {
+    pub installed: bool,
+    pub files: Vec<FileSnap>,
+}
+
+impl UfwSnap {
+    fn on(&self) -> bool {
+        self.installed && enabled(&self.files)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Disable,
+    Write(FileSnap),
+    Reload,
+    /// ufw must end up on or off as it was.
+    Check {
+        want_on: bool,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Disable => f.write_str("ufw --force disable"),
+            Step::Write(s) => write!(f, "putting back {}", s.path.display()),
+            Step::Reload => f.write_str("ufw reload"),
+            Step::Check { .. } => f.write_str("checking ufw's state"),
+        }
+    }
+}
+
+/// How to bring ufw back: off first when it was off (so no moment runs the new rules with
+/// the old switch), then the files, then a reload that loads them when it was on.
+pub fn restore_order(saved: &UfwSnap, now: &UfwSnap) -> Vec<Step> {
+    let is_on = now.on();
+    if !saved.installed {
+        return if is_on { vec![Step::Disable] } else { vec![] };
+    }
+    let was_on = enabled(&saved.files);
+    let mut plan = Vec::new();
+    if !was_on && is_on {
+        plan.push(Step::Disable);
+    }
+    for (s, n) in saved.files.iter().zip(&now.files) {
+        if s.content.is_some() && s.content != n.content {
+            plan.push(Step::Write(s.clone()));
+        }
+    }
+    if was_on {
+        plan.push(Step::Reload);
+    }
+    plan
+}
+
+pub struct Ufw;
+
+#[async_trait]
+impl Guarded for Ufw {
+    const NAME: Name = Name::Ufw;
+    type Snapshot = UfwSnap;
+    type Step = Step;
+
+    fn slot(rec: &Snapshot) -> UfwSnap {
+        UfwSnap {
+            installed: rec.ufw_installed,
+            files: rec.ufw.clone(),
+        }
+    }
+
+    fn put(rec: &mut Snapshot, s: UfwSnap) {
+        rec.ufw_installed = s.installed;
+        rec.ufw = s.files;
+    }
+
+    async fn capture(host: &Host, _: &Config) -> Result<UfwSnap> {
+        Ok(UfwSnap {
+            installed: host.program_exists("ufw"),
+            files: capture(host)?,
+        })
+    }
+
+    async fn recapture(host: &Host, saved: &UfwSnap) -> Result<UfwSnap> {
+        Ok(UfwSnap {
+            installed: host.program_exists("ufw"),
+            files: refile(host, &saved.files)?,
+        })
+    }
+
+    fn differs(saved: &UfwSnap, now: &UfwSnap) -> bool {
+        if saved.installed {
+            contents_differ(&saved.files, &now.files)
+        } else {
+            // Installed by the change: restoring means turning it off, not deleting its files.
+            now.on()
+        }
+    }
+
+    fn restore_plan(saved: &UfwSnap, now: &UfwSnap, _: &dyn Installed) -> Vec<Step> {
+        let mut plan = restore_order(saved, now);
+        let want_on = saved.on();
+        if now.installed || want_on {
+            plan.push(Step::Check { want_on });
+        }
+        plan
+    }
+
+    async fn restore(host: &Host, step: &Step) -> Result<()> {
+        match step {
+            Step::Disable => disable(host).await,
+            Step::Write(f) => put_back(host, f),
+            Step::Reload => reload(host).await,
+            Step::Check { want_on } => check(host, *want_on).await,
+        }
+    }
 }
 
 pub async fn disable(host: &Host) -> Result<()> {
