@@ -301,3 +301,62 @@ pub fn put_back(host: &Host, f: &FileSnap) -> Result<()> {
         None => host.remove_file(&f.path),
     }
 }
+
+/// A file as a capture reads it (None: absent), for the rollback modules' tests.
+#[cfg(test)]
+pub fn read_as(path: &str, content: Option<&str>) -> FileSnap {
+    let found = content.map(|c| crate::host::FileState {
+        content: c.as_bytes().to_vec(),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    });
+    snap_of(Path::new(path), found, (0o644, 0, 0)).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guarded_resources_are_listed_once_in_converge_order() {
+        let names: Vec<Name> = guarded().into_iter().map(Guard::name).collect();
+        assert_eq!(names, [Name::Users, Name::Sshd, Name::Ufw, Name::Firewall]);
+        let mut sorted = names.clone();
+        sorted.sort_by_key(|n| Name::ALL.iter().position(|a| a == n));
+        assert_eq!(names, sorted);
+        for g in guarded() {
+            assert_eq!(guard_of(g.name()), Some(g));
+        }
+        assert_eq!(guard_of(Name::Swap), None);
+        // Only DOCKER-USER cannot lock a login out.
+        let safe: Vec<Guard> = guarded().into_iter().filter(|g| !g.locks_out()).collect();
+        assert_eq!(safe, [Guard::Firewall]);
+    }
+
+    #[test]
+    fn each_resource_reads_and_writes_only_its_own_slots() {
+        let mut s = Snapshot {
+            sshd: vec![read_as("/etc/ssh/sshd_config", Some("a\n"))],
+            ufw_installed: true,
+            ufw: vec![read_as("/etc/ufw/ufw.conf", Some("ENABLED=yes\n"))],
+            items: vec![Item::Sudoers(read_as("/etc/sudoers.d/x", None))],
+            ..Snapshot::default()
+        };
+        let before = s.clone();
+        for g in guarded() {
+            let mut changed = s.clone();
+            changed.sshd[0].content = Some("b\n".into());
+            changed.ufw[0].content = Some("ENABLED=no\n".into());
+            changed.items[0] = Item::Sudoers(read_as("/etc/sudoers.d/x", Some("y\n")));
+            changed.chains = vec![];
+            // What a recapture of one resource leaves in the record: only its slots move.
+            dispatch!(g, G, _w => G::put(&mut s, G::slot(&changed)));
+            for h in guarded() {
+                let moved = h == g && g != Guard::Firewall;
+                assert_eq!(h.differs(&before, &s), moved, "{h:?} after {g:?}");
+            }
+            s = before.clone();
+        }
+    }
+}

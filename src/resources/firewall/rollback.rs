@@ -153,3 +153,52 @@ impl Guarded for Firewall {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Access;
+
+    fn chain(family: Family, lines: Option<&[&str]>) -> ChainSnap {
+        ChainSnap {
+            family,
+            backend: Backend::Nft,
+            lines: lines.map(|v| v.iter().map(|l| l.to_string()).collect()),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn nothing_is_captured_while_the_firewall_is_off() {
+        let mut cfg = Config::default();
+        cfg.firewall.enabled = false;
+        let host = Host::new(Access::ReadOnly);
+        assert_eq!(Firewall::capture(&host, &cfg).await.unwrap(), []);
+    }
+
+    #[test]
+    fn changed_lines_differ_and_every_chain_is_reapplied() {
+        let saved = vec![
+            chain(Family::V4, Some(&["-A DOCKER-USER -j RETURN"])),
+            chain(Family::V6, None),
+        ];
+        assert!(!Firewall::differs(&saved, &saved));
+        // An absent chain and an empty one filter the same.
+        let emptied = vec![saved[0].clone(), chain(Family::V6, Some(&[]))];
+        assert!(!Firewall::differs(&saved, &emptied));
+        let now = vec![chain(Family::V4, Some(&[])), chain(Family::V6, None)];
+        assert!(Firewall::differs(&saved, &now));
+        assert!(Firewall::differs(&saved, &saved[..1].to_vec()));
+        let plan = Firewall::restore_plan(&saved, &saved, &true);
+        let shown: Vec<String> = plan.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "restoring the v4 DOCKER-USER chain",
+                "restoring the v6 DOCKER-USER chain"
+            ]
+        );
+        let mut rec = Snapshot::default();
+        Firewall::put(&mut rec, saved.clone());
+        assert_eq!(rec.chains, saved);
+    }
+}

@@ -109,3 +109,73 @@ impl Guarded for Sshd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::guarded::read_as;
+
+    const OURS: &str = "10-sapari-agent.conf";
+
+    /// What `capture` reads over `paths_of(listed)`, each file saying `content(path)`.
+    fn captured(listed: &[&str], content: impl Fn(&Path) -> Option<&'static str>) -> Vec<FileSnap> {
+        let listed = listed.iter().map(|s| s.to_string()).collect();
+        paths_of(listed, OURS)
+            .iter()
+            .map(|p| read_as(&p.to_string_lossy(), content(p)))
+            .collect()
+    }
+
+    #[test]
+    fn every_drop_in_and_ours_are_kept_sorted() {
+        let listed = vec![
+            "50-cloud-init.conf".into(),
+            "README".into(),
+            "00-a.conf".into(),
+        ];
+        let paths: Vec<String> = paths_of(listed, OURS)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/ssh/sshd_config",
+                "/etc/ssh/sshd_config.d/00-a.conf",
+                "/etc/ssh/sshd_config.d/10-sapari-agent.conf",
+                "/etc/ssh/sshd_config.d/50-cloud-init.conf",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_or_new_file_differs_and_goes_back_before_the_reload() {
+        let saved = captured(&["50-cloud-init.conf"], |_| Some("x\n"));
+        let ours = |p: &Path| p.ends_with(OURS);
+        assert_eq!(saved[1].content.as_deref(), Some("x\n"));
+        assert!(!Sshd::differs(&saved, &saved));
+        assert_eq!(Sshd::restore_plan(&saved, &saved, &true), [Step::Reload]);
+        // The change wrote our drop-in (it was absent) and left the others.
+        let before = captured(&["50-cloud-init.conf"], |p| (!ours(p)).then_some("x\n"));
+        let now = captured(&["50-cloud-init.conf"], |p| {
+            Some(if ours(p) {
+                "PasswordAuthentication no\n"
+            } else {
+                "x\n"
+            })
+        });
+        assert!(Sshd::differs(&before, &now));
+        let plan = Sshd::restore_plan(&before, &now, &true);
+        assert_eq!(plan, [Step::Write(before[1].clone()), Step::Reload]);
+        assert_eq!(
+            plan[0].to_string(),
+            "putting back /etc/ssh/sshd_config.d/10-sapari-agent.conf"
+        );
+        assert_eq!(plan[1].to_string(), "reloading sshd");
+        // No sshd to reload: the file still goes back.
+        assert_eq!(
+            Sshd::restore_plan(&before, &now, &false),
+            [Step::Write(before[1].clone())]
+        );
+    }
+}

@@ -176,3 +176,63 @@ pub async fn check(host: &Host, want_on: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::guarded::read_as;
+
+    /// ufw's files as `capture` reads them.
+    fn captured(installed: bool, rules: Option<&str>, switch: Option<&str>) -> UfwSnap {
+        let files = STATE_FILES
+            .iter()
+            .map(|p| read_as(p, if *p == UFW_CONF { switch } else { rules }))
+            .collect();
+        UfwSnap { installed, files }
+    }
+
+    #[test]
+    fn its_slots_are_the_snapshots_ufw_fields() {
+        let s = captured(true, Some("r\n"), Some("ENABLED=yes\n"));
+        let mut rec = Snapshot::default();
+        Ufw::put(&mut rec, s.clone());
+        assert!(rec.ufw_installed);
+        assert_eq!(rec.ufw, s.files);
+        assert_eq!(Ufw::slot(&rec), s);
+    }
+
+    #[test]
+    fn new_rules_differ_and_are_written_then_reloaded() {
+        let saved = captured(true, Some("allow 22\n"), Some("ENABLED=yes\n"));
+        assert!(!Ufw::differs(&saved, &saved));
+        assert_eq!(
+            Ufw::restore_plan(&saved, &saved, &true),
+            [Step::Reload, Step::Check { want_on: true }]
+        );
+        let now = captured(true, Some("allow 443\n"), Some("ENABLED=yes\n"));
+        assert!(Ufw::differs(&saved, &now));
+        let plan = Ufw::restore_plan(&saved, &now, &true);
+        // The three rule and default files, not the unchanged switch.
+        assert_eq!(plan.len(), 5, "{plan:?}");
+        assert_eq!(plan[0], Step::Write(saved.files[0].clone()));
+        assert_eq!(plan[0].to_string(), "putting back /etc/ufw/user.rules");
+        assert_eq!(plan[3].to_string(), "ufw reload");
+        assert_eq!(plan[4].to_string(), "checking ufw's state");
+    }
+
+    #[test]
+    fn ufw_installed_by_the_change_differs_only_once_switched_on() {
+        let saved = captured(false, None, None);
+        let off = captured(true, Some("x\n"), Some("ENABLED=no\n"));
+        let on = captured(true, Some("x\n"), Some("ENABLED=yes\n"));
+        assert!(!Ufw::differs(&saved, &off));
+        assert!(Ufw::differs(&saved, &on));
+        assert_eq!(
+            Ufw::restore_plan(&saved, &on, &true),
+            [Step::Disable, Step::Check { want_on: false }]
+        );
+        assert_eq!(Step::Disable.to_string(), "ufw --force disable");
+        // Neither before nor now: nothing to run.
+        assert!(Ufw::restore_plan(&saved, &saved, &true).is_empty());
+    }
+}

@@ -187,3 +187,38 @@ async fn restore_keys(host: &Host, user: &str, f: &FileSnap) -> Result<()> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::guarded::read_as;
+
+    /// What `capture` keeps for `deploy`, its files saying these.
+    fn captured(sudoers: Option<&str>, keys: Option<&str>) -> Vec<Item> {
+        vec![
+            Item::Sudoers(read_as("/etc/sudoers.d/90-sapari-deploy", sudoers)),
+            Item::AuthorizedKeys {
+                user: "deploy".into(),
+                file: read_as("/home/deploy/.ssh/authorized_keys", keys),
+            },
+        ]
+    }
+
+    #[test]
+    fn only_the_changed_files_go_back() {
+        let saved = captured(Some("deploy ALL=(ALL) ALL\n"), Some("ssh-ed25519 A op\n"));
+        assert!(!Users::differs(&saved, &saved));
+        assert!(Users::restore_plan(&saved, &saved, &true).is_empty());
+        let now = captured(Some("deploy ALL=(ALL) ALL\n"), None);
+        assert!(Users::differs(&saved, &now));
+        let plan = Users::restore_plan(&saved, &now, &true);
+        assert_eq!(plan, [Step::PutBack(saved[1].clone())]);
+        assert_eq!(
+            plan[0].to_string(),
+            "putting back /home/deploy/.ssh/authorized_keys"
+        );
+        let mut rec = Snapshot::default();
+        Users::put(&mut rec, now.clone());
+        assert_eq!(Users::slot(&rec), now);
+    }
+}
