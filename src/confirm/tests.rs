@@ -1,15 +1,11 @@
 use super::*;
 use crate::resources::firewall::rollback::{ChainSnap, Step as ChainStep};
 use crate::resources::firewall::{lists::Family, rules::Backend};
-use crate::resources::guarded::{FileSnap, Guarded};
+use crate::resources::guarded::FileSnap;
 use crate::resources::sshd::rollback::Step as SshdStep;
-use crate::resources::ufw::rollback::{Step as UfwStep, Ufw};
+use crate::resources::ufw::rollback::Step as UfwStep;
 use crate::resources::users::rollback::{Item, Step as UsersStep};
 use crate::resources::{ufw, users};
-
-fn ufw_restore_plan(saved: &Snapshot, now: &Snapshot) -> Vec<UfwStep> {
-    ufw::rollback::restore_order(&Ufw::slot(saved), &Ufw::slot(now))
-}
 
 fn f(path: &str, content: Option<&str>) -> FileSnap {
     FileSnap {
@@ -121,58 +117,17 @@ fn ufw_installed_by_the_change_counts_only_when_active() {
     ];
     let mut n = snap();
     assert_eq!(differing(&s, &n), vec![Name::Ufw]);
-    assert_eq!(ufw_restore_plan(&s, &n), vec![UfwStep::Disable]);
+    assert!(rollback_plan(&s, &n, true).contains(&(
+        Name::Ufw,
+        vec![
+            Step::Ufw(UfwStep::Disable),
+            Step::Ufw(UfwStep::Check { want_on: false })
+        ]
+    )));
     n.ufw = ufw_files(false, "x");
     n.chains = s.chains.clone();
     n.sshd = s.sshd.clone();
     assert!(differing(&s, &n).is_empty());
-}
-
-#[test]
-fn ufw_restore_order() {
-    // It was on: files back, then a reload loads them.
-    let s = snap();
-    let mut n = s.clone();
-    n.ufw = ufw_files(true, "new\n");
-    assert_eq!(
-        ufw_restore_plan(&s, &n),
-        vec![UfwStep::Write(s.ufw[0].clone()), UfwStep::Reload]
-    );
-    // It was off and the change enabled it: off first, then the files.
-    let mut s = snap();
-    s.ufw = ufw_files(false, "old\n");
-    let mut n = s.clone();
-    n.ufw = ufw_files(true, "new\n");
-    assert_eq!(
-        ufw_restore_plan(&s, &n),
-        vec![
-            UfwStep::Disable,
-            UfwStep::Write(s.ufw[0].clone()),
-            UfwStep::Write(s.ufw[3].clone())
-        ]
-    );
-}
-
-#[test]
-fn chain_restore_is_one_transaction() {
-    let c = &snap().chains[0];
-    assert_eq!(
-        c.restore_text(),
-        "*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
-    );
-    let absent = ChainSnap {
-        lines: None,
-        ..c.clone()
-    };
-    assert_eq!(
-        absent.restore_text(),
-        "*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n"
-    );
-    assert_eq!(
-        serde_json::to_value(c).unwrap()["backend"],
-        "nft",
-        "names round-trip"
-    );
 }
 
 fn marker(resources: &[&str]) -> RolledBack {
@@ -486,13 +441,6 @@ fn a_lost_rollback_is_noticed_after_a_grace() {
     assert!(text.contains("\"state\":\"pending\""), "{text}");
     assert_eq!(serde_json::from_str::<Pending>(&text).unwrap(), p);
     assert_eq!(p.deadline, "1970-01-01T00:17:00Z");
-}
-
-#[test]
-fn ufw_switch_is_read_from_its_conf() {
-    assert!(ufw::rollback::enabled(&ufw_files(true, "")));
-    assert!(!ufw::rollback::enabled(&ufw_files(false, "")));
-    assert!(!ufw::rollback::enabled(&[]));
 }
 
 /// A snapshot exactly as the binary of before the `Guarded` split wrote it. A pending session

@@ -201,4 +201,23 @@ mod tests {
         Firewall::put(&mut rec, saved.clone());
         assert_eq!(rec.chains, saved);
     }
+
+    #[test]
+    fn a_chain_is_restored_in_one_transaction() {
+        let c = chain(Family::V4, Some(&["-A DOCKER-USER -j RETURN"]));
+        assert_eq!(
+            c.restore_text(),
+            "*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
+        );
+        let absent = chain(Family::V4, None);
+        assert_eq!(
+            absent.restore_text(),
+            "*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n"
+        );
+        assert_eq!(
+            serde_json::to_value(&c).unwrap()["backend"],
+            "nft",
+            "names round-trip"
+        );
+    }
 }

@@ -235,4 +235,36 @@ mod tests {
         // Neither before nor now: nothing to run.
         assert!(Ufw::restore_plan(&saved, &saved, &true).is_empty());
     }
+
+    #[test]
+    fn off_first_then_the_files_then_a_reload_when_it_was_on() {
+        // It was on: files back, then a reload loads them.
+        let saved = captured(true, Some("old\n"), Some("ENABLED=yes\n"));
+        let mut now = saved.clone();
+        now.files[0].content = Some("new\n".into());
+        assert_eq!(
+            restore_order(&saved, &now),
+            [Step::Write(saved.files[0].clone()), Step::Reload]
+        );
+        // It was off and the change enabled it: off first, then the files.
+        let saved = captured(true, Some("old\n"), Some("ENABLED=no\n"));
+        let mut now = captured(true, Some("old\n"), Some("ENABLED=yes\n"));
+        now.files[0].content = Some("new\n".into());
+        assert_eq!(
+            restore_order(&saved, &now),
+            [
+                Step::Disable,
+                Step::Write(saved.files[0].clone()),
+                Step::Write(saved.files[3].clone())
+            ]
+        );
+    }
+
+    #[test]
+    fn the_switch_is_read_from_its_conf() {
+        assert!(enabled(&captured(true, None, Some("ENABLED=yes\n")).files));
+        assert!(!enabled(&captured(true, None, Some("ENABLED=no\n")).files));
+        assert!(!enabled(&captured(true, None, None).files));
+        assert!(!enabled(&[]));
+    }
 }
