@@ -44,7 +44,8 @@ pub struct Snapshot {
 /// Why this shape: `confirm` must loop over the guarded resources without knowing them, while
 /// each keeps a state of its own type and `snapshot.json` keeps its first version's fields.
 /// So each implementation has an associated `Snapshot` type, and `slot`/`put` move it out of
-/// and into its fields of the shared record (ufw's spans two of them). A trait object cannot
+/// and into its fields of the shared record (ufw's spans two of them); the record, not the
+/// associated type, is what serialises, so the on-disk names stay put. A trait object cannot
 /// have those associated types, so `Guard` (one variant per implementation) dispatches to them
 /// with a `match`: the only list of the guarded resources. A rollback stays data: the steps
 /// are planned purely from the two snapshots, then run one by one, so a failing step neither
