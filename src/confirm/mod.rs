@@ -20,9 +20,9 @@ use crate::config::{self, Config};
 use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, state_dir, sys, systemctl};
-use crate::resources::firewall::{self, rules::CHAIN};
-use crate::resources::guarded::{file_snap, put_back};
-use crate::resources::{Name, sshd, ufw, users};
+use crate::resources::Name;
+use crate::resources::firewall;
+use crate::resources::guarded::{self, Guard, Installed, Step, guarded};
 
 mod handlers;
 mod plan;
@@ -48,7 +48,9 @@ const LOST_AFTER: u64 = 120;
 const ROLLBACK_LOCK_WAIT: Duration = Duration::from_secs(3600);
 
 /// The resources whose previous state is kept and restored.
-pub const GUARDED: [Name; 4] = [Name::Users, Name::Sshd, Name::Ufw, Name::Firewall];
+fn guarded_names() -> Vec<Name> {
+    guarded().into_iter().map(Guard::name).collect()
+}
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 // ---- pure parts -----------------------------------------------------------------------------
@@ -118,61 +120,28 @@ fn list(v: &[String]) -> String {
 // ---- capture and restore --------------------------------------------------------------------
 
 async fn capture(host: &Host, cfg: &Config, id: &str) -> Result<Snapshot> {
-    let sshd = sshd::rollback::paths(host, &cfg.sshd.drop_in.0)?
-        .iter()
-        .map(|p| file_snap(host, p))
-        .collect::<Result<Vec<_>>>()?;
-    let ufw = ufw::rollback::capture(host)?;
-    let chains = if cfg.firewall.enabled {
-        ChainSnap::capture(host).await?
-    } else {
-        Vec::new()
-    };
-    Ok(Snapshot {
+    let mut s = Snapshot {
         id: id.to_string(),
         taken_at: rfc3339(unix_now()),
-        sshd,
-        ufw_installed: host.program_exists("ufw"),
-        ufw,
-        chains,
-        items: users::rollback::capture(host, &cfg.users.name.0)?,
-    })
+        ..Snapshot::default()
+    };
+    for g in guarded() {
+        g.capture(host, cfg, &mut s).await?;
+    }
+    Ok(s)
 }
 
 /// The same files and chains as `saved`, as they are now.
 async fn recapture(host: &Host, saved: &Snapshot) -> Result<Snapshot> {
-    let files = |v: &[FileSnap]| -> Result<Vec<FileSnap>> {
-        v.iter().map(|f| file_snap(host, &f.path)).collect()
-    };
-    let mut chains = Vec::new();
-    for c in &saved.chains {
-        chains.push(c.recapture(host).await?);
-    }
-    Ok(Snapshot {
+    let mut s = Snapshot {
         id: saved.id.clone(),
         taken_at: rfc3339(unix_now()),
-        sshd: files(&saved.sshd)?,
-        ufw_installed: host.program_exists("ufw"),
-        ufw: files(&saved.ufw)?,
-        chains,
-        items: saved
-            .items
-            .iter()
-            .map(|i| i.recapture(host))
-            .collect::<Result<_>>()?,
-    })
-}
-
-async fn run_step(host: &Host, step: &Step) -> Result<()> {
-    match step {
-        Step::Item(i) => i.restore(host).await,
-        Step::Write(f) | Step::Ufw(UfwAction::Write(f)) => put_back(host, f),
-        Step::ReloadSshd => sshd::validate_and_reload(host).await,
-        Step::Ufw(UfwAction::Disable) => ufw::rollback::disable(host).await,
-        Step::Ufw(UfwAction::Reload) => ufw::rollback::reload(host).await,
-        Step::CheckUfw { want_on } => ufw::rollback::check(host, *want_on).await,
-        Step::Chain(c) => c.restore(host).await,
+        ..Snapshot::default()
+    };
+    for g in guarded() {
+        g.recapture(host, saved, &mut s).await?;
     }
+    Ok(s)
 }
 
 #[derive(Debug, Default)]
@@ -222,9 +191,9 @@ async fn restore_all(host: &Host, saved: &Snapshot) -> Restored {
             };
         }
     };
-    let plan = rollback_plan(saved, &now, host.program_exists("sshd"));
+    let plan = rollback_plan(saved, &now, host);
     let mut r = execute(plan, &differing(saved, &now), |step| async move {
-        run_step(host, &step).await
+        guarded::run(host, &step).await
     })
     .await;
     match recapture(host, saved).await {
@@ -371,6 +340,27 @@ pub struct Outcome {
     pub failed: bool,
 }
 
+/// The configuration file of the run: the rollback's copy, and its hash for the marker.
+struct ConfigFile {
+    path: Option<PathBuf>,
+    bytes: Vec<u8>,
+    sha256: String,
+}
+
+/// What arming decided before anything was written.
+struct Arming {
+    id: String,
+    started: u64,
+    window: u64,
+    exe: PathBuf,
+    armed_at: Stamp,
+}
+
+fn fail(e: anyhow::Error) -> i32 {
+    eprintln!("sapari-agent: {e:#}");
+    exit::FAILED
+}
+
 /// Before a converge changes anything: refuse while a change waits for confirmation (or
 /// roll it back if its timer was lost), refuse to re-apply a configuration that was rolled
 /// back unconfirmed, and with `--confirm` save the state and arm the rollback.
@@ -383,104 +373,106 @@ pub async fn before_converge(
     selected: &[Name],
 ) -> Result<Option<Session>, i32> {
     let dir = confirm_dir(&cfg.agent.state_dir);
-    let fail = |e: anyhow::Error| {
-        eprintln!("sapari-agent: {e:#}");
-        exit::FAILED
+    let (path, bytes) = config_file(host, config).map_err(fail)?;
+    let file = ConfigFile {
+        path,
+        sha256: sha256(&bytes),
+        bytes,
     };
-    let (config_path, config_bytes) = config_file(host, config).map_err(fail)?;
-    let config_sha256 = sha256(&config_bytes);
-    if let Some(p) = read_json::<Pending>(host, &dir.join(PENDING)).map_err(|e| {
+    settle_pending(host, &dir).await?;
+    check_marker(host, &dir, &file, window.is_some(), selected)?;
+    let Some(window) = window else {
+        return Ok(None);
+    };
+    arm(host, cfg, &dir, file, window)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("sapari-agent: --confirm: {e:#}; nothing was changed");
+            exit::FAILED
+        })
+}
+
+/// A change still waiting for confirmation stops the run; one whose rollback never ran is
+/// rolled back now, and the run goes on only if that restored everything.
+async fn settle_pending(host: &Host, dir: &Path) -> Result<(), i32> {
+    let Some(p) = read_json::<Pending>(host, &dir.join(PENDING)).map_err(|e| {
         fail(e.context(format!(
             "cannot tell whether a commit-confirmed change is pending; if none is, remove {}",
             dir.join(PENDING).display()
         )))
-    })? {
-        let now = unix_now();
-        if !lost(&p, now) {
-            rearm_if_gone(host, &dir, &p, now).await;
-            eprintln!(
-                "sapari-agent: a commit-confirmed change ({}; id {}) waits for `sapari-agent confirm` until {} ({} left); it is rolled back then. This run changes nothing until it is confirmed or rolled back",
-                list(&p.resources),
-                p.id,
-                p.deadline,
-                humantime::format_duration(Duration::from_secs(
-                    p.deadline_unix.saturating_sub(now)
-                ))
-            );
-            return Err(exit::LOCKED);
-        }
-        eprintln!(
-            "sapari-agent: the commit-confirmed change {} was not confirmed by {} and its rollback never ran (a reboot drops the rollback timer): rolling it back now",
-            p.id, p.deadline
-        );
-        let m = roll_back(host, &dir, &p).await.map_err(fail)?;
-        if !m.errors.is_empty() {
-            eprintln!(
-                "sapari-agent: the rollback is incomplete: {}",
-                m.errors.join("; ")
-            );
-            return Err(exit::FAILED);
-        }
-        eprintln!("sapari-agent: restored {}", list(&m.resources));
-    }
-    let marker_path = dir.join(ROLLED_BACK);
-    if let Some(m) = read_json::<RolledBack>(host, &marker_path).map_err(fail)? {
-        let shown = config_path
-            .as_deref()
-            .unwrap_or(Path::new(config::DEFAULT_PATH))
-            .display()
-            .to_string();
-        let verdict = if window.is_some() {
-            MarkerVerdict::Clear
-        } else {
-            marker_verdict(&m, &config_sha256, selected, &shown)
-        };
-        match verdict {
-            MarkerVerdict::Refuse(msg) => {
-                eprintln!("sapari-agent: {msg}");
-                return Err(exit::FAILED);
-            }
-            MarkerVerdict::Clear => {
-                host.remove_file(&marker_path).map_err(fail)?;
-                log::info!("cleared the rolled-back marker of change {}", m.id);
-            }
-            MarkerVerdict::Ignore => {}
-        }
-    }
-    let Some(window) = window else {
-        return Ok(None);
+    })?
+    else {
+        return Ok(());
     };
-    arm(
-        host,
-        cfg,
-        &dir,
-        config_path,
-        &config_bytes,
-        config_sha256,
-        window,
-    )
-    .await
-    .map(Some)
-    .map_err(|e| {
-        eprintln!("sapari-agent: --confirm: {e:#}; nothing was changed");
-        exit::FAILED
-    })
+    let now = unix_now();
+    if !lost(&p, now) {
+        rearm_if_gone(host, dir, &p, now).await;
+        eprintln!(
+            "sapari-agent: a commit-confirmed change ({}; id {}) waits for `sapari-agent confirm` until {} ({} left); it is rolled back then. This run changes nothing until it is confirmed or rolled back",
+            list(&p.resources),
+            p.id,
+            p.deadline,
+            humantime::format_duration(Duration::from_secs(p.deadline_unix.saturating_sub(now)))
+        );
+        return Err(exit::LOCKED);
+    }
+    eprintln!(
+        "sapari-agent: the commit-confirmed change {} was not confirmed by {} and its rollback never ran (a reboot drops the rollback timer): rolling it back now",
+        p.id, p.deadline
+    );
+    let m = roll_back(host, dir, &p).await.map_err(fail)?;
+    if !m.errors.is_empty() {
+        eprintln!(
+            "sapari-agent: the rollback is incomplete: {}",
+            m.errors.join("; ")
+        );
+        return Err(exit::FAILED);
+    }
+    eprintln!("sapari-agent: restored {}", list(&m.resources));
+    Ok(())
 }
 
-async fn arm(
+/// The rolled-back marker: refuse to re-apply its configuration, or clear it once it has
+/// done its job (the configuration changed, or `confirming` guards the new attempt).
+fn check_marker(
     host: &Host,
-    cfg: &Config,
     dir: &Path,
-    config_path: Option<PathBuf>,
-    config_bytes: &[u8],
-    config_sha256: String,
-    window: u64,
-) -> Result<Session> {
-    if !host.systemd_booted() {
-        bail!(
-            "commit confirmed needs systemd to run the rollback (systemd-run), and systemd is not running"
-        );
+    file: &ConfigFile,
+    confirming: bool,
+    selected: &[Name],
+) -> Result<(), i32> {
+    let marker_path = dir.join(ROLLED_BACK);
+    let Some(m) = read_json::<RolledBack>(host, &marker_path).map_err(fail)? else {
+        return Ok(());
+    };
+    let shown = file
+        .path
+        .as_deref()
+        .unwrap_or(Path::new(config::DEFAULT_PATH))
+        .display()
+        .to_string();
+    let verdict = if confirming {
+        MarkerVerdict::Clear
+    } else {
+        marker_verdict(&m, &file.sha256, selected, &shown)
+    };
+    match verdict {
+        MarkerVerdict::Refuse(msg) => {
+            eprintln!("sapari-agent: {msg}");
+            return Err(exit::FAILED);
+        }
+        MarkerVerdict::Clear => {
+            host.remove_file(&marker_path).map_err(fail)?;
+            log::info!("cleared the rolled-back marker of change {}", m.id);
+        }
+        MarkerVerdict::Ignore => {}
     }
+    Ok(())
+}
+
+/// This program, as the rollback timer runs it.
+fn this_program() -> Result<PathBuf> {
     let exe = sys::current_exe().context("cannot tell where this program is")?;
     if exe.to_string_lossy().ends_with(" (deleted)") {
         bail!(
@@ -488,61 +480,48 @@ async fn arm(
             exe.display()
         );
     }
+    Ok(exe)
+}
+
+async fn arm(
+    host: &Host,
+    cfg: &Config,
+    dir: &Path,
+    file: ConfigFile,
+    window: u64,
+) -> Result<Session> {
+    if !host.systemd_booted() {
+        bail!(
+            "commit confirmed needs systemd to run the rollback (systemd-run), and systemd is not running"
+        );
+    }
+    let exe = this_program()?;
     // Read before anything is created: without it no login could ever confirm the change.
     let armed_at = stamp(host).context(
         "cannot read the boot id and CLOCK_BOOTTIME, needed to tell a login opened after the change from an older one",
     )?;
     let started = unix_now();
-    let id = new_id(started, std::process::id());
-    let sdir = dir.join(&id);
+    let a = Arming {
+        id: new_id(started, std::process::id()),
+        started,
+        window,
+        exe,
+        armed_at,
+    };
+    let sdir = dir.join(&a.id);
     // The state directory as the rest of the agent makes it (0755: `status` reads
     // last-run.json without root), and `confirm/` in it private.
     let (state, name) = (dir.parent().unwrap_or(dir), state_dir::confirm::DIR);
     state_dir::ensure_sub(host, state, name, state_dir::confirm::DIR_MODE)?;
     host.ensure_dir(&sdir, FileSpec::root(0o700))?;
-    let result = async {
-        let saved = capture(host, cfg, &id).await?;
-        write_json(host, &sdir.join(SNAPSHOT), &saved)?;
-        // The rollback reads its own copy: an edit (or a broken file) during the window must
-        // not keep it from finding the state directory.
-        let copy = match config_path {
-            Some(_) => {
-                let p = sdir.join(CONFIG_COPY);
-                host.write(&p, config_bytes, FileSpec::root(0o600), false)?;
-                Some(p)
-            }
-            None => None,
-        };
-        let deadline = started + window;
-        let pending = Pending {
-            id: id.clone(),
-            state: PendingState::Applying,
-            started_at: rfc3339(started),
-            deadline: rfc3339(deadline),
-            deadline_unix: deadline,
-            window_secs: window,
-            ssh_connection: host.ssh_connection(),
-            resources: vec![],
-            config: config_path,
-            config_sha256,
-            unit: unit_name(&id),
-            changed: Some(armed_at),
-        };
-        write_json(host, &dir.join(PENDING), &pending)?;
-        let argv = arm_argv(&id, window, &exe, copy.as_deref());
-        host.run(&Cmd::new(&argv[0]).args(&argv[1..]))
-            .await
-            .context("cannot arm the rollback timer")?;
-        Ok::<_, anyhow::Error>((saved, pending))
-    }
-    .await;
-    match result {
+    match save_and_arm(host, cfg, dir, &a, file).await {
         Ok((saved, pending)) => {
             // From here a dropped SSH session must not stop the run half-way: the rollback is
             // armed either way, but a finished run records what it changed.
             sys::ignore_sighup();
             log::info!(
-                "commit confirmed: saved sshd, ufw, DOCKER-USER and the sudoers drop-in as {id}; rollback armed in {window}s"
+                "commit confirmed: saved sshd, ufw, DOCKER-USER and the sudoers drop-in as {}; rollback armed in {window}s",
+                a.id
             );
             Ok(Session {
                 dir: dir.to_path_buf(),
@@ -556,6 +535,51 @@ async fn arm(
             Err(e)
         }
     }
+}
+
+/// Save the state and the config copy, record the change as applying, and start the timer.
+/// On error the caller removes what this wrote.
+async fn save_and_arm(
+    host: &Host,
+    cfg: &Config,
+    dir: &Path,
+    a: &Arming,
+    file: ConfigFile,
+) -> Result<(Snapshot, Pending)> {
+    let sdir = dir.join(&a.id);
+    let saved = capture(host, cfg, &a.id).await?;
+    write_json(host, &sdir.join(SNAPSHOT), &saved)?;
+    // The rollback reads its own copy: an edit (or a broken file) during the window must
+    // not keep it from finding the state directory.
+    let copy = match file.path {
+        Some(_) => {
+            let p = sdir.join(CONFIG_COPY);
+            host.write(&p, &file.bytes, FileSpec::root(0o600), false)?;
+            Some(p)
+        }
+        None => None,
+    };
+    let deadline = a.started + a.window;
+    let pending = Pending {
+        id: a.id.clone(),
+        state: PendingState::Applying,
+        started_at: rfc3339(a.started),
+        deadline: rfc3339(deadline),
+        deadline_unix: deadline,
+        window_secs: a.window,
+        ssh_connection: host.ssh_connection(),
+        resources: vec![],
+        config: file.path,
+        config_sha256: file.sha256,
+        unit: unit_name(&a.id),
+        changed: Some(a.armed_at.clone()),
+    };
+    write_json(host, &dir.join(PENDING), &pending)?;
+    let argv = arm_argv(&a.id, a.window, &a.exe, copy.as_deref());
+    host.run(&Cmd::new(&argv[0]).args(&argv[1..]))
+        .await
+        .context("cannot arm the rollback timer")?;
+    Ok((saved, pending))
 }
 
 impl Session {
@@ -572,20 +596,11 @@ impl Session {
             // Unknown: treat everything as changed, so the rollback still comes.
             Err(e) => {
                 log::warn!("cannot tell what changed: {e:#}");
-                names(&GUARDED)
+                names(&guarded_names())
             }
         };
         if changed.is_empty() {
-            disarm(host, &pending.unit).await;
-            let _ = host.remove_file(&dir.join(PENDING));
-            let _ = host.remove_tree(&dir.join(&pending.id));
-            return Outcome {
-                json: serde_json::json!({ "pending": false, "id": pending.id,
-                    "reason": "users (sudoers), sshd, ufw and firewall are unchanged: nothing to confirm" }),
-                line: "confirm: users (sudoers), sshd, ufw and firewall are unchanged: nothing to confirm, no rollback armed"
-                    .into(),
-                failed: false,
-            };
+            return nothing_changed(host, &dir, &pending).await;
         }
         // The run is over: everything it changed is in place, so a login from now on is new.
         // Should the clock fail now (it worked when armed), record nothing: `confirm` over SSH
@@ -606,21 +621,7 @@ impl Session {
         pending.deadline = rfc3339(pending.deadline_unix);
         pending.resources = changed;
         if let Err(e) = write_json(host, &dir.join(PENDING), &pending) {
-            // Without the record nobody could confirm, and the deadline would be wrong: undo now.
-            log::error!("cannot record the pending change: {e:#}; rolling back now");
-            let r = roll_back(host, &dir, &pending).await;
-            disarm(host, &pending.unit).await;
-            let detail = match &r {
-                Ok(m) if m.errors.is_empty() => format!("rolled back {}", list(&m.resources)),
-                Ok(m) => format!("rollback incomplete: {}", m.errors.join("; ")),
-                Err(e2) => format!("rollback failed: {e2:#}"),
-            };
-            return Outcome {
-                json: serde_json::json!({ "pending": false, "id": pending.id, "rolled_back": true,
-                    "error": format!("cannot record the pending change: {e:#}; {detail}") }),
-                line: format!("confirm: cannot record the pending change ({e:#}): {detail}"),
-                failed: true,
-            };
+            return unrecorded(host, &dir, &pending, e).await;
         }
         let unit = format!("{}.timer", pending.unit);
         Outcome {
@@ -641,6 +642,39 @@ impl Session {
             ),
             failed: false,
         }
+    }
+}
+
+/// Nothing guarded changed: nothing to confirm, so the rollback and its records go.
+async fn nothing_changed(host: &Host, dir: &Path, pending: &Pending) -> Outcome {
+    disarm(host, &pending.unit).await;
+    let _ = host.remove_file(&dir.join(PENDING));
+    let _ = host.remove_tree(&dir.join(&pending.id));
+    Outcome {
+        json: serde_json::json!({ "pending": false, "id": pending.id,
+            "reason": "users (sudoers), sshd, ufw and firewall are unchanged: nothing to confirm" }),
+        line: "confirm: users (sudoers), sshd, ufw and firewall are unchanged: nothing to confirm, no rollback armed"
+            .into(),
+        failed: false,
+    }
+}
+
+/// Without the pending record nobody could confirm, and the deadline would be wrong: the
+/// change is undone now.
+async fn unrecorded(host: &Host, dir: &Path, pending: &Pending, e: anyhow::Error) -> Outcome {
+    log::error!("cannot record the pending change: {e:#}; rolling back now");
+    let r = roll_back(host, dir, pending).await;
+    disarm(host, &pending.unit).await;
+    let detail = match &r {
+        Ok(m) if m.errors.is_empty() => format!("rolled back {}", list(&m.resources)),
+        Ok(m) => format!("rollback incomplete: {}", m.errors.join("; ")),
+        Err(e2) => format!("rollback failed: {e2:#}"),
+    };
+    Outcome {
+        json: serde_json::json!({ "pending": false, "id": pending.id, "rolled_back": true,
+            "error": format!("cannot record the pending change: {e:#}; {detail}") }),
+        line: format!("confirm: cannot record the pending change ({e:#}): {detail}"),
+        failed: true,
     }
 }
 

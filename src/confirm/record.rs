@@ -54,27 +54,7 @@ pub struct RolledBack {
     pub snapshot: Option<PathBuf>,
 }
 
-pub use crate::resources::guarded::FileSnap;
-
-pub use crate::resources::firewall::rollback::ChainSnap;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    pub id: String,
-    pub taken_at: String,
-    /// sshd_config, every drop-in, and ours (possibly absent).
-    pub sshd: Vec<FileSnap>,
-    pub ufw_installed: bool,
-    pub ufw: Vec<FileSnap>,
-    /// Only the families whose iptables tables hold Docker's chains.
-    pub chains: Vec<ChainSnap>,
-    /// Everything else that is kept, each restored its own way. Empty in a snapshot of a
-    /// version that kept none.
-    #[serde(default)]
-    pub items: Vec<Item>,
-}
-
-pub use crate::resources::users::rollback::Item;
+pub use crate::resources::guarded::Snapshot;
 
 // ---- reading and writing the state ----------------------------------------------------------
 

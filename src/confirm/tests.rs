@@ -1,5 +1,11 @@
 use super::*;
+use crate::resources::firewall::rollback::{ChainSnap, Step as ChainStep};
 use crate::resources::firewall::{lists::Family, rules::Backend};
+use crate::resources::guarded::FileSnap;
+use crate::resources::sshd::rollback::Step as SshdStep;
+use crate::resources::ufw::rollback::Step as UfwStep;
+use crate::resources::users::rollback::{Item, Step as UsersStep};
+use crate::resources::{ufw, users};
 
 fn f(path: &str, content: Option<&str>) -> FileSnap {
     FileSnap {
@@ -111,58 +117,17 @@ fn ufw_installed_by_the_change_counts_only_when_active() {
     ];
     let mut n = snap();
     assert_eq!(differing(&s, &n), vec![Name::Ufw]);
-    assert_eq!(ufw_restore_plan(&s, &n), vec![UfwAction::Disable]);
+    assert!(rollback_plan(&s, &n, true).contains(&(
+        Name::Ufw,
+        vec![
+            Step::Ufw(UfwStep::Disable),
+            Step::Ufw(UfwStep::Check { want_on: false })
+        ]
+    )));
     n.ufw = ufw_files(false, "x");
     n.chains = s.chains.clone();
     n.sshd = s.sshd.clone();
     assert!(differing(&s, &n).is_empty());
-}
-
-#[test]
-fn ufw_restore_order() {
-    // It was on: files back, then a reload loads them.
-    let s = snap();
-    let mut n = s.clone();
-    n.ufw = ufw_files(true, "new\n");
-    assert_eq!(
-        ufw_restore_plan(&s, &n),
-        vec![UfwAction::Write(s.ufw[0].clone()), UfwAction::Reload]
-    );
-    // It was off and the change enabled it: off first, then the files.
-    let mut s = snap();
-    s.ufw = ufw_files(false, "old\n");
-    let mut n = s.clone();
-    n.ufw = ufw_files(true, "new\n");
-    assert_eq!(
-        ufw_restore_plan(&s, &n),
-        vec![
-            UfwAction::Disable,
-            UfwAction::Write(s.ufw[0].clone()),
-            UfwAction::Write(s.ufw[3].clone())
-        ]
-    );
-}
-
-#[test]
-fn chain_restore_is_one_transaction() {
-    let c = &snap().chains[0];
-    assert_eq!(
-        c.restore_text(),
-        "*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
-    );
-    let absent = ChainSnap {
-        lines: None,
-        ..c.clone()
-    };
-    assert_eq!(
-        absent.restore_text(),
-        "*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n"
-    );
-    assert_eq!(
-        serde_json::to_value(c).unwrap()["backend"],
-        "nft",
-        "names round-trip"
-    );
 }
 
 fn marker(resources: &[&str]) -> RolledBack {
@@ -337,9 +302,15 @@ fn the_sudoers_drop_in_is_kept_and_named_as_users() {
     n.items = vec![Item::Sudoers(f("/etc/sudoers.d/90-sapari-deploy", None))];
     assert_eq!(differing(&s, &n), vec![Name::Users]);
     let plan = rollback_plan(&s, &n, true);
-    assert_eq!(plan[0], (Name::Users, vec![Step::Item(s.items[0].clone())]));
     assert_eq!(
-        crate::resources::users::sudoers_path("deploy"),
+        plan[0],
+        (
+            Name::Users,
+            vec![Step::Users(UsersStep::PutBack(s.items[0].clone()))]
+        )
+    );
+    assert_eq!(
+        users::sudoers_path("deploy"),
         Path::new("/etc/sudoers.d/90-sapari-deploy")
     );
     // Stored tagged, and a snapshot of the previous version (no items) still reads.
@@ -368,15 +339,18 @@ fn a_rollback_reloads_everything_even_when_the_files_are_as_saved() {
     assert_eq!(
         rollback_plan(&s, &s, true),
         vec![
-            (Name::Sshd, vec![Step::ReloadSshd]),
+            (Name::Sshd, vec![Step::Sshd(SshdStep::Reload)]),
             (
                 Name::Ufw,
                 vec![
-                    Step::Ufw(UfwAction::Reload),
-                    Step::CheckUfw { want_on: true }
+                    Step::Ufw(UfwStep::Reload),
+                    Step::Ufw(UfwStep::Check { want_on: true })
                 ]
             ),
-            (Name::Firewall, vec![Step::Chain(s.chains[0].clone())]),
+            (
+                Name::Firewall,
+                vec![Step::Firewall(ChainStep::Restore(s.chains[0].clone()))]
+            ),
         ]
     );
     // Files that differ go back before the reload.
@@ -386,13 +360,19 @@ fn a_rollback_reloads_everything_even_when_the_files_are_as_saved() {
         rollback_plan(&s, &n, true)[0],
         (
             Name::Sshd,
-            vec![Step::Write(s.sshd[1].clone()), Step::ReloadSshd]
+            vec![
+                Step::Sshd(SshdStep::Write(s.sshd[1].clone())),
+                Step::Sshd(SshdStep::Reload)
+            ]
         )
     );
     // No sshd to reload: its files still go back.
     assert_eq!(
         rollback_plan(&s, &n, false)[0],
-        (Name::Sshd, vec![Step::Write(s.sshd[1].clone())])
+        (
+            Name::Sshd,
+            vec![Step::Sshd(SshdStep::Write(s.sshd[1].clone()))]
+        )
     );
     // ufw neither before nor now: nothing to run for it.
     let mut none = s.clone();
@@ -415,13 +395,16 @@ async fn one_failing_reload_does_not_stop_the_others() {
     let ran = std::cell::RefCell::new(Vec::new());
     let r = execute(plan, &changed, |step| {
         ran.borrow_mut().push(step.clone());
-        let fail = matches!(step, Step::ReloadSshd | Step::Chain(_));
+        let fail = matches!(step, Step::Sshd(SshdStep::Reload) | Step::Firewall(_));
         async move { if fail { bail!("boom") } else { Ok(()) } }
     })
     .await;
     let ran = ran.into_inner();
-    assert!(ran.contains(&Step::Ufw(UfwAction::Reload)), "{ran:?}");
-    assert!(ran.contains(&Step::CheckUfw { want_on: true }), "{ran:?}");
+    assert!(ran.contains(&Step::Ufw(UfwStep::Reload)), "{ran:?}");
+    assert!(
+        ran.contains(&Step::Ufw(UfwStep::Check { want_on: true })),
+        "{ran:?}"
+    );
     assert_eq!(r.resources, vec![Name::Ufw], "sshd's reload failed");
     assert_eq!(
         r.errors,
@@ -458,13 +441,6 @@ fn a_lost_rollback_is_noticed_after_a_grace() {
     assert!(text.contains("\"state\":\"pending\""), "{text}");
     assert_eq!(serde_json::from_str::<Pending>(&text).unwrap(), p);
     assert_eq!(p.deadline, "1970-01-01T00:17:00Z");
-}
-
-#[test]
-fn ufw_switch_is_read_from_its_conf() {
-    assert!(ufw::rollback::enabled(&ufw_files(true, "")));
-    assert!(!ufw::rollback::enabled(&ufw_files(false, "")));
-    assert!(!ufw::rollback::enabled(&[]));
 }
 
 /// A snapshot exactly as the binary of before the `Guarded` split wrote it. A pending session

@@ -29,16 +29,14 @@ pub fn marker_verdict(
     // A marker naming nothing (a rollback that found nothing to restore) still blocks the
     // resources a change could have locked out with.
     let touched: Vec<Name> = if touched.is_empty() {
-        GUARDED.to_vec()
+        guarded_names()
     } else {
         touched
     };
-    // DOCKER-USER only filters traffic forwarded to containers, so it cannot lock anyone out;
-    // refusing `firewall apply` would leave the empty chain Docker recreates at boot, and with
-    // it the published ports open to everyone.
+    // Only what can lock a login out blocks a run (see `Guarded::LOCKS_OUT`).
     if !selected
         .iter()
-        .any(|n| *n != Name::Firewall && touched.contains(n))
+        .any(|n| guarded::guard_of(*n).is_none_or(Guard::locks_out) && touched.contains(n))
     {
         return MarkerVerdict::Ignore;
     }

@@ -1,17 +1,20 @@
 //! The users resource's side of commit-confirmed: the managed user's sudoers drop-in and
 //! authorized_keys, kept as the users resource reads and writes them.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::host::{Cmd, FileSpec, Host};
 use crate::resources::Name;
-use crate::resources::guarded::{FileSnap, file_snap, snap_of};
+use crate::resources::guarded::{FileSnap, Guarded, Installed, Snapshot, file_snap, snap_of};
 
-/// A kept file outside sshd, ufw and the chains. One more kind of kept state is one more
-/// variant here, with its arms in `capture`, `Item::recapture` and `Item::restore`.
+/// A kept file of the users resource. One more of its files is one more variant here, with
+/// its arms in `capture`, `Item::recapture` and `Item::restore`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Item {
@@ -25,13 +28,6 @@ pub enum Item {
 }
 
 impl Item {
-    /// The resource whose change this undoes (a rolled-back marker then names it).
-    pub fn resource(&self) -> Name {
-        match self {
-            Item::Sudoers(_) | Item::AuthorizedKeys { .. } => Name::Users,
-        }
-    }
-
     pub fn file(&self) -> &FileSnap {
         match self {
             Item::Sudoers(f) | Item::AuthorizedKeys { file: f, .. } => f,
@@ -102,6 +98,68 @@ fn keys_snap(host: &Host, user: &str) -> Result<FileSnap> {
     snap_of(&path, found, (0o600, u.uid, u.gid))
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Put a kept item back its own way.
+    PutBack(Item),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::PutBack(i) => write!(f, "putting back {}", i.file().path.display()),
+        }
+    }
+}
+
+pub struct Users;
+
+#[async_trait]
+impl Guarded for Users {
+    const NAME: Name = Name::Users;
+    type Snapshot = Vec<Item>;
+    type Step = Step;
+
+    fn slot(rec: &Snapshot) -> Vec<Item> {
+        rec.items.clone()
+    }
+
+    fn put(rec: &mut Snapshot, s: Vec<Item>) {
+        rec.items = s;
+    }
+
+    async fn capture(host: &Host, cfg: &Config) -> Result<Vec<Item>> {
+        capture(host, &cfg.users.name.0)
+    }
+
+    async fn recapture(host: &Host, saved: &Vec<Item>) -> Result<Vec<Item>> {
+        saved.iter().map(|i| i.recapture(host)).collect()
+    }
+
+    fn differs(saved: &Vec<Item>, now: &Vec<Item>) -> bool {
+        saved
+            .iter()
+            .zip(now)
+            .any(|(s, n)| s.file().content != n.file().content)
+    }
+
+    /// Sudo and sshd read these files at every use: nothing to reload.
+    fn restore_plan(saved: &Vec<Item>, now: &Vec<Item>, _: &dyn Installed) -> Vec<Step> {
+        saved
+            .iter()
+            .zip(now)
+            .filter(|(s, n)| s.file().content != n.file().content)
+            .map(|(s, _)| Step::PutBack(s.clone()))
+            .collect()
+    }
+
+    async fn restore(host: &Host, step: &Step) -> Result<()> {
+        match step {
+            Step::PutBack(i) => i.restore(host).await,
+        }
+    }
+}
+
 async fn restore_keys(host: &Host, user: &str, f: &FileSnap) -> Result<()> {
     let accounts = host.accounts()?;
     let Some(u) = accounts.user(user) else {
@@ -127,5 +185,40 @@ async fn restore_keys(host: &Host, user: &str, f: &FileSnap) -> Result<()> {
             Some(ssh) => host.remove_in(&ssh, "authorized_keys"),
             None => Ok(()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::guarded::read_as;
+
+    /// What `capture` keeps for `deploy`, its files saying these.
+    fn captured(sudoers: Option<&str>, keys: Option<&str>) -> Vec<Item> {
+        vec![
+            Item::Sudoers(read_as("/etc/sudoers.d/90-sapari-deploy", sudoers)),
+            Item::AuthorizedKeys {
+                user: "deploy".into(),
+                file: read_as("/home/deploy/.ssh/authorized_keys", keys),
+            },
+        ]
+    }
+
+    #[test]
+    fn only_the_changed_files_go_back() {
+        let saved = captured(Some("deploy ALL=(ALL) ALL\n"), Some("ssh-ed25519 A op\n"));
+        assert!(!Users::differs(&saved, &saved));
+        assert!(Users::restore_plan(&saved, &saved, &true).is_empty());
+        let now = captured(Some("deploy ALL=(ALL) ALL\n"), None);
+        assert!(Users::differs(&saved, &now));
+        let plan = Users::restore_plan(&saved, &now, &true);
+        assert_eq!(plan, [Step::PutBack(saved[1].clone())]);
+        assert_eq!(
+            plan[0].to_string(),
+            "putting back /home/deploy/.ssh/authorized_keys"
+        );
+        let mut rec = Snapshot::default();
+        Users::put(&mut rec, now.clone());
+        assert_eq!(Users::slot(&rec), now);
     }
 }
