@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cloudinit;
 pub mod config;
 pub mod confirm;
+pub mod digest;
 pub mod engine;
 pub mod envcheck;
 pub mod host;

@@ -21,7 +21,6 @@ use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, state_dir, sys, systemctl};
 use crate::resources::Name;
-use crate::resources::firewall;
 use crate::resources::guarded::{self, Guard, Installed, Step, guarded};
 
 mod handlers;

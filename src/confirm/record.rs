@@ -94,7 +94,7 @@ pub(super) fn config_file(
 }
 
 pub(super) fn sha256(data: &[u8]) -> String {
-    firewall::lists::sha256_hex(data)
+    crate::digest::sha256_hex(data)
 }
 
 pub(super) fn boot_id(host: &Host) -> Result<String> {

@@ -108,13 +108,6 @@ fn env_value(v: &str) -> String {
     }
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl Compose {
     fn profile(&self, s: &State) -> Profile {
         match self.cfg.profile {
@@ -418,7 +411,7 @@ impl Resource for Compose {
         s.env_text = host.read_text(&dir.join(&self.cfg.env_file))?;
         s.caddyfile_sha256 = host
             .read(&dir.join(&self.cfg.caddyfile))?
-            .map(|f| sha256_hex(&f.content));
+            .map(|f| crate::digest::sha256_hex(&f.content));
         s.flavor = crate::host::compose::detect(host).await;
         if let (Some(flavor), Some(_), Some(_)) = (s.flavor, &s.compose_text, &s.env_text) {
             let agent_env = s.agent_env.clone().unwrap_or_default();

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::host::{http, state_dir};
 
@@ -378,14 +377,7 @@ pub fn render_list(nets: &[IpNet]) -> String {
     s
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    let d = Sha256::digest(data);
-    let mut s = String::with_capacity(64);
-    for b in d {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use crate::digest::sha256_hex;
 
 /// What the `.json` next to a stored list records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
