@@ -30,7 +30,7 @@ use ipnet::IpNet;
 use crate::config::{AgentSettings, FirewallSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sockets::Listener;
-use crate::host::{FileSpec, Host, iptables};
+use crate::host::{FileSpec, Host, iptables, state_dir};
 use crate::resources::Name;
 use lists::{Family, LastGood, Stored};
 use origin::Shape;
@@ -401,7 +401,7 @@ impl Firewall {
 
     fn store(&self, host: &Host, fam: Family, url: &str, at: &str, nets: &[IpNet]) -> Result<()> {
         let dir = &self.state_dir;
-        crate::host::state_dir::ensure(host, dir)?;
+        state_dir::ensure(host, dir)?;
         let body = lists::render_list(nets);
         let meta = lists::ListMeta {
             family: fam,
@@ -415,13 +415,13 @@ impl Firewall {
         host.write(
             &lists::list_path(dir, fam),
             body.as_bytes(),
-            FileSpec::root(0o644),
+            FileSpec::root(state_dir::CLOUDFLARE_MODE),
             false,
         )?;
         host.write(
             &lists::meta_path(dir, fam),
             &json,
-            FileSpec::root(0o644),
+            FileSpec::root(state_dir::CLOUDFLARE_MODE),
             false,
         )
     }
