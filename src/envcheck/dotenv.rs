@@ -36,7 +36,7 @@ fn blank(c: char) -> bool {
     )
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Quoting {
     None,
     Single,
@@ -69,6 +69,8 @@ enum Refusal {
     Required,
 }
 
+/// Read one file into `env`. Compose refuses a whole file for some faults: then a finding
+/// says so and the rest of the file is not read.
 fn read_file(name: &str, text: &str, env: &mut Env, reading: &mut Reading) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let at = |pos: usize| {
@@ -88,174 +90,199 @@ fn read_file(name: &str, text: &str, env: &mut Env, reading: &mut Reading) {
     };
     let mut pos = 0;
     loop {
-        // The start of the next statement: blank lines and `#` comment lines are skipped.
-        let Some(off) = text[pos..].find(|c: char| !c.is_whitespace()) else {
+        let Some(start) = next_statement(text, pos) else {
             return;
         };
-        pos += off;
-        if text[pos..].starts_with('#') {
-            match text[pos..].find('\n') {
-                Some(i) => {
-                    pos += i;
-                    continue;
-                }
-                None => return,
-            }
-        }
-        let here = at(pos);
-        let mut s = &text[pos..];
-        if let Some(r) = s.strip_prefix("export")
-            && r.starts_with([' ', '\t'])
-        {
-            s = r.trim_start_matches(blank);
-        }
-        let mut end = None;
-        for (i, c) in s.char_indices() {
-            if blank(c) {
+        let here = at(start);
+        let (key, rest) = match read_key(&text[start..], &here) {
+            Ok(Statement::Assign(key, rest)) => (key, rest),
+            Ok(Statement::Inherit(rest)) => {
+                pos = text.len() - rest.len();
                 continue;
             }
-            match c {
-                // compose also takes `KEY: value`; a lone `KEY` is copied from the
-                // environment compose runs in.
-                '=' | ':' | '\n' => {
-                    end = Some((i, c));
-                    break;
-                }
-                '_' | '.' | '-' | '[' | ']' => {}
-                c if c.is_alphanumeric() => {}
-                _ => {
-                    // Compose stops at this line; the text may be a pasted secret, so only
-                    // the line number is shown.
-                    fail(
-                        env,
-                        &here,
-                        format!(
-                            "{here}: a character docker compose does not allow in a variable name (letters, digits, `_.-[]`); compose refuses the whole file: write KEY=value"
-                        ),
-                    );
-                    return;
-                }
-            }
-        }
-        let Some((i, sep)) = end else {
-            // A last line without `=` or newline: nothing compose would assign.
-            return;
-        };
-        let key = s[..i].trim_end_matches(char::is_whitespace);
-        if key.contains(' ') {
-            fail(
-                env,
-                &here,
-                format!(
-                    "{here}: a variable name with a space in it; compose refuses the whole file: write KEY=value"
-                ),
-            );
-            return;
-        }
-        let rest = &s[i + 1..];
-        pos = text.len() - rest.len();
-        if sep == '\n' {
-            // Inherited from compose's own environment, which is not the app's to set here.
-            continue;
-        }
-        let rest_trimmed = rest.trim_start_matches(blank);
-        pos = text.len() - rest_trimmed.len();
-        let (raw, quoting, next) = match rest_trimmed.chars().next() {
-            Some(q @ ('"' | '\'')) => match quoted(&rest_trimmed[1..], q) {
-                Some((v, used)) => (
-                    v,
-                    if q == '"' {
-                        Quoting::Double
-                    } else {
-                        Quoting::Single
-                    },
-                    pos + 1 + used,
-                ),
-                None => {
-                    fail(
-                        env,
-                        key,
-                        format!(
-                            "{here}: the {} quote that opens the value is never closed; compose refuses the whole file: add the closing quote",
-                            if q == '"' { "double" } else { "single" }
-                        ),
-                    );
-                    return;
-                }
-            },
-            _ => {
-                let line = rest_trimmed.split('\n').next().unwrap_or("");
-                let next = pos + line.len();
-                let v = line.split(" #").next().unwrap_or("").trim_end();
-                (v.to_string(), Quoting::None, next)
+            Ok(Statement::End) => return,
+            Err(problem) => {
+                fail(env, &here, problem);
+                return;
             }
         };
-        pos = next;
-        let value = match quoting {
-            Quoting::Single => raw,
-            Quoting::None | Quoting::Double => {
-                let raw = if quoting == Quoting::Double {
-                    unescape(&raw)
-                } else {
-                    raw
-                };
-                let kind = if quoting == Quoting::Double {
-                    "a double-quoted"
-                } else {
-                    "an unquoted"
-                };
-                let mut refs = Refs::default();
-                match expand(&raw, &env.vars, &mut refs) {
-                    Ok(v) => {
-                        if refs.unset {
-                            reading.expanded.push((
-                                key.to_string(),
-                                reading.count,
-                                Finding {
-                                    severity: Severity::Fail,
-                                    key: key.to_string(),
-                                    problem: format!(
-                                        "{here}: `$` in {kind} value: docker compose v2 replaces `$NAME` there by a variable no earlier line or env file sets (so by nothing, or by whatever compose's own environment holds) and the app gets a different value; single-quote the value ('...') or write $$ for each literal $"
-                                    ),
-                                },
-                            ));
-                        } else if refs.resolved {
-                            reading.expanded.push((
-                                key.to_string(),
-                                reading.count,
-                                Finding {
-                                    severity: Severity::Warn,
-                                    key: key.to_string(),
-                                    problem: format!(
-                                        "{here}: `$` in {kind} value: docker compose v2 substitutes variables there; if the $ is meant literally, single-quote the value ('...') or write $$"
-                                    ),
-                                },
-                            ));
-                        }
-                        v
-                    }
-                    Err(r) => {
-                        fail(
-                            env,
-                            key,
-                            match r {
-                                Refusal::Invalid => format!(
-                                    "{here}: `${{` in {kind} value that is not a ${{NAME}} reference; docker compose v2 refuses the whole file: single-quote the value ('...') or write $$ for each literal $"
-                                ),
-                                Refusal::Required => format!(
-                                    "{here}: a required ${{NAME?...}} reference to a variable that is not set; docker compose v2 refuses the whole file: set the variable earlier, or single-quote the value ('...')"
-                                ),
-                            },
-                        );
-                        return;
-                    }
-                }
+        let rest = rest.trim_start_matches(blank);
+        let (raw, quoting, used) = match read_value(rest, &here) {
+            Ok(v) => v,
+            Err(problem) => {
+                fail(env, key, problem);
+                return;
+            }
+        };
+        pos = text.len() - rest.len() + used;
+        let value = match resolve(raw, quoting, key, &here, &env.vars, reading) {
+            Ok(v) => v,
+            Err(problem) => {
+                fail(env, key, problem);
+                return;
             }
         };
         reading.last.insert(key.to_string(), reading.count);
         reading.count += 1;
         env.vars.insert(key.to_string(), value);
     }
+}
+
+/// The start of the next statement from `pos`: blank lines and `#` comment lines are
+/// skipped. None: the file ends first.
+fn next_statement(text: &str, mut pos: usize) -> Option<usize> {
+    loop {
+        pos += text[pos..].find(|c: char| !c.is_whitespace())?;
+        if !text[pos..].starts_with('#') {
+            return Some(pos);
+        }
+        pos += text[pos..].find('\n')?;
+    }
+}
+
+/// A statement up to the end of its variable name.
+#[derive(Debug, PartialEq)]
+enum Statement<'a> {
+    /// `KEY=` or `KEY:` and the text after the separator.
+    Assign(&'a str, &'a str),
+    /// A lone `KEY` line, and the text after it: compose copies the variable from the
+    /// environment it runs in.
+    Inherit(&'a str),
+    /// A last line without `=` or newline: nothing compose would assign.
+    End,
+}
+
+/// The variable name at the start of `s` (an `export ` prefix allowed). Err: why compose
+/// refuses the whole file, located by `here` only (the text may be a pasted secret).
+fn read_key<'a>(s: &'a str, here: &str) -> Result<Statement<'a>, String> {
+    let mut s = s;
+    if let Some(r) = s.strip_prefix("export")
+        && r.starts_with([' ', '\t'])
+    {
+        s = r.trim_start_matches(blank);
+    }
+    let mut end = None;
+    for (i, c) in s.char_indices() {
+        if blank(c) {
+            continue;
+        }
+        match c {
+            // compose also takes `KEY: value`; a lone `KEY` is copied from the
+            // environment compose runs in.
+            '=' | ':' | '\n' => {
+                end = Some((i, c));
+                break;
+            }
+            '_' | '.' | '-' | '[' | ']' => {}
+            c if c.is_alphanumeric() => {}
+            _ => {
+                // Compose stops at this line; the text may be a pasted secret, so only
+                // the line number is shown.
+                return Err(format!(
+                    "{here}: a character docker compose does not allow in a variable name (letters, digits, `_.-[]`); compose refuses the whole file: write KEY=value"
+                ));
+            }
+        }
+    }
+    let Some((i, sep)) = end else {
+        return Ok(Statement::End);
+    };
+    let key = s[..i].trim_end_matches(char::is_whitespace);
+    if key.contains(' ') {
+        return Err(format!(
+            "{here}: a variable name with a space in it; compose refuses the whole file: write KEY=value"
+        ));
+    }
+    let rest = &s[i + 1..];
+    Ok(if sep == '\n' {
+        // Inherited from compose's own environment, which is not the app's to set here.
+        Statement::Inherit(rest)
+    } else {
+        Statement::Assign(key, rest)
+    })
+}
+
+/// The value at the start of `rest` as written (quotes removed, nothing expanded yet), how
+/// it is quoted, and the bytes of `rest` it takes. Err: an unclosed quote.
+fn read_value(rest: &str, here: &str) -> Result<(String, Quoting, usize), String> {
+    match rest.chars().next() {
+        Some(q @ ('"' | '\'')) => match quoted(&rest[1..], q) {
+            Some((v, used)) => Ok((
+                v,
+                if q == '"' {
+                    Quoting::Double
+                } else {
+                    Quoting::Single
+                },
+                1 + used,
+            )),
+            None => Err(format!(
+                "{here}: the {} quote that opens the value is never closed; compose refuses the whole file: add the closing quote",
+                if q == '"' { "double" } else { "single" }
+            )),
+        },
+        _ => {
+            let line = rest.split('\n').next().unwrap_or("");
+            let v = line.split(" #").next().unwrap_or("").trim_end();
+            Ok((v.to_string(), Quoting::None, line.len()))
+        }
+    }
+}
+
+/// The value compose assigns: escapes and `$` references resolved as its quoting says, with
+/// a finding (kept in `reading` until it is known which assignment compose keeps) when a
+/// `$` changes it. Err: why compose refuses the whole file.
+fn resolve(
+    raw: String,
+    quoting: Quoting,
+    key: &str,
+    here: &str,
+    vars: &BTreeMap<String, String>,
+    reading: &mut Reading,
+) -> Result<String, String> {
+    let (raw, kind) = match quoting {
+        Quoting::Single => return Ok(raw),
+        Quoting::Double => (unescape(&raw), "a double-quoted"),
+        Quoting::None => (raw, "an unquoted"),
+    };
+    let mut refs = Refs::default();
+    let v = expand(&raw, vars, &mut refs).map_err(|r| match r {
+        Refusal::Invalid => format!(
+            "{here}: `${{` in {kind} value that is not a ${{NAME}} reference; docker compose v2 refuses the whole file: single-quote the value ('...') or write $$ for each literal $"
+        ),
+        Refusal::Required => format!(
+            "{here}: a required ${{NAME?...}} reference to a variable that is not set; docker compose v2 refuses the whole file: set the variable earlier, or single-quote the value ('...')"
+        ),
+    })?;
+    let finding = |severity, problem| Finding {
+        severity,
+        key: key.to_string(),
+        problem,
+    };
+    if refs.unset {
+        reading.expanded.push((
+            key.to_string(),
+            reading.count,
+            finding(
+                Severity::Fail,
+                format!(
+                    "{here}: `$` in {kind} value: docker compose v2 replaces `$NAME` there by a variable no earlier line or env file sets (so by nothing, or by whatever compose's own environment holds) and the app gets a different value; single-quote the value ('...') or write $$ for each literal $"
+                ),
+            ),
+        ));
+    } else if refs.resolved {
+        reading.expanded.push((
+            key.to_string(),
+            reading.count,
+            finding(
+                Severity::Warn,
+                format!(
+                    "{here}: `$` in {kind} value: docker compose v2 substitutes variables there; if the $ is meant literally, single-quote the value ('...') or write $$"
+                ),
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 /// The body of a quoted value up to its closing quote `q`, and the bytes used including
@@ -446,4 +473,43 @@ fn closing_brace(s: &str) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_start_after_blank_and_comment_lines() {
+        assert_eq!(next_statement("\n  # c\n\tA=1", 0), Some(8));
+        assert_eq!(next_statement("# only a comment", 0), None);
+        assert_eq!(next_statement("A=1\n\n", 3), None);
+    }
+
+    #[test]
+    fn keys_end_at_their_separator() {
+        let key = |s| read_key(s, "line 1");
+        assert_eq!(key("A=1"), Ok(Statement::Assign("A", "1")));
+        assert_eq!(key("export  B.x : 2"), Ok(Statement::Assign("B.x", " 2")));
+        assert_eq!(key("C\nD=1"), Ok(Statement::Inherit("D=1")));
+        assert_eq!(key("E"), Ok(Statement::End));
+        let e = key("F G=1").unwrap_err();
+        assert!(e.starts_with("line 1: a variable name with a space"), "{e}");
+        let e = key("s3cr€t$=1").unwrap_err();
+        assert!(e.starts_with("line 1: a character"), "{e}");
+        assert!(!e.contains("s3cr"), "{e}");
+    }
+
+    #[test]
+    fn values_as_written_and_the_bytes_they_take() {
+        let value = |s| read_value(s, "line 1").map(|(v, _, used)| (v, used));
+        assert_eq!(value("plain # note\nB=2"), Ok(("plain".into(), 12)));
+        assert_eq!(value("'a b'\n"), Ok(("a b".into(), 5)));
+        assert_eq!(value("\"x\\\"y\" tail"), Ok(("x\"y".into(), 6)));
+        assert!(
+            read_value("'open", "line 1")
+                .unwrap_err()
+                .contains("single quote")
+        );
+    }
 }

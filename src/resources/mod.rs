@@ -162,7 +162,10 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
                 .with_operator_ips(&cfg.access.operator_ips),
         ),
         Box::new(deploy_key::DeployKey::new(&cfg.deploy_key, &cfg.users)),
-        Box::new(ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)),
+        Box::new(
+            ufw::Ufw::new(&cfg.ufw, &cfg.access.operator_ips, ctx)
+                .with_lock_timeout(cfg.packages.lock_timeout.0),
+        ),
         Box::new(
             packages::Packages::new(&cfg.packages, &cfg.ufw)
                 .with_operator_ips(&cfg.access.operator_ips),
@@ -171,10 +174,10 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
         Box::new(firewall::Firewall::new(&cfg.firewall, &cfg.agent)),
         Box::new(swap::Swap::new(&cfg.swap)),
         Box::new(ntp::Ntp::new(&cfg.ntp)),
-        Box::new(tailscale::Tailscale::new(
-            &cfg.tailscale,
-            &cfg.hostname.name.0,
-        )),
+        Box::new(
+            tailscale::Tailscale::new(&cfg.tailscale, &cfg.hostname.name.0)
+                .with_lock_timeout(cfg.packages.lock_timeout.0),
+        ),
         Box::new(compose::Compose::new(&cfg.compose, &cfg.agent)),
     ]
 }

@@ -2,6 +2,7 @@
 //! which interface is the WAN: the inputs every wanted chain is built from.
 
 use anyhow::{Result, anyhow, bail};
+use ipnet::IpNet;
 
 use super::lists::{self, Family, LastGood, Stored};
 use super::rules::{self, Rule};
@@ -27,74 +28,70 @@ fn stored_words(s: &Stored) -> String {
     }
 }
 
+/// The list built into the binary for a family.
+fn built_in(fam: Family) -> Vec<IpNet> {
+    let text = match fam {
+        Family::V4 => builtin_lists::V4,
+        Family::V6 => builtin_lists::V6,
+    };
+    lists::parse_list(text, fam, usize::MAX).expect("the built-in lists are valid")
+}
+
+/// What a list is chosen as: the ranges, where they come from, and the step that stores
+/// them as the new last good list when they are not it already.
+type Chosen = (Vec<IpNet>, Source, Option<Step>);
+
+/// A list fetched now is in force; it is stored unless it is the last good one already.
+fn take_fetched(
+    fam: Family,
+    fetched: &Fetched,
+    nets: &[IpNet],
+    last: Option<&Stored>,
+    notes: &mut Vec<String>,
+) -> Chosen {
+    let same = last.is_some_and(|s| s.nets == nets && s.meta.is_some());
+    // A compromised mirror would swap ranges wholesale; Cloudflare adds a few.
+    let old = last
+        .map(|s| s.nets.clone())
+        .unwrap_or_else(|| built_in(fam));
+    if let Some(w) = lists::big_change_warning(fam, &old, nets) {
+        notes.push(format!("WARNING: {w}"));
+    }
+    let store = (!same).then(|| Step::StoreList {
+        family: fam,
+        url: fetched.url.clone(),
+        at: fetched.at.clone(),
+        old: last.map(|s| s.nets.clone()),
+        nets: nets.to_vec(),
+    });
+    let since = last
+        .filter(|_| same)
+        .and_then(|s| s.meta.as_ref())
+        .map(|m| m.fetched_at.clone());
+    let source = Source::Fetched {
+        url: fetched.url.clone(),
+        at: fetched.at.clone(),
+        since,
+    };
+    (nets.to_vec(), source, store)
+}
+
 impl Firewall {
     /// Which list is in force for a family: a list fetched now, else the last good one,
     /// else the one built into the binary; never an empty or invalid one.
     pub fn choose_list(&self, f: &FamilyState) -> ListChoice {
         let fam = f.family;
-        let path = lists::list_path(&self.state_dir, fam);
         let mut notes = Vec::new();
-        let last = match &f.last_good {
-            LastGood::Valid(s) => {
-                if let Some(p) = &s.meta_problem {
-                    notes.push(format!(
-                        "last good {} list {}: {p}",
-                        fam.label(),
-                        path.display()
-                    ));
-                }
-                Some(s)
-            }
-            LastGood::Invalid(why) => {
-                notes.push(format!("last good {} list ignored: {why}", fam.label()));
-                None
-            }
-            LastGood::Absent => None,
-        };
-        let built_in = || {
-            let text = match fam {
-                Family::V4 => builtin_lists::V4,
-                Family::V6 => builtin_lists::V6,
-            };
-            lists::parse_list(text, fam, usize::MAX).expect("the built-in lists are valid")
-        };
+        let last = self.usable_last_good(f, &mut notes);
         let (nets, source, store) = match (&f.fetched, last) {
             (
-                Some(Fetched {
-                    result: Ok(nets),
-                    url,
-                    at,
-                    ..
-                }),
-                last,
-            ) => {
-                let same = last.is_some_and(|s| s.nets == *nets && s.meta.is_some());
-                // A compromised mirror would swap ranges wholesale; Cloudflare adds a few.
-                let old = last.map(|s| s.nets.clone()).unwrap_or_else(built_in);
-                if let Some(w) = lists::big_change_warning(fam, &old, nets) {
-                    notes.push(format!("WARNING: {w}"));
-                }
-                let store = (!same).then(|| Step::StoreList {
-                    family: fam,
-                    url: url.clone(),
-                    at: at.clone(),
-                    old: last.map(|s| s.nets.clone()),
-                    nets: nets.clone(),
-                });
-                let since = last
-                    .filter(|_| same)
-                    .and_then(|s| s.meta.as_ref())
-                    .map(|m| m.fetched_at.clone());
-                (
-                    nets.clone(),
-                    Source::Fetched {
-                        url: url.clone(),
-                        at: at.clone(),
-                        since,
+                Some(
+                    fetched @ Fetched {
+                        result: Ok(nets), ..
                     },
-                    store,
-                )
-            }
+                ),
+                last,
+            ) => take_fetched(fam, fetched, nets, last, &mut notes),
             (Some(Fetched { result: Err(e), .. }), Some(s)) => {
                 notes.push(format!(
                     "{e}; keeping the last good {} list ({})",
@@ -104,28 +101,10 @@ impl Firewall {
                 (s.nets.clone(), Source::LastGood(s.clone()), None)
             }
             (Some(Fetched { result: Err(e), .. }), None) => {
-                let nets = built_in();
-                notes.push(format!(
-                    "{e}; no last good {} list in {}: using the list built into sapari-agent {} ({} ranges), which may be out of date",
-                    fam.label(),
-                    self.state_dir.display(),
-                    crate::VERSION,
-                    nets.len()
-                ));
-                (nets, Source::BuiltIn, None)
+                self.take_built_in(fam, Some(e), &mut notes)
             }
             (None, Some(s)) => (s.nets.clone(), Source::LastGood(s.clone()), None),
-            (None, None) => {
-                let nets = built_in();
-                notes.push(format!(
-                    "no last good {} list in {}: using the list built into sapari-agent {} ({} ranges)",
-                    fam.label(),
-                    self.state_dir.display(),
-                    crate::VERSION,
-                    nets.len()
-                ));
-                (nets, Source::BuiltIn, None)
-            }
+            (None, None) => self.take_built_in(fam, None, &mut notes),
         };
         let sha256 = lists::sha256_hex(lists::render_list(&nets).as_bytes());
         ListChoice {
@@ -135,6 +114,56 @@ impl Firewall {
             notes,
             store,
         }
+    }
+
+    /// The stored last good list when it is valid; a note says why it is not, or what is
+    /// wrong with its metadata.
+    fn usable_last_good<'a>(
+        &self,
+        f: &'a FamilyState,
+        notes: &mut Vec<String>,
+    ) -> Option<&'a Stored> {
+        let fam = f.family;
+        match &f.last_good {
+            LastGood::Valid(s) => {
+                if let Some(p) = &s.meta_problem {
+                    notes.push(format!(
+                        "last good {} list {}: {p}",
+                        fam.label(),
+                        lists::list_path(&self.state_dir, fam).display()
+                    ));
+                }
+                Some(s)
+            }
+            LastGood::Invalid(why) => {
+                notes.push(format!("last good {} list ignored: {why}", fam.label()));
+                None
+            }
+            LastGood::Absent => None,
+        }
+    }
+
+    /// Nothing fetched (or the fetch failed: `error`) and no last good list: the built-in
+    /// list, with a note that says so.
+    fn take_built_in(
+        &self,
+        fam: Family,
+        error: Option<&String>,
+        notes: &mut Vec<String>,
+    ) -> Chosen {
+        let nets = built_in(fam);
+        let why = format!(
+            "no last good {} list in {}: using the list built into sapari-agent {} ({} ranges)",
+            fam.label(),
+            self.state_dir.display(),
+            crate::VERSION,
+            nets.len()
+        );
+        notes.push(match error {
+            Some(e) => format!("{e}; {why}, which may be out of date"),
+            None => why,
+        });
+        (nets, Source::BuiltIn, None)
     }
 
     /// The WAN interface for a family: configured, else this family's default route, else

@@ -30,7 +30,7 @@ use ipnet::IpNet;
 use crate::config::{AgentSettings, FirewallSettings};
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sockets::Listener;
-use crate::host::{Cmd, FileSpec, Host, iptables};
+use crate::host::{FileSpec, Host, iptables, state_dir};
 use crate::resources::Name;
 use lists::{Family, LastGood, Stored};
 use origin::Shape;
@@ -38,8 +38,7 @@ use rules::{Backend, CHAIN, FilterTable, ForwardJump, Rule};
 
 const PROC_ROUTE_V4: &str = "/proc/net/route";
 const PROC_ROUTE_V6: &str = "/proc/net/ipv6_route";
-/// How long iptables-restore waits for the xtables lock (legacy backend; Docker takes it too).
-pub const XTABLES_WAIT_SECS: &str = "10";
+pub use iptables::XTABLES_WAIT_SECS;
 const UNIT: &str = "sapari-docker-firewall.service";
 
 pub struct Firewall {
@@ -288,7 +287,7 @@ pub async fn observe_docker(
     let nft = host.program_exists(&Backend::Nft.save(fam));
     let legacy = host.program_exists(&Backend::Legacy.save(fam));
     let candidates: Vec<Backend> = if nft && legacy {
-        if iptables::legacy_filter_loaded(host, fam == Family::V6)? {
+        if iptables::legacy_filter_loaded(host, fam)? {
             vec![Backend::Nft, Backend::Legacy]
         } else {
             vec![Backend::Nft]
@@ -380,10 +379,7 @@ impl Firewall {
         want: &[Rule],
         restore: &str,
     ) -> Result<()> {
-        let cmd = Cmd::new(&backend.restore(fam))
-            .args(["--noflush", "--wait", XTABLES_WAIT_SECS])
-            .stdin(restore)
-            .timeout(Duration::from_secs(60));
+        let cmd = iptables::restore_noflush(backend, fam, restore);
         host.run(&cmd).await.with_context(|| {
             format!(
                 "the {} {CHAIN} chain was not replaced and is as it was",
@@ -405,7 +401,7 @@ impl Firewall {
 
     fn store(&self, host: &Host, fam: Family, url: &str, at: &str, nets: &[IpNet]) -> Result<()> {
         let dir = &self.state_dir;
-        crate::host::state_dir::ensure(host, dir)?;
+        state_dir::ensure(host, dir)?;
         let body = lists::render_list(nets);
         let meta = lists::ListMeta {
             family: fam,
@@ -419,13 +415,13 @@ impl Firewall {
         host.write(
             &lists::list_path(dir, fam),
             body.as_bytes(),
-            FileSpec::root(0o644),
+            FileSpec::root(state_dir::CLOUDFLARE_MODE),
             false,
         )?;
         host.write(
             &lists::meta_path(dir, fam),
             &json,
-            FileSpec::root(0o644),
+            FileSpec::root(state_dir::CLOUDFLARE_MODE),
             false,
         )
     }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::lists::Family;
+pub use crate::host::iptables::Backend;
 
 pub const CHAIN: &str = "DOCKER-USER";
 /// The comment on every rule the agent owns.
@@ -479,51 +479,6 @@ pub fn drift(have: Option<&[Rule]>, want: &[Rule]) -> Option<String> {
         have.len(),
         want.len()
     ))
-}
-
-/// Which iptables programs hold Docker's chains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// `iptables-nft-save` / `iptables-nft-restore`
-    Nft,
-    /// `iptables-legacy-save` / `iptables-legacy-restore`
-    Legacy,
-    /// `iptables-save` / `iptables-restore`, whatever they are on this machine
-    Default,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Nft => "nft",
-            Backend::Legacy => "legacy",
-            Backend::Default => "default",
-        }
-    }
-
-    fn prefix(fam: Family) -> &'static str {
-        match fam {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
-
-    fn infix(self) -> &'static str {
-        match self {
-            Backend::Nft => "-nft",
-            Backend::Legacy => "-legacy",
-            Backend::Default => "",
-        }
-    }
-
-    pub fn save(self, fam: Family) -> String {
-        format!("{}{}-save", Self::prefix(fam), self.infix())
-    }
-
-    pub fn restore(self, fam: Family) -> String {
-        format!("{}{}-restore", Self::prefix(fam), self.infix())
-    }
 }
 
 /// Pick the backend whose tables hold Docker's chains. Candidates come in preference order

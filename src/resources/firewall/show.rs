@@ -192,91 +192,101 @@ impl Firewall {
 pub fn render_show(origin: Option<&ShownOrigin>, shown: &[Shown]) -> String {
     let mut out = String::new();
     if let Some(o) = origin {
-        out.push_str(&format!(
-            "== origin lock (nftables table {})
+        render_origin(o, &mut out);
+    }
+    for s in shown {
+        render_family(s, &mut out);
+    }
+    out
+}
+
+/// The origin lock: its table, the nftables shape in force, who listens on :443.
+fn render_origin(o: &ShownOrigin, out: &mut String) {
+    out.push_str(&format!(
+        "== origin lock (nftables table {})
 wanted:   {}
 table:    {}
 ",
-            o.table,
-            o.wanted,
-            match (&o.drift, o.in_force) {
-                (None, _) => "matches".to_string(),
-                (Some(d), _) => format!("DRIFT: {d}"),
-            }
-        ));
-        if let Some(sh) = &o.shape {
-            for (name, elems) in &sh.sets {
-                out.push_str(&format!("  set {name}: {}\n", elems.join(" ")));
-            }
-            for (name, c) in &sh.chains {
-                out.push_str(&format!(
-                    "  chain {name}{}\n",
-                    c.hook
-                        .as_ref()
-                        .map(|h| format!(" (hook {h})"))
-                        .unwrap_or_default()
-                ));
-                for r in &c.rules {
-                    out.push_str(&format!("    {r}\n"));
-                }
-            }
+        o.table,
+        o.wanted,
+        match (&o.drift, o.in_force) {
+            (None, _) => "matches".to_string(),
+            (Some(d), _) => format!("DRIFT: {d}"),
         }
-        let socks: Vec<String> = o
-            .listeners
-            .iter()
-            .map(|l| format!("{}/{} {}", l.proto, l.family, l.local))
-            .collect();
-        out.push_str(&format!(
-            "listen:   {}\n",
-            if socks.is_empty() {
-                "nothing on :443".to_string()
-            } else {
-                socks.join(", ")
-            }
-        ));
-        if o.docker_nftables_backend {
-            out.push_str("docker:   nftables firewall backend (no DOCKER-USER)\n");
+    ));
+    if let Some(sh) = &o.shape {
+        for (name, elems) in &sh.sets {
+            out.push_str(&format!("  set {name}: {}\n", elems.join(" ")));
         }
-    }
-    for s in shown {
-        out.push_str(&format!("== {} {}\n", CHAIN, s.family.as_str()));
-        if s.managed {
+        for (name, c) in &sh.chains {
             out.push_str(&format!(
-                "backend:  {}\nwan:      {}\nforward:  {}\nchain:    {}\n",
-                s.backend.map(Backend::as_str).unwrap_or("?"),
-                s.wan_interface.as_deref().unwrap_or("?"),
-                s.forward_jump,
-                match &s.drift {
-                    None => "matches the list in force".to_string(),
-                    Some(d) => format!("DRIFT: {d}"),
-                }
+                "  chain {name}{}\n",
+                c.hook
+                    .as_ref()
+                    .map(|h| format!(" (hook {h})"))
+                    .unwrap_or_default()
             ));
-            if s.rules.is_empty() {
-                out.push_str("  (no rules)\n");
+            for r in &c.rules {
+                out.push_str(&format!("    {r}\n"));
             }
-            for r in &s.rules {
-                out.push_str(&format!("  {r}\n"));
-            }
-        }
-        let l = &s.list;
-        out.push_str(&format!(
-            "list:     {} ({} ranges, sha256 {}{}{})\n",
-            l.source,
-            l.count,
-            l.sha256,
-            l.url
-                .as_ref()
-                .map(|u| format!(", from {u}"))
-                .unwrap_or_default(),
-            l.fetched_at
-                .as_ref()
-                .map(|t| format!(", fetched {t}"))
-                .unwrap_or_default()
-        ));
-        out.push_str(&format!("  {}\n", l.cidrs.join(" ")));
-        for n in &s.notes {
-            out.push_str(&format!("note:     {n}\n"));
         }
     }
-    out
+    let socks: Vec<String> = o
+        .listeners
+        .iter()
+        .map(|l| format!("{}/{} {}", l.proto, l.family, l.local))
+        .collect();
+    out.push_str(&format!(
+        "listen:   {}\n",
+        if socks.is_empty() {
+            "nothing on :443".to_string()
+        } else {
+            socks.join(", ")
+        }
+    ));
+    if o.docker_nftables_backend {
+        out.push_str("docker:   nftables firewall backend (no DOCKER-USER)\n");
+    }
+}
+
+/// One family's DOCKER-USER chain (when managed) and the list in force.
+fn render_family(s: &Shown, out: &mut String) {
+    out.push_str(&format!("== {} {}\n", CHAIN, s.family.as_str()));
+    if s.managed {
+        out.push_str(&format!(
+            "backend:  {}\nwan:      {}\nforward:  {}\nchain:    {}\n",
+            s.backend.map(Backend::as_str).unwrap_or("?"),
+            s.wan_interface.as_deref().unwrap_or("?"),
+            s.forward_jump,
+            match &s.drift {
+                None => "matches the list in force".to_string(),
+                Some(d) => format!("DRIFT: {d}"),
+            }
+        ));
+        if s.rules.is_empty() {
+            out.push_str("  (no rules)\n");
+        }
+        for r in &s.rules {
+            out.push_str(&format!("  {r}\n"));
+        }
+    }
+    let l = &s.list;
+    out.push_str(&format!(
+        "list:     {} ({} ranges, sha256 {}{}{})\n",
+        l.source,
+        l.count,
+        l.sha256,
+        l.url
+            .as_ref()
+            .map(|u| format!(", from {u}"))
+            .unwrap_or_default(),
+        l.fetched_at
+            .as_ref()
+            .map(|t| format!(", fetched {t}"))
+            .unwrap_or_default()
+    ));
+    out.push_str(&format!("  {}\n", l.cidrs.join(" ")));
+    for n in &s.notes {
+        out.push_str(&format!("note:     {n}\n"));
+    }
 }

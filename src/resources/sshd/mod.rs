@@ -271,6 +271,84 @@ impl Describe for Step {
     }
 }
 
+/// The steps sshd needs before any configuration: its privilege-separation directory, an
+/// Ed25519 host key, a moduli file without weak groups.
+async fn apply_prerequisites(host: &Host, steps: &[Step]) -> Result<()> {
+    for step in steps {
+        match step {
+            Step::PrivsepDir => host.ensure_dir(Path::new(PRIVSEP_DIR), FileSpec::root(0o755))?,
+            Step::HostKey => {
+                host.run(&Cmd::new("ssh-keygen").args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "",
+                    "-f",
+                    ED25519_KEY,
+                ]))
+                .await?;
+            }
+            Step::Moduli { new, .. } => host.write(
+                Path::new(MODULI),
+                new.as_bytes(),
+                FileSpec::root(0o644),
+                true,
+            )?,
+            Step::AddInclude { .. }
+            | Step::Neutralize { .. }
+            | Step::WriteDropIn { .. }
+            | Step::Reload => {}
+        }
+    }
+    Ok(())
+}
+
+impl Sshd {
+    /// The configuration files the steps write, with their new content, in step order:
+    /// validated together, then installed together.
+    fn config_files(&self, steps: &[Step]) -> Vec<(PathBuf, String)> {
+        steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::AddInclude { new, .. } => Some((PathBuf::from(SSHD_CONFIG), new.clone())),
+                Step::Neutralize { file, new, .. } => Some((PathBuf::from(file), new.clone())),
+                Step::WriteDropIn { new, .. } => Some((self.drop_in_path(), new.clone())),
+                Step::PrivsepDir | Step::HostKey | Step::Moduli { .. } | Step::Reload => None,
+            })
+            .collect()
+    }
+
+    /// Write the validated files and have `sshd -t` accept them as installed; when it does
+    /// not, every file is put back as it was.
+    async fn install_config(&self, host: &Host, files: &[(PathBuf, String)]) -> Result<()> {
+        let mut previous: Vec<(PathBuf, Option<String>)> = Vec::new();
+        for (path, content) in files {
+            previous.push((path.clone(), host.read_text(path)?));
+            host.write(
+                path,
+                content.as_bytes(),
+                FileSpec::root(0o644),
+                path != &self.drop_in_path(),
+            )?;
+        }
+        if let Err(e) = host.run(&Cmd::new("sshd").arg("-t")).await {
+            for (path, old) in previous {
+                match old {
+                    Some(o) => host.write(&path, o.as_bytes(), FileSpec::root(0o644), false)?,
+                    None => host.remove_file(&path)?,
+                }
+            }
+            bail!(
+                "sshd -t rejected the installed configuration, so the previous files were restored and sshd was not reloaded: {e}"
+            );
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Resource for Sshd {
     type State = State;
@@ -373,42 +451,8 @@ impl Resource for Sshd {
                 "the sshd configuration on disk does not validate, so nothing was changed and sshd was not reloaded: {msg}; fix or remove the file it names"
             );
         }
-        let mut files: Vec<(PathBuf, String)> = Vec::new();
-        for step in steps {
-            match step {
-                Step::PrivsepDir => {
-                    host.ensure_dir(Path::new(PRIVSEP_DIR), FileSpec::root(0o755))?
-                }
-                Step::HostKey => {
-                    host.run(&Cmd::new("ssh-keygen").args([
-                        "-q",
-                        "-t",
-                        "ed25519",
-                        "-N",
-                        "",
-                        "-C",
-                        "",
-                        "-f",
-                        ED25519_KEY,
-                    ]))
-                    .await?;
-                }
-                Step::Moduli { new, .. } => host.write(
-                    Path::new(MODULI),
-                    new.as_bytes(),
-                    FileSpec::root(0o644),
-                    true,
-                )?,
-                Step::AddInclude { new, .. } => {
-                    files.push((PathBuf::from(SSHD_CONFIG), new.clone()))
-                }
-                Step::Neutralize { file, new, .. } => {
-                    files.push((PathBuf::from(file), new.clone()))
-                }
-                Step::WriteDropIn { new, .. } => files.push((self.drop_in_path(), new.clone())),
-                Step::Reload => {}
-            }
-        }
+        apply_prerequisites(host, steps).await?;
+        let files = self.config_files(steps);
         if files.is_empty() {
             if steps.contains(&Step::Reload) {
                 reload(host, s).await?;
@@ -423,27 +467,7 @@ impl Resource for Sshd {
         };
         validate_candidate(host, s, &files, &judge).await?;
         host.write_marker(Path::new(RELOAD_PENDING))?;
-        let mut previous: Vec<(PathBuf, Option<String>)> = Vec::new();
-        for (path, content) in &files {
-            previous.push((path.clone(), host.read_text(path)?));
-            host.write(
-                path,
-                content.as_bytes(),
-                FileSpec::root(0o644),
-                path != &self.drop_in_path(),
-            )?;
-        }
-        if let Err(e) = host.run(&Cmd::new("sshd").arg("-t")).await {
-            for (path, old) in previous {
-                match old {
-                    Some(o) => host.write(&path, o.as_bytes(), FileSpec::root(0o644), false)?,
-                    None => host.remove_file(&path)?,
-                }
-            }
-            bail!(
-                "sshd -t rejected the installed configuration, so the previous files were restored and sshd was not reloaded: {e}"
-            );
-        }
+        self.install_config(host, &files).await?;
         if steps.contains(&Step::Reload) {
             reload(host, s).await?;
         }

@@ -361,3 +361,50 @@ fn the_unit_query_is_the_same_command_line() {
         "systemctl show -p Id -p LoadState -p ActiveState ssh.service sshd.service ssh.socket"
     );
 }
+
+#[test]
+fn config_files_are_the_file_steps_in_order() {
+    let r = res();
+    let steps = [
+        Step::PrivsepDir,
+        Step::WriteDropIn {
+            old: None,
+            new: "drop-in\n".into(),
+        },
+        Step::Moduli {
+            removed: 1,
+            new: "moduli\n".into(),
+        },
+        Step::Neutralize {
+            file: "/etc/ssh/sshd_config.d/50-cloud-init.conf".into(),
+            old: "PasswordAuthentication yes\n".into(),
+            new: "# PasswordAuthentication yes\n".into(),
+            settings: vec!["PasswordAuthentication".into()],
+        },
+        Step::AddInclude {
+            old: String::new(),
+            new: "main\n".into(),
+        },
+        Step::Reload,
+    ];
+    let files: Vec<(String, String)> = r
+        .config_files(&steps)
+        .into_iter()
+        .map(|(p, c)| (p.display().to_string(), c))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            (
+                r.drop_in_path().display().to_string(),
+                "drop-in\n".to_string()
+            ),
+            (
+                "/etc/ssh/sshd_config.d/50-cloud-init.conf".into(),
+                "# PasswordAuthentication yes\n".into()
+            ),
+            (SSHD_CONFIG.to_string(), "main\n".into()),
+        ]
+    );
+    assert!(r.config_files(&[Step::HostKey, Step::Reload]).is_empty());
+}

@@ -253,6 +253,277 @@ fn peak_allocation(steps: &[Step]) -> u64 {
     u64::try_from(peak).unwrap_or(u64::MAX)
 }
 
+/// One plan being built, in the order its steps run: what is on now, and what the steps so
+/// far leave behind.
+struct Planning<'a> {
+    s: &'a State,
+    path: &'a Path,
+    helper: PathBuf,
+    want: u64,
+    accept: bool,
+    /// swap.path, when it is on.
+    ours: Option<&'a ActiveSwap>,
+    /// The temporary file, when it is on.
+    helper_on: Option<&'a ActiveSwap>,
+    /// Swap the machine has besides our two files.
+    others: Vec<&'a ActiveSwap>,
+    nocow: bool,
+    /// The temporary file's size while it is on at this point of the plan.
+    carrying: Option<u64>,
+    /// swap.path is (re)created by this plan.
+    fresh: bool,
+    plan: Plan<Step>,
+}
+
+impl<'a> Planning<'a> {
+    fn new(swap: &'a Swap, s: &'a State, plan: Plan<Step>) -> Self {
+        let path = swap.path();
+        let helper = helper_path(path);
+        let ours = s.active.iter().find(|a| a.path == path);
+        let helper_on = s.active.iter().find(|a| a.path == helper);
+        let others = s
+            .active
+            .iter()
+            .filter(|a| a.path != path && a.path != helper)
+            .collect();
+        let helper_size = s.helper.or(helper_on.map(|a| a.size + PAGE)).unwrap_or(0);
+        Self {
+            s,
+            path,
+            helper,
+            want: swap.cfg.size.0,
+            accept: swap.cfg.accept_existing,
+            ours,
+            helper_on,
+            others,
+            nocow: s.fs == FsKind::Btrfs,
+            carrying: helper_on.map(|_| helper_size),
+            fresh: false,
+            plan,
+        }
+    }
+
+    /// Settle for the machine's other swap when swap.accept_existing allows and it is
+    /// enough; true when the plan ends there.
+    fn accept_existing(&mut self) -> bool {
+        let others_total: u64 = self.others.iter().map(|a| a.size + PAGE).sum();
+        // A temporary file means a resize of our file was under way: finish it rather than
+        // settle for other swap.
+        let mid_resize = self.s.helper.is_some() || self.helper_on.is_some();
+        let accepted = self.ours.is_none()
+            && !mid_resize
+            && self.accept
+            && !self.others.is_empty()
+            && others_total >= self.want;
+        if accepted {
+            let names: Vec<String> = self
+                .others
+                .iter()
+                .map(|a| format!("{} ({})", a.path.display(), human(a.size + PAGE)))
+                .collect();
+            self.plan.notes.push(format!(
+                "existing swap accepted: {} (swap.accept_existing)",
+                names.join(", ")
+            ));
+        }
+        accepted
+    }
+
+    fn check_filesystem(&self) -> Result<()> {
+        if self.ours.is_none()
+            && let FsKind::NoSwap(kind) = &self.s.fs
+        {
+            bail!(
+                "swap.path {} is on {kind}, which cannot hold swap; set swap.path to a file on ext4, xfs or btrfs",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn drop_stale_helper(&mut self) {
+        if self.helper_on.is_none()
+            && let Some(size) = self.s.helper
+        {
+            // Killed before its swapon, or a reboot since: it may be half allocated and is
+            // never worth trusting.
+            self.plan.notes.push(format!(
+                "{} is left over from an interrupted resize: removed",
+                self.helper.display()
+            ));
+            self.plan.steps.push(Step::Remove {
+                file: Which::Helper,
+                size,
+            });
+        }
+    }
+
+    /// swap.path created, resized or kept; its mode and owner put right when kept.
+    fn main_file(&mut self) {
+        let s = self.s;
+        match &s.file {
+            None => self.create_main(),
+            Some(f) if f.size != self.want => self.resize_main(f),
+            Some(_) => {}
+        }
+        if let Some(f) = &s.file
+            && !self.fresh
+            && f.spec != FileSpec::root(0o600)
+        {
+            self.plan.steps.push(Step::FixPermissions {
+                mode: f.spec.mode,
+                uid: f.spec.uid,
+            });
+        }
+    }
+
+    fn create_main(&mut self) {
+        self.plan.steps.push(Step::Create {
+            file: Which::Main,
+            size: self.want,
+            nocow: self.nocow,
+        });
+        self.fresh = true;
+    }
+
+    fn resize_main(&mut self, f: &SwapFile) {
+        match self.ours {
+            Some(a) if a.used + RESIZE_MARGIN > self.s.memory.available => {
+                self.plan.notes.push(format!(
+                    "resize {} -> {} deferred: {} of it is in use and only {} of memory is available to take it back",
+                    human(f.size),
+                    human(self.want),
+                    human(a.used),
+                    human(self.s.memory.available)
+                ));
+            }
+            Some(_) => {
+                self.carry_swap(f);
+                self.plan.steps.push(Step::Swapoff(Which::Main));
+                self.rebuild_main(f.size);
+            }
+            // Not on: nothing to keep up while it is rebuilt.
+            None => self.rebuild_main(f.size),
+        }
+    }
+
+    /// Have the temporary file on, at the new size, before swap.path goes off.
+    fn carry_swap(&mut self, f: &SwapFile) {
+        if self.carrying.is_some() {
+            self.plan.notes.push(format!(
+                "{} from an interrupted resize carries swap while {} is rebuilt",
+                self.helper.display(),
+                self.path.display()
+            ));
+            return;
+        }
+        self.plan.notes.push(format!(
+            "resize {} -> {} through {}: swap stays on throughout",
+            human(f.size),
+            human(self.want),
+            self.helper.display()
+        ));
+        self.plan.steps.extend([
+            Step::Create {
+                file: Which::Helper,
+                size: self.want,
+                nocow: self.nocow,
+            },
+            Step::Mkswap(Which::Helper),
+            Step::Swapon(Which::Helper),
+        ]);
+        self.carrying = Some(self.want);
+    }
+
+    fn rebuild_main(&mut self, old_size: u64) {
+        self.plan.steps.push(Step::Remove {
+            file: Which::Main,
+            size: old_size,
+        });
+        self.create_main();
+    }
+
+    fn activate_main(&mut self) {
+        let signed = self.s.file.as_ref().is_some_and(|f| f.has_signature);
+        if self.fresh || (!signed && self.ours.is_none()) {
+            self.plan.steps.push(Step::Mkswap(Which::Main));
+        }
+        if self.fresh || self.ours.is_none() {
+            self.plan.steps.push(Step::Swapon(Which::Main));
+        }
+    }
+
+    /// Our file is on by now; only then may the temporary one go.
+    fn retire_helper(&mut self) {
+        let Some(size) = self.carrying else {
+            return;
+        };
+        match self.helper_on {
+            Some(a) if a.used + RESIZE_MARGIN > self.s.memory.available => {
+                self.plan.notes.push(format!(
+                    "removing {} deferred: {} of it is in use and only {} of memory is available to take it back",
+                    self.helper.display(),
+                    human(a.used),
+                    human(self.s.memory.available)
+                ));
+            }
+            _ => self.plan.steps.extend([
+                Step::Swapoff(Which::Helper),
+                Step::Remove {
+                    file: Which::Helper,
+                    size,
+                },
+            ]),
+        }
+    }
+
+    fn fstab(&mut self) {
+        let fstab = ensure_fstab_line(self.s.fstab.as_deref().unwrap_or(""), self.path);
+        if self.s.fstab.as_deref() != Some(fstab.as_str()) {
+            self.plan.steps.push(Step::WriteFstab {
+                old: self.s.fstab.clone(),
+                new: fstab,
+            });
+        }
+    }
+
+    /// Refuse, before anything changes, a plan that needs more disk than is free.
+    fn check_disk(&self) -> Result<()> {
+        let need = peak_allocation(&self.plan.steps);
+        if need <= self.s.free {
+            return Ok(());
+        }
+        let through_helper = self.plan.steps.iter().any(|st| {
+            matches!(
+                st,
+                Step::Create {
+                    file: Which::Helper,
+                    ..
+                }
+            )
+        });
+        let how = if through_helper {
+            format!(
+                "resizing {} to {} builds the new swap beside the old so the box keeps swap throughout, and needs {} free at once",
+                self.path.display(),
+                human(self.want),
+                human(need)
+            )
+        } else {
+            format!(
+                "creating {} ({}) needs {} free",
+                self.path.display(),
+                human(self.want),
+                human(need)
+            )
+        };
+        bail!(
+            "swap.size: {how}, but its filesystem has only {} available; free disk space or set a smaller swap.size",
+            approx(self.s.free)
+        );
+    }
+}
+
 #[async_trait]
 impl Resource for Swap {
     type State = State;
@@ -311,213 +582,18 @@ impl Resource for Swap {
                 .push("swap management disabled (swap.enabled = false)".into());
             return Ok(plan);
         }
-        let path = self.path();
-        let helper = helper_path(path);
-        let want = self.cfg.size.0;
-        let ours = s.active.iter().find(|a| a.path == path);
-        let helper_on = s.active.iter().find(|a| a.path == helper);
-        let others: Vec<&ActiveSwap> = s
-            .active
-            .iter()
-            .filter(|a| a.path != path && a.path != helper)
-            .collect();
-        let others_total: u64 = others.iter().map(|a| a.size + PAGE).sum();
-        // A temporary file means a resize of our file was under way: finish it rather than
-        // settle for other swap.
-        let mid_resize = s.helper.is_some() || helper_on.is_some();
-        if ours.is_none()
-            && !mid_resize
-            && self.cfg.accept_existing
-            && !others.is_empty()
-            && others_total >= want
-        {
-            let names: Vec<String> = others
-                .iter()
-                .map(|a| format!("{} ({})", a.path.display(), human(a.size + PAGE)))
-                .collect();
-            plan.notes.push(format!(
-                "existing swap accepted: {} (swap.accept_existing)",
-                names.join(", ")
-            ));
-            return Ok(plan);
+        let mut p = Planning::new(self, s, plan);
+        if p.accept_existing() {
+            return Ok(p.plan);
         }
-        if ours.is_none()
-            && let FsKind::NoSwap(kind) = s.fs
-        {
-            bail!(
-                "swap.path {} is on {kind}, which cannot hold swap; set swap.path to a file on ext4, xfs or btrfs",
-                path.display()
-            );
-        }
-        let nocow = s.fs == FsKind::Btrfs;
-        let helper_size = s.helper.or(helper_on.map(|a| a.size + PAGE)).unwrap_or(0);
-        if helper_on.is_none()
-            && let Some(size) = s.helper
-        {
-            // Killed before its swapon, or a reboot since: it may be half allocated and is
-            // never worth trusting.
-            plan.notes.push(format!(
-                "{} is left over from an interrupted resize: removed",
-                helper.display()
-            ));
-            plan.steps.push(Step::Remove {
-                file: Which::Helper,
-                size,
-            });
-        }
-        // The temporary file's size while it is on at this point of the plan.
-        let mut carrying = helper_on.map(|_| helper_size);
-        let mut fresh = false;
-        match &s.file {
-            None => {
-                plan.steps.push(Step::Create {
-                    file: Which::Main,
-                    size: want,
-                    nocow,
-                });
-                fresh = true;
-            }
-            Some(f) if f.size != want => match ours {
-                Some(a) if a.used + RESIZE_MARGIN > s.memory.available => {
-                    plan.notes.push(format!(
-                        "resize {} -> {} deferred: {} of it is in use and only {} of memory is available to take it back",
-                        human(f.size),
-                        human(want),
-                        human(a.used),
-                        human(s.memory.available)
-                    ));
-                }
-                Some(_) => {
-                    if carrying.is_some() {
-                        plan.notes.push(format!(
-                            "{} from an interrupted resize carries swap while {} is rebuilt",
-                            helper.display(),
-                            path.display()
-                        ));
-                    } else {
-                        plan.notes.push(format!(
-                            "resize {} -> {} through {}: swap stays on throughout",
-                            human(f.size),
-                            human(want),
-                            helper.display()
-                        ));
-                        plan.steps.extend([
-                            Step::Create {
-                                file: Which::Helper,
-                                size: want,
-                                nocow,
-                            },
-                            Step::Mkswap(Which::Helper),
-                            Step::Swapon(Which::Helper),
-                        ]);
-                        carrying = Some(want);
-                    }
-                    plan.steps.extend([
-                        Step::Swapoff(Which::Main),
-                        Step::Remove {
-                            file: Which::Main,
-                            size: f.size,
-                        },
-                        Step::Create {
-                            file: Which::Main,
-                            size: want,
-                            nocow,
-                        },
-                    ]);
-                    fresh = true;
-                }
-                // Not on: nothing to keep up while it is rebuilt.
-                None => {
-                    plan.steps.extend([
-                        Step::Remove {
-                            file: Which::Main,
-                            size: f.size,
-                        },
-                        Step::Create {
-                            file: Which::Main,
-                            size: want,
-                            nocow,
-                        },
-                    ]);
-                    fresh = true;
-                }
-            },
-            Some(_) => {}
-        }
-        if let Some(f) = &s.file
-            && !fresh
-            && f.spec != FileSpec::root(0o600)
-        {
-            plan.steps.push(Step::FixPermissions {
-                mode: f.spec.mode,
-                uid: f.spec.uid,
-            });
-        }
-        let signed = s.file.as_ref().is_some_and(|f| f.has_signature);
-        if fresh || (!signed && ours.is_none()) {
-            plan.steps.push(Step::Mkswap(Which::Main));
-        }
-        if fresh || ours.is_none() {
-            plan.steps.push(Step::Swapon(Which::Main));
-        }
-        // Our file is on by now; only then may the temporary one go.
-        if let Some(size) = carrying {
-            match helper_on {
-                Some(a) if a.used + RESIZE_MARGIN > s.memory.available => {
-                    plan.notes.push(format!(
-                        "removing {} deferred: {} of it is in use and only {} of memory is available to take it back",
-                        helper.display(),
-                        human(a.used),
-                        human(s.memory.available)
-                    ));
-                }
-                _ => plan.steps.extend([
-                    Step::Swapoff(Which::Helper),
-                    Step::Remove {
-                        file: Which::Helper,
-                        size,
-                    },
-                ]),
-            }
-        }
-        let fstab = ensure_fstab_line(s.fstab.as_deref().unwrap_or(""), path);
-        if s.fstab.as_deref() != Some(fstab.as_str()) {
-            plan.steps.push(Step::WriteFstab {
-                old: s.fstab.clone(),
-                new: fstab,
-            });
-        }
-        let need = peak_allocation(&plan.steps);
-        if need > s.free {
-            let how = if plan.steps.iter().any(|st| {
-                matches!(
-                    st,
-                    Step::Create {
-                        file: Which::Helper,
-                        ..
-                    }
-                )
-            }) {
-                format!(
-                    "resizing {} to {} builds the new swap beside the old so the box keeps swap throughout, and needs {} free at once",
-                    path.display(),
-                    human(want),
-                    human(need)
-                )
-            } else {
-                format!(
-                    "creating {} ({}) needs {} free",
-                    path.display(),
-                    human(want),
-                    human(need)
-                )
-            };
-            bail!(
-                "swap.size: {how}, but its filesystem has only {} available; free disk space or set a smaller swap.size",
-                approx(s.free)
-            );
-        }
-        Ok(plan)
+        p.check_filesystem()?;
+        p.drop_stale_helper();
+        p.main_file();
+        p.activate_main();
+        p.retire_helper();
+        p.fstab();
+        p.check_disk()?;
+        Ok(p.plan)
     }
 
     async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {

@@ -3,6 +3,7 @@
 //! `--auth-key=file:PATH`: never on a command line, in a log, a report or an error.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
@@ -21,6 +22,8 @@ const SOURCES: &str = "/etc/apt/sources.list.d/tailscale.list";
 pub struct Tailscale {
     cfg: TailscaleSettings,
     hostname: String,
+    /// How long installing tailscale waits for the dpkg lock (packages.lock_timeout).
+    lock_timeout: Duration,
 }
 
 impl Tailscale {
@@ -33,7 +36,13 @@ impl Tailscale {
         Self {
             cfg: cfg.clone(),
             hostname,
+            lock_timeout: apt::LOCK_TIMEOUT,
         }
+    }
+
+    pub fn with_lock_timeout(mut self, lock_timeout: Duration) -> Self {
+        self.lock_timeout = lock_timeout;
+        self
     }
 }
 
@@ -237,7 +246,9 @@ impl Resource for Tailscale {
     async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {
         for step in steps {
             match step {
-                Step::Install { os_id, codename } => install(host, os_id, codename).await?,
+                Step::Install { os_id, codename } => {
+                    install(host, os_id, codename, self.lock_timeout).await?
+                }
                 Step::StartDaemon => {
                     host.run(&systemctl::enable("tailscaled.service", true))
                         .await?;
@@ -326,7 +337,7 @@ fn keyring(download: &[u8], url: &str, pin: &str) -> Result<Vec<u8>> {
 
 /// Tailscale's repository, trusted only through its pinned key: the key is downloaded over
 /// HTTPS and apt gets only the primary key with Tailscale's published fingerprint.
-async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
+async fn install(host: &Host, os_id: &str, codename: &str, lock: Duration) -> Result<()> {
     let base = format!("https://pkgs.tailscale.com/stable/{os_id}");
     let url = format!("{base}/{codename}.noarmor.gpg");
     crate::progress(
@@ -349,8 +360,6 @@ async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
             sources_text: &list,
         },
     )?;
-    // packages.lock_timeout does not reach this resource yet: its default.
-    let lock = apt::LOCK_TIMEOUT;
     apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
     apt::update(host).await?;
     apt::install(host, &["tailscale".to_string()]).await

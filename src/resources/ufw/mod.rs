@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
@@ -33,6 +34,8 @@ pub struct Ufw {
     cfg: UfwSettings,
     operator_ips: Vec<IpAddr>,
     ctx: RunContext,
+    /// How long installing ufw waits for the dpkg lock (packages.lock_timeout).
+    lock_timeout: Duration,
 }
 
 impl Ufw {
@@ -41,7 +44,13 @@ impl Ufw {
             cfg: cfg.clone(),
             operator_ips: operator_ips.to_vec(),
             ctx: ctx.clone(),
+            lock_timeout: apt::LOCK_TIMEOUT,
         }
+    }
+
+    pub fn with_lock_timeout(mut self, lock_timeout: Duration) -> Self {
+        self.lock_timeout = lock_timeout;
+        self
     }
 }
 
@@ -586,7 +595,7 @@ impl Resource for Ufw {
                     continue;
                 }
                 Step::Install => {
-                    let lock = apt::LOCK_TIMEOUT;
+                    let lock = self.lock_timeout;
                     apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Ufw, m)).await?;
                     apt::install(host, &["ufw".to_string()]).await?;
                     continue;

@@ -404,6 +404,208 @@ impl Users {
     }
 }
 
+/// The groups of [`GROUPS`] missing from `have`, in [`GROUPS`] order.
+pub fn missing_groups(have: &[String]) -> Vec<String> {
+    GROUPS
+        .iter()
+        .filter(|g| !have.iter().any(|h| h == *g))
+        .map(|g| g.to_string())
+        .collect()
+}
+
+/// A shadow password field that still lets the user log in with a password (`!` and `*`
+/// lock it).
+fn password_usable(field: &str) -> bool {
+    !field.starts_with('!') && !field.starts_with('*')
+}
+
+// ---- plan -----------------------------------------------------------------------------------
+
+impl Users {
+    /// An existing user: refused when it is root or a system account, otherwise brought to
+    /// the home, shell, groups and locked password the agent gives its own.
+    fn plan_account(&self, s: &State, u: &accounts::Account, plan: &mut Plan<Step>) -> Result<()> {
+        let name = self.name();
+        if u.uid == 0 {
+            bail!(
+                "user {name} has uid 0; the managed user must be a non-root account (users.name)"
+            );
+        }
+        // The agent creates its user with useradd's defaults, so at or above
+        // UID_MIN; below it is a system account (www-data, nobody, a daemon's user)
+        // that sudo and a login key must never be handed to.
+        if u.uid < s.uid_min {
+            bail!(
+                "users.name = {name:?} is an existing system account (uid {} is below UID_MIN {}); the agent manages a login user of its own. Choose another name; nothing was changed",
+                u.uid,
+                s.uid_min
+            );
+        }
+        // A `useradd` killed after writing /etc/passwd leaves the user without a home,
+        // and ~/.ssh could never be made.
+        if !s.home {
+            plan.steps.push(Step::CreateHome);
+        }
+        if u.shell != SHELL {
+            plan.steps.push(Step::SetShell {
+                from: u.shell.clone(),
+            });
+        }
+        let missing = missing_groups(&s.accounts.groups_of(name));
+        if !missing.is_empty() {
+            plan.steps.push(Step::AddToGroups(missing));
+        }
+        if s.password.as_deref().is_some_and(password_usable) {
+            plan.steps.push(Step::LockPassword);
+        }
+        Ok(())
+    }
+
+    /// ~/.ssh and authorized_keys: the keys wanted, owned by the user (`user` is None when
+    /// the plan creates it).
+    fn plan_keys(
+        &self,
+        s: &State,
+        user: Option<&accounts::Account>,
+        plan: &mut Plan<Step>,
+    ) -> Result<()> {
+        let (uid, gid) = user.map_or((None, None), |u| (Some(u.uid), Some(u.gid)));
+        let dir_ok = s
+            .ssh_dir
+            .is_some_and(|d| d.mode == 0o700 && Some(d.uid) == uid && Some(d.gid) == gid);
+        if !dir_ok {
+            plan.steps.push(Step::SshDir { from: s.ssh_dir });
+        }
+        let wanted = self.wanted_keys(s);
+        let old = s.authorized_keys.as_ref().map(FileState::text);
+        let new = merge_keys(old.as_deref(), &wanted, self.cfg.exclusive_keys);
+        if old.as_deref() != Some(new.as_str()) && !(old.is_none() && new.is_empty()) {
+            self.guard_session_key(s, old.as_deref().unwrap_or(""), &new)?;
+            plan.steps.push(Step::WriteAuthorizedKeys { old, new });
+        } else if let Some(f) = &s.authorized_keys
+            && (f.mode != 0o600 || Some(f.uid) != uid || Some(f.gid) != gid)
+        {
+            plan.steps.push(Step::FixAuthorizedKeysOwner);
+        }
+        if wanted.is_empty()
+            && s.authorized_keys
+                .as_ref()
+                .is_none_or(|f| authorized_keys::valid_keys(&f.text()).is_empty())
+        {
+            plan.notes.push(format!(
+                "{} has no authorized key: set users.authorized_keys, or import_root_keys with keys in {ROOT_KEYS}; sshd hardening will refuse to run until one exists",
+                self.name()
+            ));
+        }
+        Ok(())
+    }
+
+    fn plan_sudoers(&self, s: &State, plan: &mut Plan<Step>) {
+        let sudoers = s.sudoers.as_ref().map(FileState::text);
+        if self.cfg.passwordless_sudo {
+            let want = self.sudoers_content();
+            let perms_ok = s
+                .sudoers
+                .as_ref()
+                .is_some_and(|f| f.mode == 0o440 && f.uid == 0 && f.gid == 0);
+            if sudoers.as_deref() != Some(want.as_str()) || !perms_ok {
+                plan.steps.push(Step::WriteSudoers {
+                    old: sudoers,
+                    new: want,
+                });
+            }
+        } else if sudoers.is_some() {
+            plan.steps.push(Step::RemoveSudoers);
+        }
+    }
+}
+
+// ---- apply ----------------------------------------------------------------------------------
+
+impl Users {
+    /// The command of a step on the account database (group, user, home, shell, groups,
+    /// password); None for the steps that write files.
+    fn account_cmd(&self, step: &Step) -> Option<Cmd> {
+        let name = self.name();
+        Some(match step {
+            Step::CreateGroup(g) => Cmd::new("groupadd").args(["--system", g.as_str()]),
+            Step::CreateUser => Cmd::new("useradd").args([
+                "--create-home",
+                "--user-group",
+                "--shell",
+                SHELL,
+                "--groups",
+                &GROUPS.join(","),
+                name,
+            ]),
+            // What useradd --create-home would have done: the home from /etc/skel,
+            // owned by the user; umask 0027 keeps it private (0750).
+            Step::CreateHome => Cmd::new("mkhomedir_helper").args([name, "0027"]),
+            Step::SetShell { .. } => Cmd::new("usermod").args(["--shell", SHELL, name]),
+            Step::AddToGroups(g) => {
+                Cmd::new("usermod").args(["--append", "--groups", &g.join(","), name])
+            }
+            Step::LockPassword => Cmd::new("usermod").args(["--lock", name]),
+            Step::SshDir { .. }
+            | Step::WriteAuthorizedKeys { .. }
+            | Step::FixAuthorizedKeysOwner
+            | Step::WriteSudoers { .. }
+            | Step::RemoveSudoers => return None,
+        })
+    }
+
+    /// ~/.ssh or authorized_keys, owned by the user, written inside the home without
+    /// following links.
+    fn apply_ssh_file(&self, host: &Host, step: &Step) -> Result<()> {
+        let name = self.name();
+        // The user may have been created by an earlier step: look it up now.
+        let accounts = host.accounts()?;
+        let u = accounts
+            .user(name)
+            .with_context(|| format!("user {name} does not exist after creating it"))?;
+        let spec = |mode| FileSpec {
+            mode,
+            uid: u.uid,
+            gid: u.gid,
+        };
+        let home = host
+            .user_dir(&u.home, u.uid, true)?
+            .with_context(|| format!("home directory {} of {name} is missing", u.home.display()))?;
+        if let Step::SshDir { .. } = step {
+            return host.ensure_dir_in(&home, ".ssh", spec(0o700));
+        }
+        let ssh = ssh_dir_of(&home)?;
+        match step {
+            Step::WriteAuthorizedKeys { new, .. } => {
+                host.write_in(&ssh, "authorized_keys", new.as_bytes(), spec(0o600), true)
+            }
+            _ => host.set_meta_in(&ssh, "authorized_keys", spec(0o600)),
+        }
+    }
+
+    /// The drop-in, validated alone before it is installed and with the whole sudo
+    /// configuration after; put back as it was when the whole is refused.
+    async fn install_sudoers(&self, host: &Host, old: Option<&str>, new: &str) -> Result<()> {
+        let path = self.sudoers_path();
+        host.write_validated(&path, new.as_bytes(), FileSpec::root(0o440), false, |c| {
+            Cmd::new("visudo").args(["-c", "-f", &c.to_string_lossy()])
+        })
+        .await?;
+        // The drop-in is fine on its own; make sure sudo as a whole still is.
+        if let Err(e) = host.run(&Cmd::new("visudo").arg("-c")).await {
+            match old {
+                Some(o) => host.write(&path, o.as_bytes(), FileSpec::root(0o440), false)?,
+                None => host.remove_file(&path)?,
+            }
+            bail!(
+                "sudo configuration invalid after installing {} (restored): {e}",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Resource for Users {
     type State = State;
@@ -440,204 +642,36 @@ impl Resource for Users {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        let name = self.name();
         for g in GROUPS {
             if s.accounts.group(g).is_none() {
                 plan.steps.push(Step::CreateGroup(g.to_string()));
             }
         }
-        let user = s.accounts.user(name);
+        let user = s.accounts.user(self.name());
         match user {
             None => plan.steps.push(Step::CreateUser),
-            Some(u) => {
-                if u.uid == 0 {
-                    bail!(
-                        "user {name} has uid 0; the managed user must be a non-root account (users.name)"
-                    );
-                }
-                // The agent creates its user with useradd's defaults, so at or above
-                // UID_MIN; below it is a system account (www-data, nobody, a daemon's user)
-                // that sudo and a login key must never be handed to.
-                if u.uid < s.uid_min {
-                    bail!(
-                        "users.name = {name:?} is an existing system account (uid {} is below UID_MIN {}); the agent manages a login user of its own. Choose another name; nothing was changed",
-                        u.uid,
-                        s.uid_min
-                    );
-                }
-                // A `useradd` killed after writing /etc/passwd leaves the user without a home,
-                // and ~/.ssh could never be made.
-                if !s.home {
-                    plan.steps.push(Step::CreateHome);
-                }
-                if u.shell != SHELL {
-                    plan.steps.push(Step::SetShell {
-                        from: u.shell.clone(),
-                    });
-                }
-                let have = s.accounts.groups_of(name);
-                let missing: Vec<String> = GROUPS
-                    .iter()
-                    .filter(|g| !have.iter().any(|h| h == *g))
-                    .map(|g| g.to_string())
-                    .collect();
-                if !missing.is_empty() {
-                    plan.steps.push(Step::AddToGroups(missing));
-                }
-                if s.password
-                    .as_deref()
-                    .is_some_and(|p| !p.starts_with('!') && !p.starts_with('*'))
-                {
-                    plan.steps.push(Step::LockPassword);
-                }
-            }
+            Some(u) => self.plan_account(s, u, &mut plan)?,
         }
-        let (uid, gid) = user.map_or((None, None), |u| (Some(u.uid), Some(u.gid)));
-        let dir_ok = s
-            .ssh_dir
-            .is_some_and(|d| d.mode == 0o700 && Some(d.uid) == uid && Some(d.gid) == gid);
-        if !dir_ok {
-            plan.steps.push(Step::SshDir { from: s.ssh_dir });
-        }
-        let wanted = self.wanted_keys(s);
-        let old = s.authorized_keys.as_ref().map(FileState::text);
-        let new = merge_keys(old.as_deref(), &wanted, self.cfg.exclusive_keys);
-        if old.as_deref() != Some(new.as_str()) && !(old.is_none() && new.is_empty()) {
-            self.guard_session_key(s, old.as_deref().unwrap_or(""), &new)?;
-            plan.steps.push(Step::WriteAuthorizedKeys { old, new });
-        } else if let Some(f) = &s.authorized_keys
-            && (f.mode != 0o600 || Some(f.uid) != uid || Some(f.gid) != gid)
-        {
-            plan.steps.push(Step::FixAuthorizedKeysOwner);
-        }
-        if wanted.is_empty()
-            && s.authorized_keys
-                .as_ref()
-                .is_none_or(|f| authorized_keys::valid_keys(&f.text()).is_empty())
-        {
-            plan.notes.push(format!(
-                "{name} has no authorized key: set users.authorized_keys, or import_root_keys with keys in {ROOT_KEYS}; sshd hardening will refuse to run until one exists"
-            ));
-        }
-        let sudoers = s.sudoers.as_ref().map(FileState::text);
-        if self.cfg.passwordless_sudo {
-            let want = self.sudoers_content();
-            let perms_ok = s
-                .sudoers
-                .as_ref()
-                .is_some_and(|f| f.mode == 0o440 && f.uid == 0 && f.gid == 0);
-            if sudoers.as_deref() != Some(want.as_str()) || !perms_ok {
-                plan.steps.push(Step::WriteSudoers {
-                    old: sudoers,
-                    new: want,
-                });
-            }
-        } else if sudoers.is_some() {
-            plan.steps.push(Step::RemoveSudoers);
-        }
+        self.plan_keys(s, user, &mut plan)?;
+        self.plan_sudoers(s, &mut plan);
         Ok(plan)
     }
 
     async fn apply(&self, host: &Host, _s: &State, steps: &[Step]) -> Result<()> {
-        let name = self.name();
         for step in steps {
             match step {
-                Step::CreateGroup(g) => {
-                    host.run(&Cmd::new("groupadd").args(["--system", g.as_str()]))
-                        .await?;
-                }
-                Step::CreateUser => {
-                    host.run(&Cmd::new("useradd").args([
-                        "--create-home",
-                        "--user-group",
-                        "--shell",
-                        SHELL,
-                        "--groups",
-                        &GROUPS.join(","),
-                        name,
-                    ]))
-                    .await?;
-                }
-                Step::CreateHome => {
-                    // What useradd --create-home would have done: the home from /etc/skel,
-                    // owned by the user; umask 0027 keeps it private (0750).
-                    host.run(&Cmd::new("mkhomedir_helper").args([name, "0027"]))
-                        .await?;
-                }
-                Step::SetShell { .. } => {
-                    host.run(&Cmd::new("usermod").args(["--shell", SHELL, name]))
-                        .await?;
-                }
-                Step::AddToGroups(g) => {
-                    host.run(&Cmd::new("usermod").args([
-                        "--append",
-                        "--groups",
-                        &g.join(","),
-                        name,
-                    ]))
-                    .await?;
-                }
-                Step::LockPassword => {
-                    host.run(&Cmd::new("usermod").args(["--lock", name]))
-                        .await?;
-                }
                 Step::SshDir { .. }
                 | Step::WriteAuthorizedKeys { .. }
-                | Step::FixAuthorizedKeysOwner => {
-                    // The user may have been created by an earlier step: look it up now.
-                    let accounts = host.accounts()?;
-                    let u = accounts
-                        .user(name)
-                        .with_context(|| format!("user {name} does not exist after creating it"))?;
-                    let spec = |mode| FileSpec {
-                        mode,
-                        uid: u.uid,
-                        gid: u.gid,
-                    };
-                    let home = host.user_dir(&u.home, u.uid, true)?.with_context(|| {
-                        format!("home directory {} of {name} is missing", u.home.display())
-                    })?;
-                    if let Step::SshDir { .. } = step {
-                        host.ensure_dir_in(&home, ".ssh", spec(0o700))?;
-                        continue;
-                    }
-                    let ssh = ssh_dir_of(&home)?;
-                    match step {
-                        Step::WriteAuthorizedKeys { new, .. } => host.write_in(
-                            &ssh,
-                            "authorized_keys",
-                            new.as_bytes(),
-                            spec(0o600),
-                            true,
-                        )?,
-                        _ => host.set_meta_in(&ssh, "authorized_keys", spec(0o600))?,
-                    }
-                }
+                | Step::FixAuthorizedKeysOwner => self.apply_ssh_file(host, step)?,
                 Step::WriteSudoers { old, new } => {
-                    let path = self.sudoers_path();
-                    host.write_validated(
-                        &path,
-                        new.as_bytes(),
-                        FileSpec::root(0o440),
-                        false,
-                        |c| Cmd::new("visudo").args(["-c", "-f", &c.to_string_lossy()]),
-                    )
-                    .await?;
-                    // The drop-in is fine on its own; make sure sudo as a whole still is.
-                    if let Err(e) = host.run(&Cmd::new("visudo").arg("-c")).await {
-                        match old {
-                            Some(o) => {
-                                host.write(&path, o.as_bytes(), FileSpec::root(0o440), false)?
-                            }
-                            None => host.remove_file(&path)?,
-                        }
-                        bail!(
-                            "sudo configuration invalid after installing {} (restored): {e}",
-                            path.display()
-                        );
-                    }
+                    self.install_sudoers(host, old.as_deref(), new).await?;
                 }
                 Step::RemoveSudoers => host.remove_file(&self.sudoers_path())?,
+                account => {
+                    if let Some(cmd) = self.account_cmd(account) {
+                        host.run(&cmd).await?;
+                    }
+                }
             }
         }
         Ok(())

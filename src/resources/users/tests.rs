@@ -323,3 +323,48 @@ fn exclusive_keys_keep_the_key_of_this_session() {
     );
     assert_eq!(session_key_in_log(&log, "deploy", "192.0.2.50", 510), None);
 }
+
+#[test]
+fn missing_groups_keep_their_order_and_ignore_others() {
+    let have = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(missing_groups(&have(&[])), ["sudo", "docker"]);
+    assert_eq!(missing_groups(&have(&["docker", "adm"])), ["sudo"]);
+    assert!(missing_groups(&have(&["sudo", "docker"])).is_empty());
+}
+
+#[test]
+fn locked_and_disabled_passwords_are_not_usable() {
+    assert!(password_usable("$y$j9T$salt$hash"));
+    assert!(password_usable(""));
+    assert!(!password_usable("!$y$j9T$salt$hash"));
+    assert!(!password_usable("!"));
+    assert!(!password_usable("*"));
+}
+
+#[test]
+fn account_steps_run_the_account_tools_and_file_steps_none() {
+    let u = res(&[]);
+    let cmd = |s: Step| u.account_cmd(&s).map(|c| c.to_string());
+    assert_eq!(
+        cmd(Step::CreateGroup("docker".into())).as_deref(),
+        Some("groupadd --system docker")
+    );
+    assert_eq!(
+        cmd(Step::CreateUser).as_deref(),
+        Some("useradd --create-home --user-group --shell /bin/bash --groups sudo,docker deploy")
+    );
+    assert_eq!(
+        cmd(Step::CreateHome).as_deref(),
+        Some("mkhomedir_helper deploy 0027")
+    );
+    assert_eq!(
+        cmd(Step::AddToGroups(vec!["sudo".into(), "docker".into()])).as_deref(),
+        Some("usermod --append --groups sudo,docker deploy")
+    );
+    assert_eq!(
+        cmd(Step::LockPassword).as_deref(),
+        Some("usermod --lock deploy")
+    );
+    assert_eq!(cmd(Step::RemoveSudoers), None);
+    assert_eq!(cmd(Step::FixAuthorizedKeysOwner), None);
+}

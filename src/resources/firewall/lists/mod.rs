@@ -16,44 +16,13 @@ use crate::host::{http, state_dir};
 /// Redirects followed (https -> https only) before a fetch is given up.
 pub const MAX_REDIRECTS: usize = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    V4,
-    V6,
-}
+pub use crate::host::iptables::Family;
 
-impl Family {
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// `v4`/`v6`: file names, report labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::V4 => "v4",
-            Family::V6 => "v6",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-
-    pub fn holds(self, net: &IpNet) -> bool {
-        matches!(
-            (self, net),
-            (Family::V4, IpNet::V4(_)) | (Family::V6, IpNet::V6(_))
-        )
-    }
-
-    /// The config key of this family's list URL, for messages.
-    pub fn url_key(self) -> &'static str {
-        match self {
-            Family::V4 => "firewall.list_url_v4",
-            Family::V6 => "firewall.list_url_v6",
-        }
+/// The config key of a family's list URL, for messages.
+pub fn url_key(fam: Family) -> &'static str {
+    match fam {
+        Family::V4 => "firewall.list_url_v4",
+        Family::V6 => "firewall.list_url_v6",
     }
 }
 
@@ -525,11 +494,11 @@ pub async fn fetch(
     max_entries: usize,
 ) -> Result<Vec<IpNet>, String> {
     let parsed = http::Url::parse(url)
-        .map_err(|e| format!("{} `{url}` is not a URL: {e}", family.url_key()))?;
+        .map_err(|e| format!("{} `{url}` is not a URL: {e}", url_key(family)))?;
     if parsed.scheme() != "https" {
         return Err(format!(
             "{} `{url}` is not an https:// URL; lists are only fetched over HTTPS",
-            family.url_key()
+            url_key(family)
         ));
     }
     let body = client
