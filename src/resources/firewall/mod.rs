@@ -38,7 +38,6 @@ use rules::{Backend, CHAIN, FilterTable, ForwardJump, Rule};
 
 const PROC_ROUTE_V4: &str = "/proc/net/route";
 const PROC_ROUTE_V6: &str = "/proc/net/ipv6_route";
-pub use iptables::XTABLES_WAIT_SECS;
 const UNIT: &str = "sapari-docker-firewall.service";
 
 pub struct Firewall {

@@ -3,7 +3,6 @@
 //! `rules::Rule` need not round-trip), put back in one `--noflush` transaction.
 
 use std::fmt;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::lists::Family;
 use super::rules::{Backend, CHAIN};
 use crate::config::Config;
-use crate::host::{Cmd, Host};
+use crate::host::{Host, iptables};
 use crate::resources::Name;
 use crate::resources::guarded::{Guarded, Installed, Snapshot};
 
@@ -74,12 +73,11 @@ impl ChainSnap {
 
     pub async fn restore(&self, host: &Host) -> Result<()> {
         let fam = self.family;
-        host.run(
-            &Cmd::new(&self.backend.restore(fam))
-                .args(["--noflush", "--wait", super::XTABLES_WAIT_SECS])
-                .stdin(self.restore_text())
-                .timeout(Duration::from_secs(60)),
-        )
+        host.run(&iptables::restore_noflush(
+            self.backend,
+            fam,
+            self.restore_text(),
+        ))
         .await
         .map(drop)
         .with_context(|| format!("the {} {CHAIN} chain was not restored", fam.label()))
