@@ -3,7 +3,7 @@
 //! replaced before anything is shown.
 
 use std::fmt;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -95,7 +95,7 @@ impl Group {
         Self { child, pgid }
     }
 
-    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let status = self.child.wait().await;
         if status.is_ok() {
             self.pgid = None;
@@ -115,12 +115,27 @@ impl Group {
             let _ = self.child.start_kill();
         }
     }
+
+    /// SIGKILL ends anything not stuck in the kernel; a child that is (state D) is left to
+    /// tokio's reaping of dropped children rather than holding up the caller.
+    async fn kill_and_reap(&mut self) {
+        self.kill();
+        let _ = tokio::time::timeout(REAP_AFTER_KILL, self.wait()).await;
+    }
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The exit status as a shell reports it: the code, or 128 + the signal that ended the child.
+fn exit_code(status: ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(0)
+    })
 }
 
 fn tail(stderr: &str) -> String {
@@ -206,6 +221,38 @@ impl Cmd {
     /// child left behind on purpose (a daemon) is not ours to stop.
     pub async fn output(&self) -> Result<CmdOutput, CmdError> {
         let shown = self.to_string();
+        let child = self.command().spawn().map_err(|source| CmdError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
+        let mut group = Group::new(child);
+        if self.mutating {
+            super::crash::point(|| format!("{shown}: running"));
+        }
+        let finished = tokio::time::timeout(self.timeout, self.drain(&mut group, &shown)).await;
+        let (status, out, err) = match finished {
+            Ok(r) => r.map_err(|source| CmdError::Wait {
+                cmd: shown.clone(),
+                source,
+            })?,
+            Err(_) => {
+                group.kill_and_reap().await;
+                return Err(CmdError::Timeout {
+                    cmd: shown,
+                    timeout: self.timeout,
+                });
+            }
+        };
+        let status = exit_code(status);
+        log::debug!("ran `{shown}`: status {status}");
+        Ok(CmdOutput {
+            status,
+            stdout: self.redact(&String::from_utf8_lossy(&out)),
+            stderr: self.redact(&String::from_utf8_lossy(&err)),
+        })
+    }
+
+    fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             // Callers parse apt, sshd, ufw and iptables output: it must not be translated.
@@ -223,20 +270,22 @@ impl Cmd {
             // an operator's Ctrl-C reaches only the agent, not the children directly.
             .process_group(0)
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|source| CmdError::Spawn {
-            cmd: shown.clone(),
-            source,
-        })?;
-        let mut group = Group::new(child);
+        cmd
+    }
+
+    /// Feeds stdin while draining stdout and stderr (all three at once, see `output`), then
+    /// reaps the child.
+    async fn drain(
+        &self,
+        group: &mut Group,
+        shown: &str,
+    ) -> std::io::Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
         let stdin = group.child.stdin.take();
         let (Some(mut stdout), Some(mut stderr)) =
             (group.child.stdout.take(), group.child.stderr.take())
         else {
-            unreachable!("stdout and stderr are piped above");
+            unreachable!("stdout and stderr are piped by `command`");
         };
-        if self.mutating {
-            super::crash::point(|| format!("{shown}: running"));
-        }
         let feed = async {
             if let (Some(data), Some(mut pipe)) = (&self.stdin, stdin) {
                 // A program that exits without reading all of its stdin (EPIPE) is not an
@@ -249,50 +298,20 @@ impl Cmd {
                 // `pipe` is dropped here: the child sees end of input.
             }
         };
-        let run = async {
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let ((), o, e) = tokio::join!(
-                feed,
-                stdout.read_to_end(&mut out),
-                stderr.read_to_end(&mut err)
-            );
-            o?;
-            e?;
-            // Reaped only after both pipes closed: until then the child, even a zombie,
-            // holds its PID and so its group ID, and a kill of the group on timeout cannot
-            // reach an unrelated process that was given the same number.
-            let status = group.wait().await?;
-            Ok::<_, std::io::Error>((status, out, err))
-        };
-        let finished = tokio::time::timeout(self.timeout, run).await;
-        let (status, out, err) = match finished {
-            Ok(r) => r.map_err(|source| CmdError::Wait {
-                cmd: shown.clone(),
-                source,
-            })?,
-            Err(_) => {
-                group.kill();
-                // SIGKILL ends anything not stuck in the kernel; one that is (state D) is
-                // left to tokio's reaping of dropped children rather than holding up the
-                // error.
-                let _ = tokio::time::timeout(REAP_AFTER_KILL, group.wait()).await;
-                return Err(CmdError::Timeout {
-                    cmd: shown,
-                    timeout: self.timeout,
-                });
-            }
-        };
-        let status = status.code().unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        });
-        log::debug!("ran `{shown}`: status {status}");
-        Ok(CmdOutput {
-            status,
-            stdout: self.redact(&String::from_utf8_lossy(&out)),
-            stderr: self.redact(&String::from_utf8_lossy(&err)),
-        })
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let ((), o, e) = tokio::join!(
+            feed,
+            stdout.read_to_end(&mut out),
+            stderr.read_to_end(&mut err)
+        );
+        o?;
+        e?;
+        // Reaped only after both pipes closed: until then the child, even a zombie, holds
+        // its PID and so its group ID, and a kill of the group on timeout cannot reach an
+        // unrelated process that was given the same number.
+        let status = group.wait().await?;
+        Ok((status, out, err))
     }
 
     /// Run and require exit status 0.
@@ -571,6 +590,16 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out.stdout, "C.UTF-8\n");
+    }
+
+    #[test]
+    fn exit_code_is_the_code_or_128_plus_the_signal() {
+        use std::os::unix::process::ExitStatusExt;
+        // wait(2) status words: the code in the second byte, a signal in the low bits.
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
     }
 
     #[test]
