@@ -272,10 +272,7 @@ pub fn fingerprint(key: &[u8]) -> Result<String> {
 /// primary key or bytes after the last packet make the whole download refused. `owner`
 /// names the key's owner in errors.
 pub fn pinned_keyring(download: &[u8], owner: &str, pin: &str) -> Result<Vec<u8>> {
-    let pin: String = pin.split_whitespace().collect::<String>().to_uppercase();
-    if pin.len() != 40 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("the pinned fingerprint `{pin}` is not 40 hex digits");
-    }
+    let pin = normal_pin(pin)?;
     let binary;
     let bytes = match armored_text(download) {
         Some(text) => {
@@ -285,6 +282,29 @@ pub fn pinned_keyring(download: &[u8], owner: &str, pin: &str) -> Result<Vec<u8>
         None => download,
     };
     let all = packets(bytes)?;
+    only_keyring_packets(&all, owner, &pin)?;
+    let kept: Vec<&Packet> = all.iter().filter(|p| p.tag != TRUST).collect();
+    one_primary(&kept, owner, &pin)?;
+    let fp = pinned_primary(&kept, owner, &pin)?;
+    signed_v4_subkeys(&kept, &fp)?;
+    let mut out = Vec::with_capacity(bytes.len());
+    for p in kept {
+        push_packet(&mut out, p.tag, p.body);
+    }
+    Ok(out)
+}
+
+/// The pin as fingerprints are compared: upper case, without the spaces it is often
+/// written with.
+fn normal_pin(pin: &str) -> Result<String> {
+    let pin: String = pin.split_whitespace().collect::<String>().to_uppercase();
+    if pin.len() != 40 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("the pinned fingerprint `{pin}` is not 40 hex digits");
+    }
+    Ok(pin)
+}
+
+fn only_keyring_packets(all: &[Packet], owner: &str, pin: &str) -> Result<()> {
     if let Some(p) = all.iter().find(|p| {
         !matches!(
             p.tag,
@@ -299,7 +319,10 @@ pub fn pinned_keyring(download: &[u8], owner: &str, pin: &str) -> Result<Vec<u8>
             p.offset
         );
     }
-    let kept: Vec<&Packet> = all.iter().filter(|p| p.tag != TRUST).collect();
+    Ok(())
+}
+
+fn one_primary(kept: &[&Packet], owner: &str, pin: &str) -> Result<()> {
     let primaries: Vec<&Packet> = kept
         .iter()
         .copied()
@@ -307,7 +330,7 @@ pub fn pinned_keyring(download: &[u8], owner: &str, pin: &str) -> Result<Vec<u8>
         .collect();
     match primaries.as_slice() {
         [] => bail!("the download holds no primary public key; {owner}'s {pin} was expected"),
-        [_] => {}
+        [_] => Ok(()),
         more => {
             let list: Vec<String> = more
                 .iter()
@@ -323,6 +346,11 @@ pub fn pinned_keyring(download: &[u8], owner: &str, pin: &str) -> Result<Vec<u8>
             );
         }
     }
+}
+
+/// The fingerprint of the one primary key (`one_primary`), which must come first, be the
+/// pinned v4 key and have a user ID.
+fn pinned_primary(kept: &[&Packet], owner: &str, pin: &str) -> Result<String> {
     let primary = kept[0];
     if primary.tag != PUBLIC_KEY {
         bail!(
@@ -340,6 +368,11 @@ pub fn pinned_keyring(download: &[u8], owner: &str, pin: &str) -> Result<Vec<u8>
     if !kept.iter().any(|p| p.tag == USER_ID) {
         bail!("the primary key {fp} has no user ID, which a v4 key must have");
     }
+    Ok(fp)
+}
+
+/// Every subkey of primary `fp` is v4 and followed by its binding signature.
+fn signed_v4_subkeys(kept: &[&Packet], fp: &str) -> Result<()> {
     for (i, p) in kept.iter().enumerate() {
         if p.tag != PUBLIC_SUBKEY {
             continue;
@@ -357,11 +390,7 @@ pub fn pinned_keyring(download: &[u8], owner: &str, pin: &str) -> Result<Vec<u8>
             );
         }
     }
-    let mut out = Vec::with_capacity(bytes.len());
-    for p in kept {
-        push_packet(&mut out, p.tag, p.body);
-    }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -403,6 +432,22 @@ mod tests {
         push_packet(&mut out, tag, all[0].body);
         out.extend_from_slice(&REPO[all[1].offset..]);
         out
+    }
+
+    #[test]
+    fn pins_are_compared_upper_case_without_spaces() {
+        let spaced = "aa07 d3c9 1e7c f053 eb26  18d4 ad25 43e5 ebbb 8742";
+        assert_eq!(normal_pin(spaced).unwrap(), REPO_FP);
+        assert_eq!(normal_pin(REPO_FP).unwrap(), REPO_FP);
+        for bad in [
+            "",
+            "AA07",
+            &format!("{REPO_FP}00"),
+            &REPO_FP.replace('A', "G"),
+        ] {
+            let e = normal_pin(bad).unwrap_err().to_string();
+            assert!(e.contains("is not 40 hex digits"), "{bad}: {e}");
+        }
     }
 
     #[test]
