@@ -424,6 +424,20 @@ impl std::fmt::Display for AgentRun {
     }
 }
 
+/// The tests make namespaces, cgroups and iptables rules: without root they would fail
+/// half-way, with less clear messages.
+fn assert_root() {
+    let uid = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(String::from))
+        })
+        .unwrap_or_default();
+    assert_eq!(uid, "0", "firewall system tests need root");
+}
+
 pub struct Edge {
     name: String,
     dir: Option<TempDir>,
@@ -473,34 +487,44 @@ impl Edge {
     }
 
     fn up_parts(docker: bool, web: bool, lists: bool, dopts: DockerOptions) -> Edge {
-        let opts = EdgeOptions { docker };
-        let uid = fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2).map(String::from))
-            })
-            .unwrap_or_default();
-        assert_eq!(uid, "0", "firewall system tests need root");
+        assert_root();
         require_tools();
         start_watchdog();
         cleanup_stale();
         let t0 = Instant::now();
+        let mut e = Self::empty(docker, dopts);
+        let steps = e.bring_up(web, lists);
+        eprintln!(
+            "netfw: {} up in {:.1?} ({}){}",
+            e.name,
+            t0.elapsed(),
+            steps.join(", "),
+            if e.docker {
+                format!(
+                    " with the {} dockerd, ipv6 {}",
+                    e.dopts.daemon.suite(),
+                    e.dopts.ipv6
+                )
+            } else {
+                String::new()
+            }
+        );
+        e
+    }
+
+    /// An edge with its directory and nothing else yet: from here on a panic drops it, which
+    /// undoes whatever exists.
+    fn empty(docker: bool, dopts: DockerOptions) -> Edge {
         let agent = fs::canonicalize(agent_binary()).expect("agent binary");
         let docker_cli = which(&["/usr/bin/docker", "docker"]).unwrap_or_default();
-        if opts.docker {
+        if docker {
             assert!(
                 which(&["dockerd"]).is_some() && docker_cli.is_file(),
                 "dockerd/docker not found (apt: docker.io)"
             );
         }
         // Before anything exists: a first build of a tree takes about a minute.
-        let tree = if opts.docker {
-            dopts.daemon.tree()
-        } else {
-            None
-        };
+        let tree = if docker { dopts.daemon.tree() } else { None };
         let name = format!(
             "{PREFIX}{}-{}",
             std::process::id(),
@@ -512,12 +536,11 @@ impl Edge {
             .prefix(&format!("{name}-"))
             .tempdir_in(&root)
             .unwrap();
-        // From here on a panic drops `e`, which undoes whatever exists.
-        let mut e = Edge {
+        Edge {
             name,
             dir: Some(dir),
             netns: Vec::new(),
-            docker: opts.docker,
+            docker,
             dopts,
             tree,
             dockerd: Mutex::new(None),
@@ -526,49 +549,39 @@ impl Edge {
             routes: Mutex::new(BTreeMap::new()),
             agent,
             docker_cli,
-        };
+        }
+    }
+
+    /// Topology, then (as asked) lists and config, dockerd, image and web container; returns
+    /// how long each step took, for the line `up_parts` prints.
+    fn bring_up(&mut self, web: bool, lists: bool) -> Vec<String> {
         let mut steps = Vec::new();
         let mut lap = Instant::now();
         let mut step = |what: &str| {
             steps.push(format!("{what} {:.2?}", lap.elapsed()));
             lap = Instant::now();
         };
-        e.topology();
+        self.topology();
         step("netns");
         if lists {
-            e.pki_and_lists();
-            e.write_config("");
+            self.pki_and_lists();
+            self.write_config("");
             step("pki+lists");
         }
-        if opts.docker {
-            e.build_image_rootfs();
-            e.start_dockerd();
+        if self.docker {
+            self.build_image_rootfs();
+            self.start_dockerd();
             step("dockerd");
-            e.import_image();
+            self.import_image();
             if web {
-                e.run_container();
-                e.wait_wan();
+                self.run_container();
+                self.wait_wan();
                 step("container");
             } else {
                 step("image");
             }
         }
-        eprintln!(
-            "netfw: {} up in {:.1?} ({}){}",
-            e.name,
-            t0.elapsed(),
-            steps.join(", "),
-            if opts.docker {
-                format!(
-                    " with the {} dockerd, ipv6 {}",
-                    dopts.daemon.suite(),
-                    dopts.ipv6
-                )
-            } else {
-                String::new()
-            }
-        );
-        e
+        steps
     }
 
     pub fn name(&self) -> &str {
