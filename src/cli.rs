@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::resources::Name;
+use crate::engine::Name;
 
 #[derive(Debug, Parser)]
 #[command(

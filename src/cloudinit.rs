@@ -132,7 +132,7 @@ pub fn parse_artifact(url: &str, sha256: &str) -> Result<Artifact, RenderError> 
 
 /// The user-data for `config_text` (already validated) and `artifact`.
 pub fn render_user_data(config_text: &str, artifact: &Artifact) -> Result<String, RenderError> {
-    let version = crate::VERSION;
+    let version = crate::engine::VERSION;
     let (kind, units) = match artifact.kind {
         Kind::Deb => (
             "deb",

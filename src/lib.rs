@@ -24,11 +24,12 @@ use std::time::{Instant, SystemTime};
 
 use cli::{Cli, Command, Overrides, Selectors};
 use config::{Config, ConfigError};
+use engine::Name;
 use engine::{Check, Engine, Level, Mode, Report, ResourceReport, Status};
 use host::{Access, FileSpec, Host};
-use resources::Name;
+use logging::REPORT_TARGET;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use engine::VERSION;
 
 /// Documented exit codes (README, `--help`).
 pub mod exit {
@@ -39,13 +40,6 @@ pub mod exit {
     pub const LOCKED: i32 = 75;
     pub const NOT_ROOT: i32 = 77;
     pub const CONFIG: i32 = 78;
-}
-
-/// A progress line for a long step: plain text on stderr (no spinners: the agent often
-/// runs without a TTY), and the journal.
-pub fn progress(resource: Name, msg: &str) {
-    eprintln!("{resource}: {msg}");
-    log::info!(resource = resource.as_str(); "{msg}");
 }
 
 fn euid() -> u32 {
@@ -156,13 +150,9 @@ async fn converge_or_plan(
     let engine = Engine {
         registry: resources::registry(&cfg, ctx),
     };
-    let selection = resources::select(&sel.only, &sel.skip);
+    let selection = engine::select(&sel.only, &sel.skip);
     let confirm_session = if mode == Mode::Converge {
-        let selected: Vec<Name> = selection
-            .iter()
-            .filter(|(_, why)| why.is_none())
-            .map(|(n, _)| *n)
-            .collect();
+        let selected = selection.selected();
         match confirm::before_converge(
             &host,
             &cfg,
@@ -257,10 +247,6 @@ fn print_quiet_skips(results: &[ResourceReport]) {
     }
 }
 
-/// Per-resource outcome for the journal (RESOURCE= and STATUS= fields). The human report on
-/// stdout already shows it, so the stderr logger leaves this target out.
-pub const REPORT_TARGET: &str = "sapari_agent::report";
-
 fn log_resource(r: &ResourceReport) {
     let status = r.status.as_str();
     let name = r.name.as_str();
@@ -307,11 +293,7 @@ async fn status(sel: &Selectors) -> i32 {
     let engine = Engine {
         registry: resources::registry(&cfg, &resources::RunContext::from_env(false)),
     };
-    let selected: Vec<Name> = resources::select(&sel.only, &sel.skip)
-        .into_iter()
-        .filter(|(_, why)| why.is_none())
-        .map(|(n, _)| n)
-        .collect();
+    let selected = engine::select(&sel.only, &sel.skip).selected();
     let mut checks = engine.checks(&host, &selected).await;
     checks.push(last_run_check(&cfg.agent.state_dir.join("last-run.json")));
     checks.extend(confirm::checks(&host, &cfg.agent.state_dir));

@@ -17,12 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{ConfirmArgs, RollbackArgs};
 use crate::config::{self, Config};
+use crate::engine::Name;
 use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, state_dir, sys, systemctl};
 use crate::resources::firewall::{self, rules::CHAIN};
 use crate::resources::guarded::{file_snap, put_back};
-use crate::resources::{Name, sshd, ufw, users};
+use crate::resources::{sshd, ufw, users};
 
 mod handlers;
 mod plan;

@@ -3,6 +3,8 @@
 
 /// The run lock is a host facility (flock on a file); the engine's runs hold it.
 pub use crate::host::lock;
+pub mod name;
+pub mod progress;
 pub mod report;
 
 use std::any::Any;
@@ -13,7 +15,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::host::Host;
-use crate::resources::Name;
+pub use name::{Name, Selection, select};
+pub use progress::{VERSION, error_chain, progress};
 pub use report::{Change, Report, ResourceReport, Status};
 
 /// The result of a pure planning step.
@@ -154,10 +157,6 @@ pub struct Engine {
     pub registry: Vec<Box<dyn Managed>>,
 }
 
-fn error_chain(e: &anyhow::Error) -> String {
-    format!("{e:#}")
-}
-
 impl Engine {
     fn find(&self, name: Name) -> Option<&dyn Managed> {
         self.registry
@@ -184,17 +183,13 @@ impl Engine {
         &self,
         host: &Host,
         mode: Mode,
-        selection: &[(Name, Option<String>)],
+        selection: &Selection,
         mut progress: impl FnMut(&ResourceReport),
     ) -> Vec<ResourceReport> {
-        let selected: Vec<Name> = selection
-            .iter()
-            .filter(|(_, why)| why.is_none())
-            .map(|(n, _)| *n)
-            .collect();
+        let selected = selection.selected();
         let mut observed = self.observe_all(host, &selected).await.into_iter();
         let mut out: Vec<ResourceReport> = Vec::new();
-        for (name, deselected) in selection.iter().cloned() {
+        for (name, deselected) in selection.entries.iter().cloned() {
             let t = Instant::now();
             let mut rep = ResourceReport {
                 name,
@@ -216,10 +211,8 @@ impl Engine {
                 .unwrap_or_else(|| (Err(anyhow!("internal error: missing observation")), 0));
             let Some(res) = self.find(name) else {
                 rep.status = Status::Skipped;
-                rep.notes.push(format!(
-                    "not implemented in sapari-agent {}",
-                    crate::VERSION
-                ));
+                rep.notes
+                    .push(format!("not implemented in sapari-agent {}", VERSION));
                 progress(&rep);
                 out.push(rep);
                 continue;
@@ -433,7 +426,7 @@ mod tests {
         }
     }
 
-    fn run(engine: &Engine, mode: Mode, sel: &[(Name, Option<String>)]) -> Vec<ResourceReport> {
+    fn run(engine: &Engine, mode: Mode, sel: &Selection) -> Vec<ResourceReport> {
         let host = Host::new(Access::ReadWrite);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -442,8 +435,10 @@ mod tests {
             .block_on(engine.run(&host, mode, sel, |_| {}))
     }
 
-    fn all(names: &[Name]) -> Vec<(Name, Option<String>)> {
-        names.iter().map(|n| (*n, None)).collect()
+    fn all(names: &[Name]) -> Selection {
+        Selection {
+            entries: names.iter().map(|n| (*n, None)).collect(),
+        }
     }
 
     #[test]
@@ -537,12 +532,14 @@ mod tests {
         let e = Engine {
             registry: vec![Box::new(a), Box::new(c), Box::new(fake(Name::Ntp, 1))],
         };
-        let sel = vec![
-            (Name::Hostname, None),
-            (Name::Swap, None),
-            (Name::Ntp, Some("skipped by --skip".to_string())),
-            (Name::Compose, None),
-        ];
+        let sel = Selection {
+            entries: vec![
+                (Name::Hostname, None),
+                (Name::Swap, None),
+                (Name::Ntp, Some("skipped by --skip".to_string())),
+                (Name::Compose, None),
+            ],
+        };
         let r = run(&e, Mode::Converge, &sel);
         assert_eq!(r[0].status, Status::Unchanged, "{:?}", r[0].error);
         assert_eq!(r[1].status, Status::Unchanged, "{:?}", r[1].error);

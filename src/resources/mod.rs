@@ -1,4 +1,4 @@
-//! The managed resources. Names are stable CLI identifiers (`--only`, `--skip`, JSON).
+//! The managed resources.
 
 pub mod compose;
 pub mod deploy_key;
@@ -14,85 +14,8 @@ pub mod tailscale;
 pub mod ufw;
 pub mod users;
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::Serialize;
-
 use crate::config::Config;
 use crate::engine::Managed;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Name {
-    Hostname,
-    Users,
-    Sshd,
-    DeployKey,
-    Ufw,
-    Packages,
-    Docker,
-    Firewall,
-    Swap,
-    Ntp,
-    Tailscale,
-    Compose,
-}
-
-impl Name {
-    /// Every resource, in the fixed order converge walks them (dependencies first).
-    pub const ALL: [Name; 12] = [
-        Name::Hostname,
-        Name::Users,
-        Name::Sshd,
-        Name::DeployKey,
-        Name::Ufw,
-        Name::Packages,
-        Name::Docker,
-        Name::Firewall,
-        Name::Swap,
-        Name::Ntp,
-        Name::Tailscale,
-        Name::Compose,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Name::Hostname => "hostname",
-            Name::Users => "users",
-            Name::Sshd => "sshd",
-            Name::DeployKey => "deploy-key",
-            Name::Ufw => "ufw",
-            Name::Packages => "packages",
-            Name::Docker => "docker",
-            Name::Firewall => "firewall",
-            Name::Swap => "swap",
-            Name::Ntp => "ntp",
-            Name::Tailscale => "tailscale",
-            Name::Compose => "compose",
-        }
-    }
-}
-
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Name {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Name::ALL
-            .iter()
-            .copied()
-            .find(|n| n.as_str() == s)
-            .ok_or_else(|| {
-                let valid: Vec<&str> = Name::ALL.iter().map(|n| n.as_str()).collect();
-                format!("unknown resource `{s}`; valid names: {}", valid.join(" "))
-            })
-    }
-}
 
 /// Facts about this run that are not configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -179,38 +102,10 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
     ]
 }
 
-/// Which resources a run covers, with the reason for each one left out.
-pub fn select(only: &[Name], skip: &[Name]) -> Vec<(Name, Option<String>)> {
-    Name::ALL
-        .iter()
-        .map(|&n| {
-            let why = if !only.is_empty() && !only.contains(&n) {
-                Some("not selected by --only".to_string())
-            } else if skip.contains(&n) {
-                Some("skipped by --skip".to_string())
-            } else {
-                None
-            };
-            (n, why)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_round_trip_and_unknown_lists_valid() {
-        for n in Name::ALL {
-            assert_eq!(n.as_str().parse::<Name>().unwrap(), n);
-            assert_eq!(serde_json::to_value(n).unwrap(), n.as_str());
-        }
-        let e = "swapp".parse::<Name>().unwrap_err();
-        assert!(e.contains(
-            "hostname users sshd deploy-key ufw packages docker firewall swap ntp tailscale compose"
-        ));
-    }
+    use crate::engine::Name;
 
     #[test]
     fn registry_follows_fixed_order() {
@@ -221,13 +116,5 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort_by_key(|n| Name::ALL.iter().position(|a| a == n));
         assert_eq!(names, sorted);
-    }
-
-    #[test]
-    fn selection() {
-        let s = select(&[Name::Swap], &[]);
-        assert!(s.iter().all(|(n, why)| (*n == Name::Swap) == why.is_none()));
-        let s = select(&[], &[Name::Ntp]);
-        assert_eq!(s.iter().filter(|(_, w)| w.is_some()).count(), 1);
     }
 }

@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AgentSettings, ComposeSettings, ProfileChoice};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::envcheck::{self, Severity};
 use crate::host::{Cmd, FileSpec, Host, http, state_dir};
-use crate::resources::Name;
 use profile::{Budget, Profile};
 
 use state_dir::{COMPOSE_ENV as AGENT_ENV, COMPOSE_STATE as STATE_FILE};
@@ -504,11 +504,11 @@ impl Resource for Compose {
         // The merged configuration must be valid before anything is started.
         host.run(&run(&["config", "-q"])).await?;
         if steps.iter().any(|st| matches!(st, Step::Up { .. })) {
-            crate::progress(Name::Compose, "docker compose up -d");
+            crate::engine::progress(Name::Compose, "docker compose up -d");
             host.run(&run(&["up", "-d"])).await?;
         }
         if steps.contains(&Step::RecreateCaddy) {
-            crate::progress(
+            crate::engine::progress(
                 Name::Compose,
                 &format!("Caddyfile changed: recreating {}", self.cfg.caddy_service),
             );

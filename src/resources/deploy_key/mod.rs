@@ -25,10 +25,10 @@ use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
 
 use crate::config::{DeployKeySettings, UsersSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::userdir::{self, UserDir};
 use crate::host::{FileSpec, Host, files};
-use crate::resources::Name;
 
 const HINT: &str = "sapari-agent converge --only deploy-key";
 const GITHUB: &str = "github.com";

@@ -109,7 +109,7 @@ impl Firewall {
                     "{e}; no last good {} list in {}: using the list built into sapari-agent {} ({} ranges), which may be out of date",
                     fam.label(),
                     self.state_dir.display(),
-                    crate::VERSION,
+                    crate::engine::VERSION,
                     nets.len()
                 ));
                 (nets, Source::BuiltIn, None)
@@ -121,7 +121,7 @@ impl Firewall {
                     "no last good {} list in {}: using the list built into sapari-agent {} ({} ranges)",
                     fam.label(),
                     self.state_dir.display(),
-                    crate::VERSION,
+                    crate::engine::VERSION,
                     nets.len()
                 ));
                 (nets, Source::BuiltIn, None)

@@ -28,10 +28,10 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use crate::config::{AgentSettings, FirewallSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sockets::Listener;
 use crate::host::{Cmd, FileSpec, Host, iptables};
-use crate::resources::Name;
 use lists::{Family, LastGood, Stored};
 use origin::Shape;
 use rules::{Backend, CHAIN, FilterTable, ForwardJump, Rule};
@@ -724,7 +724,7 @@ impl Firewall {
                 Level::Warn,
                 format!(
                     "the list built into sapari-agent {} is in force ({} ranges){}",
-                    crate::VERSION,
+                    crate::engine::VERSION,
                     choice.nets.len(),
                     f.fetched
                         .as_ref()

@@ -12,10 +12,10 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::{PackagesSettings, UfwSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::apt::{self, APT_LISTS};
 use crate::host::{FileSpec, Host, files, systemctl};
-use crate::resources::Name;
 
 const AUTO_UPGRADES: &str = "/etc/apt/apt.conf.d/20auto-upgrades";
 const AUTO_UPGRADES_CONTENT: &str = "// Managed by sapari-agent: daily package lists and unattended security upgrades.\nAPT::Periodic::Update-Package-Lists \"1\";\nAPT::Periodic::Unattended-Upgrade \"1\";\n";
@@ -236,16 +236,19 @@ impl Resource for Packages {
             .iter()
             .any(|st| matches!(st, Step::Update { .. } | Step::Install(_)))
         {
-            apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
+            apt::wait_for_dpkg(host, lock, &|m| crate::engine::progress(Name::Packages, m)).await?;
         }
         for step in steps {
             match step {
                 Step::Update { .. } => {
-                    crate::progress(Name::Packages, "updating package lists (apt-get update)");
+                    crate::engine::progress(
+                        Name::Packages,
+                        "updating package lists (apt-get update)",
+                    );
                     apt::update(host).await?;
                 }
                 Step::Install(p) => {
-                    crate::progress(Name::Packages, &format!("installing {}", p.join(" ")));
+                    crate::engine::progress(Name::Packages, &format!("installing {}", p.join(" ")));
                     apt::install(host, p).await?;
                 }
                 Step::AutoUpgrades { .. } => {

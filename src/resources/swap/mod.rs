@@ -27,11 +27,11 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::{Size, SwapSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::files::{self, Kind};
 use crate::host::sys::{self, FsKind, Memory};
 use crate::host::{Cmd, FileSpec, Host};
-use crate::resources::Name;
 
 const FSTAB: &str = "/etc/fstab";
 const PROC_SWAPS: &str = "/proc/swaps";

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::config::TailscaleSettings;
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, Host, apt, files, http, systemctl};
-use crate::resources::Name;
 
 /// Tailscale's package repository signing key, as Tailscale publishes it.
 pub const TAILSCALE_FINGERPRINT: &str = "2596A99EAAB33821893C0A79458CA832957F5868";
@@ -329,7 +329,7 @@ fn keyring(download: &[u8], url: &str, pin: &str) -> Result<Vec<u8>> {
 async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
     let base = format!("https://pkgs.tailscale.com/stable/{os_id}");
     let url = format!("{base}/{codename}.noarmor.gpg");
-    crate::progress(
+    crate::engine::progress(
         Name::Tailscale,
         &format!("fetching Tailscale's signing key from {url}"),
     );
@@ -351,7 +351,7 @@ async fn install(host: &Host, os_id: &str, codename: &str) -> Result<()> {
     )?;
     // packages.lock_timeout does not reach this resource yet: its default.
     let lock = apt::LOCK_TIMEOUT;
-    apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
+    apt::wait_for_dpkg(host, lock, &|m| crate::engine::progress(Name::Packages, m)).await?;
     apt::update(host).await?;
     apt::install(host, &["tailscale".to_string()]).await
 }

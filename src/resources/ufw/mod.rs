@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use crate::config::{TailscaleSsh, UfwSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::apt;
 use crate::host::{Cmd, FileSpec, Host, files};
-use crate::resources::{Name, RunContext};
+use crate::resources::RunContext;
 
 pub const UFW_CONF: &str = "/etc/ufw/ufw.conf";
 pub const DEFAULTS: &str = "/etc/default/ufw";
@@ -587,7 +588,8 @@ impl Resource for Ufw {
                 }
                 Step::Install => {
                     let lock = apt::LOCK_TIMEOUT;
-                    apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Ufw, m)).await?;
+                    apt::wait_for_dpkg(host, lock, &|m| crate::engine::progress(Name::Ufw, m))
+                        .await?;
                     apt::install(host, &["ufw".to_string()]).await?;
                     continue;
                 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Name;
 use crate::host::{Cmd, FileSpec, Host};
-use crate::resources::Name;
 use crate::resources::guarded::{FileSnap, file_snap, snap_of};
 
 /// A kept file outside sshd, ufw and the chains. One more kind of kept state is one more
