@@ -8,6 +8,7 @@ pub mod progress;
 pub mod report;
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
@@ -95,6 +96,19 @@ pub trait Resource: Send + Sync {
 
     /// The pre-flight checks `status` shows for this resource.
     fn checks(&self, state: &Self::State) -> Vec<Check>;
+
+    /// The config key that turned this resource off (`Some("compose.enabled")` when
+    /// `compose.enabled = false`). The engine then neither observes, plans nor applies
+    /// it, so the resource's own code never sees itself disabled.
+    fn disabled(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// What `status` shows for this resource while it is disabled, instead of observing:
+    /// for most nothing, but an unmanaged firewall leaves the site open and says so.
+    fn disabled_checks(&self) -> Vec<Check> {
+        Vec::new()
+    }
 }
 
 /// A resource's observation and plan, with the concrete types erased so the engine can
@@ -110,6 +124,8 @@ pub struct Observed {
 pub trait Managed: Send + Sync {
     fn name(&self) -> Name;
     fn depends_on(&self) -> &'static [Name];
+    fn disabled(&self) -> Option<&'static str>;
+    fn disabled_checks(&self) -> Vec<Check>;
     async fn observe_plan(&self, host: &Host) -> Result<Observed>;
     async fn apply_observed(&self, host: &Host, obs: Observed) -> Result<()>;
 }
@@ -122,6 +138,14 @@ impl<R: Resource> Managed for R {
 
     fn depends_on(&self) -> &'static [Name] {
         Resource::depends_on(self)
+    }
+
+    fn disabled(&self) -> Option<&'static str> {
+        Resource::disabled(self)
+    }
+
+    fn disabled_checks(&self) -> Vec<Check> {
+        Resource::disabled_checks(self)
     }
 
     async fn observe_plan(&self, host: &Host) -> Result<Observed> {
@@ -151,6 +175,9 @@ pub enum Mode {
     Plan,
 }
 
+/// Each observed resource's observation and plan, and how long it took (ms).
+type Observations = HashMap<Name, (Result<Observed>, u64)>;
+
 /// Runs the selected resources. `registry` is in dependency order; names the user selected
 /// that have no implementation yet are reported as skipped.
 pub struct Engine {
@@ -167,16 +194,22 @@ impl Engine {
 
     /// Observe and plan all selected resources at once: a no-op run costs about as much
     /// as its slowest observation, not the sum.
-    async fn observe_all(&self, host: &Host, selected: &[Name]) -> Vec<(Result<Observed>, u64)> {
-        let futs = selected.iter().map(|n| async move {
+    /// Disabled resources are left out: their observation could only fail or mislead.
+    async fn observe_all(&self, host: &Host, selected: &[Name]) -> Observations {
+        let enabled: Vec<(Name, &dyn Managed)> = selected
+            .iter()
+            .filter_map(|n| self.find(*n).map(|m| (*n, m)))
+            .filter(|(_, m)| m.disabled().is_none())
+            .collect();
+        let futs = enabled.iter().map(|(n, m)| async move {
             let t = Instant::now();
-            let r = match self.find(*n) {
-                Some(m) => m.observe_plan(host).await,
-                None => Err(anyhow!("not implemented")),
-            };
-            (r, t.elapsed().as_millis() as u64)
+            let r = m.observe_plan(host).await;
+            (*n, (r, t.elapsed().as_millis() as u64))
         });
-        futures_util::future::join_all(futs).await
+        futures_util::future::join_all(futs)
+            .await
+            .into_iter()
+            .collect()
     }
 
     pub async fn run(
@@ -187,7 +220,7 @@ impl Engine {
         mut progress: impl FnMut(&ResourceReport),
     ) -> Vec<ResourceReport> {
         let selected = selection.selected();
-        let mut observed = self.observe_all(host, &selected).await.into_iter();
+        let mut observed = self.observe_all(host, &selected).await;
         let mut out: Vec<ResourceReport> = Vec::new();
         for (name, deselected) in selection.entries.iter().cloned() {
             let t = Instant::now();
@@ -206,9 +239,6 @@ impl Engine {
                 out.push(rep);
                 continue;
             }
-            let (obs, obs_ms) = observed
-                .next()
-                .unwrap_or_else(|| (Err(anyhow!("internal error: missing observation")), 0));
             let Some(res) = self.find(name) else {
                 rep.status = Status::Skipped;
                 rep.notes
@@ -217,6 +247,16 @@ impl Engine {
                 out.push(rep);
                 continue;
             };
+            if let Some(key) = res.disabled() {
+                rep.status = Status::Skipped;
+                rep.notes.push(format!("skipped ({key} = false)"));
+                progress(&rep);
+                out.push(rep);
+                continue;
+            }
+            let (obs, obs_ms) = observed
+                .remove(&name)
+                .unwrap_or_else(|| (Err(anyhow!("internal error: missing observation")), 0));
             let deps: Vec<&ResourceReport> = out
                 .iter()
                 .filter(|r| res.depends_on().contains(&r.name))
@@ -324,24 +364,28 @@ impl Engine {
         }
     }
 
-    /// Observations for `status`: every check of every selected, implemented resource.
+    /// Observations for `status`: every check of every selected, implemented resource; a
+    /// disabled one shows its `disabled_checks` without being observed.
     pub async fn checks(&self, host: &Host, selected: &[Name]) -> Vec<Check> {
-        let implemented: Vec<Name> = selected
-            .iter()
-            .copied()
-            .filter(|n| self.find(*n).is_some())
-            .collect();
-        let observed = self.observe_all(host, &implemented).await;
+        let mut observed = self.observe_all(host, selected).await;
         let mut out = Vec::new();
-        for (name, (obs, _)) in implemented.iter().zip(observed) {
-            match obs {
-                Ok(o) => out.extend(o.checks),
-                Err(e) => out.push(Check::new(
+        for name in selected {
+            let Some(res) = self.find(*name) else {
+                continue;
+            };
+            if res.disabled().is_some() {
+                out.extend(res.disabled_checks());
+                continue;
+            }
+            match observed.remove(name).map(|(o, _)| o) {
+                Some(Ok(o)) => out.extend(o.checks),
+                Some(Err(e)) => out.push(Check::new(
                     name.as_str(),
                     Level::Fail,
                     format!("cannot observe: {}", error_chain(&e)),
                     "run `sapari-agent plan` for details",
                 )),
+                None => {}
             }
         }
         out
@@ -363,6 +407,8 @@ mod tests {
         /// Apply succeeds but changes nothing (a lying apply).
         inert: bool,
         fail_observe: bool,
+        /// The config key that turned it off.
+        off: Option<&'static str>,
         barrier: Option<Arc<tokio::sync::Barrier>>,
     }
 
@@ -381,6 +427,7 @@ mod tests {
             want,
             inert: false,
             fail_observe: false,
+            off: None,
             barrier: None,
         }
     }
@@ -422,7 +469,18 @@ mod tests {
             Ok(())
         }
         fn checks(&self, _s: &i32) -> Vec<Check> {
-            vec![]
+            vec![Check::new(self.name.as_str(), Level::Pass, "observed", "")]
+        }
+        fn disabled(&self) -> Option<&'static str> {
+            self.off
+        }
+        fn disabled_checks(&self) -> Vec<Check> {
+            vec![Check::new(
+                self.name.as_str(),
+                Level::Warn,
+                "not managed",
+                "",
+            )]
         }
     }
 
@@ -433,6 +491,15 @@ mod tests {
             .build()
             .unwrap()
             .block_on(engine.run(&host, mode, sel, |_| {}))
+    }
+
+    fn checks(engine: &Engine, names: &[Name]) -> Vec<Check> {
+        let host = Host::new(Access::ReadOnly);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(engine.checks(&host, names))
     }
 
     fn all(names: &[Name]) -> Selection {
@@ -547,5 +614,44 @@ mod tests {
         assert_eq!(r[2].notes, vec!["skipped by --skip"]);
         assert_eq!(r[3].status, Status::Skipped);
         assert!(r[3].notes[0].contains("not implemented"));
+    }
+
+    #[test]
+    fn a_disabled_resource_is_skipped_without_being_observed() {
+        let mut off = fake(Name::Compose, 5);
+        off.fail_observe = true;
+        off.off = Some("compose.enabled");
+        let v = off.value.clone();
+        let e = Engine {
+            registry: vec![Box::new(fake(Name::Swap, 0)), Box::new(off)],
+        };
+        for mode in [Mode::Plan, Mode::Converge] {
+            let r = run(&e, mode, &all(&[Name::Swap, Name::Compose]));
+            assert_eq!(r[1].status, Status::Skipped, "{:?}", r[1].error);
+            assert_eq!(r[1].notes, vec!["skipped (compose.enabled = false)"]);
+            assert_eq!(r[1].error, None);
+        }
+        assert_eq!(*v.lock().unwrap(), 0, "a disabled resource was applied");
+        let c = checks(&e, &[Name::Swap, Name::Compose]);
+        assert_eq!(
+            c.iter()
+                .map(|c| (c.name.as_str(), c.level))
+                .collect::<Vec<_>>(),
+            vec![("swap", Level::Pass), ("compose", Level::Warn)]
+        );
+    }
+
+    #[test]
+    fn a_disabled_dependency_does_not_skip_its_dependents() {
+        let mut docker = fake(Name::Docker, 1);
+        docker.off = Some("docker.enabled");
+        let mut compose = fake(Name::Compose, 1);
+        compose.deps = &[Name::Docker];
+        let e = Engine {
+            registry: vec![Box::new(docker), Box::new(compose)],
+        };
+        let r = run(&e, Mode::Converge, &all(&[Name::Docker, Name::Compose]));
+        assert_eq!(r[0].status, Status::Skipped);
+        assert_eq!(r[1].status, Status::Changed);
     }
 }

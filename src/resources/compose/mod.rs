@@ -211,10 +211,6 @@ impl Compose {
         s: &'a State,
         notes: &mut Vec<String>,
     ) -> Result<Option<(&'a str, Flavor)>> {
-        if !self.cfg.enabled {
-            notes.push("compose management disabled (compose.enabled = false)".into());
-            return Ok(None);
-        }
         let dir = self.dir().display();
         if !s.project {
             notes.push(format!(
@@ -387,6 +383,10 @@ impl Resource for Compose {
         Name::Compose
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("compose.enabled")
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Docker]
     }
@@ -411,6 +411,7 @@ impl Resource for Compose {
             box_memory: mem.total,
             health: Vec::new(),
         };
+        // `budget` observes directly, without the engine that skips a disabled compose.
         if !self.cfg.enabled || !s.project {
             return Ok(s);
         }
@@ -535,7 +536,7 @@ impl Resource for Compose {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled || !s.project {
+        if !s.project {
             return vec![];
         }
         let fix = "sapari-agent converge --only compose";

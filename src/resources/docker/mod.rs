@@ -125,6 +125,10 @@ impl Resource for Docker {
         Name::Docker
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("docker.enabled")
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Packages]
     }
@@ -155,11 +159,6 @@ impl Resource for Docker {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("docker management disabled (docker.enabled = false)".into());
-            return Ok(plan);
-        }
         let distro_present = s.installed.contains("docker.io");
         let official_present = s.installed.contains("docker-ce");
         if self.cfg.source == DockerSource::Official && distro_present && !official_present {
@@ -249,9 +248,6 @@ impl Resource for Docker {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled {
-            return vec![];
-        }
         let running = s.active.as_deref() == Some("active");
         vec![
             Check::new(

@@ -477,12 +477,25 @@ impl Resource for Firewall {
         Name::Firewall
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("firewall.enabled")
+    }
+    fn disabled_checks(&self) -> Vec<Check> {
+        vec![Check::new(
+            "docker-user",
+            Level::Warn,
+            "not managed (firewall.enabled = false): Docker-published :443 is open to every address",
+            "set firewall.enabled = true in /etc/sapari-agent/agent.toml",
+        )]
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Docker]
     }
 
     async fn observe(&self, host: &Host) -> Result<State> {
         let now = SystemTime::now();
+        // `firewall show` and `firewall check` observe directly, without the engine.
         if !self.cfg.enabled {
             return Ok(State {
                 families: vec![],
@@ -518,11 +531,6 @@ impl Resource for Firewall {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("firewall management disabled (firewall.enabled = false)".into());
-            return Ok(plan);
-        }
         let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
         for c in &choices {
             plan.notes.extend(c.notes.iter().cloned());
@@ -620,14 +628,6 @@ impl Resource for Firewall {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled {
-            return vec![Check::new(
-                "docker-user",
-                Level::Warn,
-                "not managed (firewall.enabled = false): Docker-published :443 is open to every address",
-                "set firewall.enabled = true in /etc/sapari-agent/agent.toml",
-            )];
-        }
         let fix = "sapari-agent firewall apply";
         let mut out = self.origin_checks(s);
         let origin_ok = out.first().is_some_and(|c| c.level == Level::Pass);

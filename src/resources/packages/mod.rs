@@ -119,6 +119,10 @@ impl Resource for Packages {
         Name::Packages
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("packages.enabled")
+    }
+
     async fn observe(&self, host: &Host) -> Result<State> {
         let installed = apt::installed_now(host)?;
         let missing: Vec<String> = self
@@ -141,7 +145,7 @@ impl Resource for Packages {
         };
         Ok(State {
             lists_age: apt::lists_age(Path::new(APT_LISTS)),
-            unknown: if missing.is_empty() || !self.cfg.enabled {
+            unknown: if missing.is_empty() {
                 Vec::new()
             } else {
                 apt::unknown_in_lists(Path::new(APT_LISTS), &missing)
@@ -157,11 +161,6 @@ impl Resource for Packages {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("package management disabled (packages.enabled = false)".into());
-            return Ok(plan);
-        }
         let missing: Vec<String> = self
             .cfg
             .install

@@ -262,6 +262,10 @@ impl Resource for Swap {
         Name::Swap
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("swap.enabled")
+    }
+
     async fn observe(&self, host: &Host) -> Result<State> {
         let path = self.path();
         let active = parse_proc_swaps(&host.read_text(Path::new(PROC_SWAPS))?.unwrap_or_default());
@@ -306,11 +310,6 @@ impl Resource for Swap {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("swap management disabled (swap.enabled = false)".into());
-            return Ok(plan);
-        }
         let path = self.path();
         let helper = helper_path(path);
         let want = self.cfg.size.0;

@@ -136,6 +136,10 @@ impl Resource for Tailscale {
         Name::Tailscale
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("tailscale.enabled")
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Packages]
     }
@@ -174,11 +178,6 @@ impl Resource for Tailscale {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("tailscale management disabled (tailscale.enabled = false)".into());
-            return Ok(plan);
-        }
         if !s.installed {
             if !matches!(s.os_id.as_str(), "ubuntu" | "debian") || s.codename.is_empty() {
                 bail!(
@@ -258,9 +257,6 @@ impl Resource for Tailscale {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled {
-            return vec![];
-        }
         let (level, detail) = match &s.status {
             Ok(st) if st.backend_state == "Running" => (
                 Level::Pass,

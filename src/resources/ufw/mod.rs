@@ -417,6 +417,10 @@ impl Resource for Ufw {
         Name::Ufw
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("ufw.enabled")
+    }
+
     async fn observe(&self, host: &Host) -> Result<State> {
         let installed = host.program_exists("ufw");
         let conf = host.read_text(Path::new(UFW_CONF))?.unwrap_or_default();
@@ -450,11 +454,6 @@ impl Resource for Ufw {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("ufw management disabled (ufw.enabled = false)".into());
-            return Ok(plan);
-        }
         if self.operator_ips.is_empty() && !self.cfg.ssh_only_via_tailscale {
             bail!(
                 "no operator IP: SSH would be reachable only over Tailscale{}. Pass --my-ip <your address> (find it with `curl -s ifconfig.me` on your laptop) or set access.operator_ips; set ufw.ssh_only_via_tailscale = true if that is what you want. Nothing was changed",
