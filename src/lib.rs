@@ -149,6 +149,7 @@ async fn converge_or_plan(
     let t0 = Instant::now();
     let engine = Engine {
         registry: resources::registry(&cfg, ctx),
+        root: euid() == 0,
     };
     let selection = engine::select(&sel.only, &sel.skip);
     let confirm_session = if mode == Mode::Converge {
@@ -292,6 +293,7 @@ async fn status(sel: &Selectors) -> i32 {
     let host = Host::new(Access::ReadOnly);
     let engine = Engine {
         registry: resources::registry(&cfg, &resources::RunContext::from_env(false)),
+        root: euid() == 0,
     };
     let selected = engine::select(&sel.only, &sel.skip).selected();
     let mut checks = engine.checks(&host, &selected).await;

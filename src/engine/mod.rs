@@ -182,6 +182,24 @@ type Observations = HashMap<Name, (Result<Observed>, u64)>;
 /// that have no implementation yet are reported as skipped.
 pub struct Engine {
     pub registry: Vec<Box<dyn Managed>>,
+    /// Running as root (euid 0). Without it `plan` and `status` still run, and what they
+    /// cannot read is reported as unknown instead of failed.
+    pub root: bool,
+}
+
+/// The note for an observation that failed only because this run is not root (an
+/// `io::Error` of kind PermissionDenied anywhere in the chain): `plan` and `status` work
+/// as a normal user, and a permission error then says nothing about the machine. As root
+/// the same error is a real failure.
+pub fn unknown_without_root(root: bool, e: &anyhow::Error) -> Option<String> {
+    if root {
+        return None;
+    }
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    denied.then(|| format!("unknown without root: {}", error_chain(e)))
 }
 
 impl Engine {
@@ -194,6 +212,7 @@ impl Engine {
 
     /// Observe and plan all selected resources at once: a no-op run costs about as much
     /// as its slowest observation, not the sum.
+    ///
     /// Disabled resources are left out: their observation could only fail or mislead.
     async fn observe_all(&self, host: &Host, selected: &[Name]) -> Observations {
         let enabled: Vec<(Name, &dyn Managed)> = selected
@@ -286,7 +305,15 @@ impl Engine {
                 .filter(|r| r.status == Status::WouldChange)
                 .map(|r| r.name.as_str())
                 .collect();
+            let unknown = obs
+                .as_ref()
+                .err()
+                .and_then(|e| unknown_without_root(self.root, e));
             match obs {
+                Err(_) if unknown.is_some() => {
+                    rep.status = Status::Unchanged;
+                    rep.notes.extend(unknown);
+                }
                 Err(e) if mode == Mode::Plan && !pending.is_empty() => {
                     rep.status = Status::WouldChange;
                     rep.notes.push(format!(
@@ -379,6 +406,14 @@ impl Engine {
             }
             match observed.remove(name).map(|(o, _)| o) {
                 Some(Ok(o)) => out.extend(o.checks),
+                Some(Err(e)) if unknown_without_root(self.root, &e).is_some() => {
+                    out.push(Check::new(
+                        name.as_str(),
+                        Level::Warn,
+                        format!("cannot read without root: {}", error_chain(&e)),
+                        "run `sudo sapari-agent status`",
+                    ))
+                }
                 Some(Err(e)) => out.push(Check::new(
                     name.as_str(),
                     Level::Fail,
@@ -409,6 +444,8 @@ mod tests {
         fail_observe: bool,
         /// The config key that turned it off.
         off: Option<&'static str>,
+        /// Observe fails the way reading a root-only file does.
+        denied: bool,
         barrier: Option<Arc<tokio::sync::Barrier>>,
     }
 
@@ -428,6 +465,7 @@ mod tests {
             inert: false,
             fail_observe: false,
             off: None,
+            denied: false,
             barrier: None,
         }
     }
@@ -450,6 +488,12 @@ mod tests {
             }
             if self.fail_observe {
                 anyhow::bail!("cannot observe");
+            }
+            if self.denied {
+                return Err(anyhow::Error::new(std::io::Error::from(
+                    std::io::ErrorKind::PermissionDenied,
+                ))
+                .context("cannot open /proc/net/ip_tables_names"));
             }
             Ok(*self.value.lock().unwrap())
         }
@@ -512,6 +556,7 @@ mod tests {
     fn converge_applies_and_second_run_is_unchanged() {
         let e = Engine {
             registry: vec![Box::new(fake(Name::Hostname, 5))],
+            root: true,
         };
         let r = run(&e, Mode::Converge, &all(&[Name::Hostname]));
         assert_eq!(r[0].status, Status::Changed);
@@ -525,6 +570,7 @@ mod tests {
         let v = f.value.clone();
         let e = Engine {
             registry: vec![Box::new(f)],
+            root: true,
         };
         let r = run(&e, Mode::Plan, &all(&[Name::Hostname]));
         assert_eq!(r[0].status, Status::WouldChange);
@@ -537,6 +583,7 @@ mod tests {
         f.inert = true;
         let e = Engine {
             registry: vec![Box::new(f)],
+            root: true,
         };
         let r = run(&e, Mode::Converge, &all(&[Name::Hostname]));
         assert_eq!(r[0].status, Status::Failed);
@@ -560,6 +607,7 @@ mod tests {
                 Box::new(sshd),
                 Box::new(fake(Name::Swap, 1)),
             ],
+            root: true,
         };
         let r = run(
             &e,
@@ -580,6 +628,7 @@ mod tests {
         sshd.fail_observe = true;
         let e = Engine {
             registry: vec![Box::new(users), Box::new(sshd)],
+            root: true,
         };
         let r = run(&e, Mode::Plan, &all(&[Name::Users, Name::Sshd]));
         assert_eq!(r[1].status, Status::WouldChange);
@@ -598,6 +647,7 @@ mod tests {
         c.barrier = Some(b);
         let e = Engine {
             registry: vec![Box::new(a), Box::new(c), Box::new(fake(Name::Ntp, 1))],
+            root: true,
         };
         let sel = Selection {
             entries: vec![
@@ -624,6 +674,7 @@ mod tests {
         let v = off.value.clone();
         let e = Engine {
             registry: vec![Box::new(fake(Name::Swap, 0)), Box::new(off)],
+            root: true,
         };
         for mode in [Mode::Plan, Mode::Converge] {
             let r = run(&e, mode, &all(&[Name::Swap, Name::Compose]));
@@ -649,9 +700,55 @@ mod tests {
         compose.deps = &[Name::Docker];
         let e = Engine {
             registry: vec![Box::new(docker), Box::new(compose)],
+            root: true,
         };
         let r = run(&e, Mode::Converge, &all(&[Name::Docker, Name::Compose]));
         assert_eq!(r[0].status, Status::Skipped);
         assert_eq!(r[1].status, Status::Changed);
+    }
+
+    #[test]
+    fn permission_denied_without_root_is_unknown_not_failed() {
+        let denied = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("cannot open /x");
+        let note = unknown_without_root(false, &denied).unwrap();
+        assert!(
+            note.starts_with("unknown without root: cannot open /x"),
+            "{note}"
+        );
+        // As root a permission error is a real failure; other errors always are.
+        assert_eq!(unknown_without_root(true, &denied), None);
+        let other = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(unknown_without_root(false, &other), None);
+        assert_eq!(
+            unknown_without_root(false, &anyhow!("permission denied")),
+            None
+        );
+
+        let mut fw = fake(Name::Firewall, 1);
+        fw.denied = true;
+        let mut e = Engine {
+            registry: vec![Box::new(fw), Box::new(fake(Name::Swap, 1))],
+            root: false,
+        };
+        let r = run(&e, Mode::Plan, &all(&[Name::Firewall, Name::Swap]));
+        assert_eq!(r[0].status, Status::Unchanged, "{:?}", r[0].error);
+        assert_eq!(r[0].error, None);
+        assert!(
+            r[0].notes[0]
+                .starts_with("unknown without root: cannot open /proc/net/ip_tables_names")
+        );
+        assert_eq!(r[1].status, Status::WouldChange);
+        let c = checks(&e, &[Name::Firewall]);
+        assert_eq!(c[0].level, Level::Warn);
+        assert!(
+            c[0].detail.starts_with("cannot read without root: "),
+            "{c:?}"
+        );
+
+        e.root = true;
+        let r = run(&e, Mode::Plan, &all(&[Name::Firewall]));
+        assert_eq!(r[0].status, Status::Failed);
+        assert_eq!(checks(&e, &[Name::Firewall])[0].level, Level::Fail);
     }
 }
