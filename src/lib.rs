@@ -227,7 +227,7 @@ async fn converge_or_plan(
     }
 }
 
-/// Resources left out on purpose or not yet implemented are summed up on one line
+/// Resources left out on purpose (--only, --skip, disabled in agent.toml) are summed up on one line
 /// instead of one line each.
 fn quiet_skip(r: &ResourceReport) -> bool {
     r.status == Status::Skipped && r.error.is_none()

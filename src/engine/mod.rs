@@ -178,8 +178,8 @@ pub enum Mode {
 /// Each observed resource's observation and plan, and how long it took (ms).
 type Observations = HashMap<Name, (Result<Observed>, u64)>;
 
-/// Runs the selected resources. `registry` is in dependency order; names the user selected
-/// that have no implementation yet are reported as skipped.
+/// Runs the selected resources. `registry` is in dependency order and holds a resource
+/// for every Name.
 pub struct Engine {
     pub registry: Vec<Box<dyn Managed>>,
     /// Running as root (euid 0). Without it `plan` and `status` still run, and what they
@@ -203,11 +203,13 @@ pub fn unknown_without_root(root: bool, e: &anyhow::Error) -> Option<String> {
 }
 
 impl Engine {
-    fn find(&self, name: Name) -> Option<&dyn Managed> {
-        self.registry
-            .iter()
-            .find(|r| r.name() == name)
-            .map(|b| b.as_ref())
+    /// Every Name has a resource: `resources::registry` is total (its test says so), so a
+    /// miss is a bug in the agent, not something a run could report.
+    fn find(&self, name: Name) -> &dyn Managed {
+        match self.registry.iter().find(|r| r.name() == name) {
+            Some(m) => m.as_ref(),
+            None => panic!("internal error: {name} is not in the engine's registry"),
+        }
     }
 
     /// Observe and plan all selected resources at once: a no-op run costs about as much
@@ -217,7 +219,7 @@ impl Engine {
     async fn observe_all(&self, host: &Host, selected: &[Name]) -> Observations {
         let enabled: Vec<(Name, &dyn Managed)> = selected
             .iter()
-            .filter_map(|n| self.find(*n).map(|m| (*n, m)))
+            .map(|n| (*n, self.find(*n)))
             .filter(|(_, m)| m.disabled().is_none())
             .collect();
         let futs = enabled.iter().map(|(n, m)| async move {
@@ -258,14 +260,7 @@ impl Engine {
                 out.push(rep);
                 continue;
             }
-            let Some(res) = self.find(name) else {
-                rep.status = Status::Skipped;
-                rep.notes
-                    .push(format!("not implemented in sapari-agent {}", VERSION));
-                progress(&rep);
-                out.push(rep);
-                continue;
-            };
+            let res = self.find(name);
             if let Some(key) = res.disabled() {
                 rep.status = Status::Skipped;
                 rep.notes.push(format!("skipped ({key} = false)"));
@@ -391,15 +386,13 @@ impl Engine {
         }
     }
 
-    /// Observations for `status`: every check of every selected, implemented resource; a
+    /// Observations for `status`: every check of every selected resource; a
     /// disabled one shows its `disabled_checks` without being observed.
     pub async fn checks(&self, host: &Host, selected: &[Name]) -> Vec<Check> {
         let mut observed = self.observe_all(host, selected).await;
         let mut out = Vec::new();
         for name in selected {
-            let Some(res) = self.find(*name) else {
-                continue;
-            };
+            let res = self.find(*name);
             if res.disabled().is_some() {
                 out.extend(res.disabled_checks());
                 continue;
@@ -654,7 +647,6 @@ mod tests {
                 (Name::Hostname, None),
                 (Name::Swap, None),
                 (Name::Ntp, Some("skipped by --skip".to_string())),
-                (Name::Compose, None),
             ],
         };
         let r = run(&e, Mode::Converge, &sel);
@@ -662,8 +654,6 @@ mod tests {
         assert_eq!(r[1].status, Status::Unchanged, "{:?}", r[1].error);
         assert_eq!(r[2].status, Status::Skipped);
         assert_eq!(r[2].notes, vec!["skipped by --skip"]);
-        assert_eq!(r[3].status, Status::Skipped);
-        assert!(r[3].notes[0].contains("not implemented"));
     }
 
     #[test]
