@@ -474,6 +474,13 @@ impl Resource for Ufw {
                 "the kernel has no IPv6 ({PROC_IPV6} is missing): only IPv4 rules are managed; ufw filters IPv6 once the kernel has it, with the IPv6 rules the next run adds"
             ));
         }
+        // The steps are pushed in the order apply performs them, which is the order the
+        // report shows. Allow rules first, then the deny default, then enable: at no moment
+        // is the box closed to the rules it is meant to have. IPV6=yes comes before the
+        // rules: ufw refuses IPv6 rules without it, and an active ufw has no IPv6 chains to
+        // add them to until it is reloaded. The reload only opens IPv6 up: with IPV6=no an
+        // active ufw drops all of it, after the reload it gets the rules in user6.rules, and
+        // the IPv6 allow rules still missing follow right away.
         if !s.installed {
             plan.steps.push(Step::Install);
         }
@@ -508,14 +515,14 @@ impl Resource for Ufw {
             ));
             result.extend(foreign.iter().map(|t| (*t).clone()));
         }
-        if s.input_policy != "DROP" {
-            plan.steps.push(Step::DefaultIncoming {
-                from: policy_word(&s.input_policy),
-            });
-        }
         if s.output_policy != "ACCEPT" {
             plan.steps.push(Step::DefaultOutgoing {
                 from: policy_word(&s.output_policy),
+            });
+        }
+        if s.input_policy != "DROP" {
+            plan.steps.push(Step::DefaultIncoming {
+                from: policy_word(&s.input_policy),
             });
         }
         if !s.enabled {
@@ -555,27 +562,10 @@ impl Resource for Ufw {
     }
 
     async fn apply(&self, host: &Host, s: &State, steps: &[Step]) -> Result<()> {
-        // Allow rules first, then the deny default, then enable: at no moment is the box
-        // closed to the rules it is meant to have. IPV6=yes comes before the rules: ufw
-        // refuses IPv6 rules without it, and an active ufw has no IPv6 chains to add them to
-        // until it is reloaded. The reload only opens IPv6 up: with IPV6=no an active ufw
-        // drops all of it, after the reload it gets the rules in user6.rules, and the IPv6
-        // allow rules still missing follow right away.
-        let order = |s: &Step| match s {
-            Step::Install => 0,
-            Step::Ipv6 { .. } => 1,
-            Step::Add(_) => 2,
-            Step::Delete(_) => 3,
-            Step::DefaultOutgoing { .. } => 4,
-            Step::DefaultIncoming { .. } => 5,
-            Step::Enable => 6,
-            Step::Reload => 7,
-        };
+        // In the plan's order: plan puts the steps in the only safe one.
         if s.enabled {
             host.write_marker(Path::new(RELOAD_PENDING))?;
         }
-        let mut steps: Vec<&Step> = steps.iter().collect();
-        steps.sort_by_key(|s| order(s));
         for step in steps {
             let cmd = match step {
                 Step::Ipv6 { reload, .. } => {
