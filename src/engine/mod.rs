@@ -94,7 +94,12 @@ pub trait Resource: Send + Sync {
 
     async fn apply(&self, host: &Host, state: &Self::State, steps: &[Self::Step]) -> Result<()>;
 
-    /// The pre-flight checks `status` shows for this resource.
+    /// The pre-flight checks `status` shows for this resource, from the same observation
+    /// `plan` gets. They answer "is the machine healthy?", not "what would converge change?":
+    /// a drift that `plan` turns into a step is usually also a FAIL or WARN here (so status
+    /// shows what a converge would fix), while facts the agent does not change (a service
+    /// that crashed, a clock not yet synced) appear only here. Never an error: what cannot
+    /// be judged is a WARN.
     fn checks(&self, state: &Self::State) -> Vec<Check>;
 
     /// The config key that turned this resource off (`Some("compose.enabled")` when

@@ -1,4 +1,27 @@
-//! The managed resources.
+//! The managed resources: each one implements [`crate::engine::Resource`] and the engine
+//! runs them in the order of [`registry`].
+//!
+//! To add a resource:
+//!
+//! 1. Add its variant to [`crate::engine::Name`] (its kebab-case name is the CLI and JSON
+//!    identifier) and to `Name::ALL` where it belongs in the dependency order.
+//! 2. Give it a config section in `config/mod.rs` (`XSettings`, `deny_unknown_fields`,
+//!    defaults that are safe on a fresh box) with `enabled` when an operator may turn it off,
+//!    and mirror the defaults in `examples/agent.toml` (a test keeps the two equal).
+//! 3. Write `resources/<name>.rs` (or `<name>/mod.rs`): a `State` that `observe` reads through
+//!    `Host` only, a `Step` enum with `Describe`, a pure `plan`, an `apply` that performs the
+//!    steps, and `checks` for `status`. Anything that touches the machine goes to `host/`.
+//! 4. Implement `disabled()` returning the config key (`Some("x.enabled")`) when it is off,
+//!    and `disabled_checks()` if status must still warn about an unmanaged part. Never test
+//!    `cfg.enabled` in observe/plan/apply: the engine does not call them for a disabled
+//!    resource.
+//! 5. Add it to [`registry`] at its place in the dependency order, and list what it needs
+//!    first in `depends_on` (the registry test keeps the registry equal to `Name::ALL`).
+//! 6. Unit-test the planner (`tests.rs` beside it): converged state plans nothing, each drift
+//!    plans its step, refusals say what to do. No root needed.
+//! 7. Add a system test (`tests/system_<name>.rs`, in an nspawn box or VM the test creates):
+//!    converge, then a second converge reports it unchanged.
+//! 8. Document it in README.md: its section under Resources, its config keys, and Layout.
 
 pub mod compose;
 pub mod deploy_key;
