@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{ConfirmArgs, RollbackArgs};
 use crate::config::{self, Config};
 use crate::engine::Name;
 use crate::engine::{Check, Level, lock};
@@ -30,7 +29,7 @@ mod plan;
 mod record;
 mod verdict;
 
-pub use handlers::{checks, confirm, rollback};
+pub use handlers::{checks, confirm, rollback, take_lock};
 pub use plan::*;
 pub use record::*;
 pub use verdict::*;
