@@ -208,7 +208,7 @@ pub fn unknown_without_root(root: bool, e: &anyhow::Error) -> Option<String> {
 }
 
 impl Engine {
-    /// Every Name has a resource: `resources::registry` is total (its test says so), so a
+    /// Every Name has a resource: the resources' registry is total (a test there says so), so a
     /// miss is a bug in the agent, not something a run could report.
     fn find(&self, name: Name) -> &dyn Managed {
         match self.registry.iter().find(|r| r.name() == name) {
