@@ -1,22 +1,23 @@
-//! Command-line definitions only; behaviour lives in `lib.rs` and below.
+//! Command-line definitions only; behaviour lives in `commands/` and below.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::resources::Name;
+use crate::engine::Name;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sapari-agent",
     version,
-    about = "Bootstraps and keeps converged the production server: hostname, deploy user, SSH hardening, GitHub deploy key, UFW, the Cloudflare-only DOCKER-USER firewall, packages, Docker, swap, NTP and Tailscale.",
+    about = "Bootstraps and keeps converged the production server: hostname, deploy user, SSH hardening, GitHub deploy key, UFW, packages, Docker, the Cloudflare-only DOCKER-USER firewall, swap, NTP, Tailscale and the compose application.",
     after_help = "Exit codes: 0 success, 1 a resource failed (converge: or this configuration was rolled back unconfirmed), \
 2 changes applied/pending (with --detailed-exitcodes), 64 usage error, 75 another run holds the lock or a \
 commit-confirmed change waits for `sapari-agent confirm`, 77 not root, 78 configuration error (nothing changed)."
 )]
 pub struct Cli {
-    /// Also log informational messages to stderr (journald always gets them).
+    /// Without journald, also log informational messages to stderr (warnings always go
+    /// there). Under journald every message goes to the journal and this changes nothing.
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
@@ -239,4 +240,15 @@ pub struct RenderArgs {
     /// The artifact's sha256 (64 hex digits); the server refuses anything else.
     #[arg(long, value_name = "HEX")]
     pub sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -6,12 +6,10 @@
 //! download's or verification's). Every input is checked before anything is printed.
 
 use std::fmt;
-use std::io::Write;
 
 use base64ct::Encoding;
 
-use crate::cli::RenderArgs;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::exit;
 
 /// Hetzner Cloud refuses larger user-data when the server is created.
@@ -132,7 +130,7 @@ pub fn parse_artifact(url: &str, sha256: &str) -> Result<Artifact, RenderError> 
 
 /// The user-data for `config_text` (already validated) and `artifact`.
 pub fn render_user_data(config_text: &str, artifact: &Artifact) -> Result<String, RenderError> {
-    let version = crate::VERSION;
+    let version = crate::engine::VERSION;
     let (kind, units) = match artifact.kind {
         Kind::Deb => (
             "deb",
@@ -201,43 +199,6 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         );
     }
     w
-}
-
-pub fn render(a: &RenderArgs) -> i32 {
-    let artifact = match parse_artifact(&a.artifact_url, &a.sha256) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("sapari-agent: {e}");
-            return e.exit_code();
-        }
-    };
-    let (cfg, text) = match config::validate_file(&a.config) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("sapari-agent: {e}");
-            eprintln!("sapari-agent: no user-data was printed");
-            return exit::CONFIG;
-        }
-    };
-    let user_data = match render_user_data(&text, &artifact) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("sapari-agent: {}: {e}", a.config.display());
-            return e.exit_code();
-        }
-    };
-    for w in warnings(&cfg) {
-        eprintln!("sapari-agent: warning: {w}");
-    }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out
-        .write_all(user_data.as_bytes())
-        .and_then(|()| out.flush())
-    {
-        eprintln!("sapari-agent: cannot write the user-data to stdout: {e}");
-        return exit::FAILED;
-    }
-    exit::OK
 }
 
 /// Shell commands (inside the bootstrap's `case`) that write the units for [`LOCAL_BIN`].
@@ -347,6 +308,7 @@ fn literal_ok(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

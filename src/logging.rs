@@ -5,6 +5,10 @@ use std::path::Path;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+/// Per-resource outcome for the journal (RESOURCE= and STATUS= fields). The human report on
+/// stdout already shows it, so the stderr logger leaves this target out.
+pub const REPORT_TARGET: &str = "sapari_agent::report";
+
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 struct Stderr {
@@ -13,7 +17,7 @@ struct Stderr {
 
 impl Log for Stderr {
     fn enabled(&self, m: &Metadata) -> bool {
-        m.level() <= self.level && m.target() != crate::REPORT_TARGET
+        m.level() <= self.level && m.target() != REPORT_TARGET
     }
 
     fn log(&self, r: &Record) {

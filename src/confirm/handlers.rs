@@ -1,21 +1,12 @@
-//! The `confirm` and `rollback` subcommands and the `status` checks of a pending session.
+//! What `confirm` and `rollback` do once `commands::confirm` has checked root and read
+//! the configuration, and the `status` checks of a pending session.
 
 use super::*;
 
 // ---- confirm and rollback -------------------------------------------------------------------
 
-fn euid() -> u32 {
-    sys::euid()
-}
-
-fn load(config: Option<&Path>) -> Result<Config, i32> {
-    config::load(config, euid()).map(|(c, _)| c).map_err(|e| {
-        eprintln!("sapari-agent: {e}");
-        exit::CONFIG
-    })
-}
-
-fn take_lock(timeout: Duration) -> Result<lock::Lock, i32> {
+/// The run lock, as `confirm` and each round of `rollback` take it.
+pub fn take_lock(timeout: Duration) -> Result<lock::Lock, i32> {
     lock::acquire(Path::new(lock::DEFAULT_PATH), timeout, |holder| {
         eprintln!("sapari-agent: waiting for another run{holder} to finish")
     })
@@ -36,23 +27,13 @@ fn say(json: bool, doc: serde_json::Value, text: &str) {
     }
 }
 
-pub async fn confirm(a: &ConfirmArgs) -> i32 {
-    if euid() != 0 {
-        eprintln!("sapari-agent: confirm must run as root (try: sudo sapari-agent confirm)");
-        return exit::NOT_ROOT;
-    }
-    let cfg = match load(a.config.as_deref()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let _lock = match take_lock(cfg.agent.lock_timeout.0) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+/// Make the pending change permanent, if this caller may (a new SSH session, in time).
+/// The caller holds the run lock. `json`: one JSON document instead of text.
+pub async fn confirm(cfg: &Config, json: bool) -> i32 {
     let host = Host::new(Access::ReadWrite);
     let dir = confirm_dir(&cfg.agent.state_dir);
     let refuse = |reason: String| {
-        if a.json {
+        if json {
             say(
                 true,
                 serde_json::json!({ "result": "refused", "reason": reason }),
@@ -123,7 +104,7 @@ pub async fn confirm(a: &ConfirmArgs) -> i32 {
             .unwrap_or_default()
     );
     say(
-        a.json,
+        json,
         serde_json::json!({
             "result": "confirmed",
             "id": pending.id,
@@ -136,19 +117,9 @@ pub async fn confirm(a: &ConfirmArgs) -> i32 {
     exit::OK
 }
 
-pub async fn rollback(a: &RollbackArgs) -> i32 {
-    if !valid_id(&a.id) {
-        eprintln!("sapari-agent: rollback: `{}` is not a change id", a.id);
-        return exit::USAGE;
-    }
-    if euid() != 0 {
-        eprintln!("sapari-agent: rollback must run as root");
-        return exit::NOT_ROOT;
-    }
-    let cfg = match load(a.config.as_deref()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+/// Restore change `id` once its deadline has passed, unless it was confirmed or superseded
+/// meanwhile. Takes the run lock itself, for each round of waiting.
+pub async fn rollback(cfg: &Config, id: &str) -> i32 {
     let host = Host::new(Access::ReadWrite);
     let dir = confirm_dir(&cfg.agent.state_dir);
     let wait = ROLLBACK_LOCK_WAIT.max(cfg.agent.lock_timeout.0);
@@ -158,22 +129,22 @@ pub async fn rollback(a: &RollbackArgs) -> i32 {
             Err(code) => {
                 log::error!(
                     "commit confirmed: cannot roll back change {}: the run lock stayed busy",
-                    a.id
+                    id
                 );
                 return code;
             }
         };
         let pending = match read_json::<Pending>(&host, &dir.join(PENDING)) {
-            Ok(Some(p)) if p.id == a.id => p,
+            Ok(Some(p)) if p.id == id => p,
             Ok(_) => {
                 log::info!(
                     "commit confirmed: nothing to roll back for {} (confirmed or superseded)",
-                    a.id
+                    id
                 );
                 return exit::OK;
             }
             Err(e) => {
-                log::error!("commit confirmed: cannot roll back {}: {e:#}", a.id);
+                log::error!("commit confirmed: cannot roll back {}: {e:#}", id);
                 return exit::FAILED;
             }
         };
@@ -188,7 +159,7 @@ pub async fn rollback(a: &RollbackArgs) -> i32 {
             Ok(m) if m.errors.is_empty() => exit::OK,
             Ok(_) => exit::FAILED,
             Err(e) => {
-                log::error!("commit confirmed: cannot roll back {}: {e:#}", a.id);
+                log::error!("commit confirmed: cannot roll back {}: {e:#}", id);
                 exit::FAILED
             }
         };

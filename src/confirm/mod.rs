@@ -15,12 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{ConfirmArgs, RollbackArgs};
 use crate::config::{self, Config};
+use crate::engine::Name;
 use crate::engine::{Check, Level, lock};
 use crate::exit;
 use crate::host::{Access, Cmd, FileSpec, Host, state_dir, sys, systemctl};
-use crate::resources::Name;
 use crate::resources::guarded::{self, Guard, Installed, Step, guarded};
 
 mod handlers;
@@ -28,7 +27,7 @@ mod plan;
 mod record;
 mod verdict;
 
-pub use handlers::{checks, confirm, rollback};
+pub use handlers::{checks, confirm, rollback, take_lock};
 pub use plan::*;
 pub use record::*;
 pub use verdict::*;

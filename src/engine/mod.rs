@@ -3,9 +3,12 @@
 
 /// The run lock is a host facility (flock on a file); the engine's runs hold it.
 pub use crate::host::lock;
+pub mod name;
+pub mod progress;
 pub mod report;
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
@@ -13,7 +16,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::host::Host;
-use crate::resources::Name;
+pub use name::{Name, Selection, select};
+pub use progress::{VERSION, error_chain, progress};
 pub use report::{Change, Report, ResourceReport, Status};
 
 /// The result of a pure planning step.
@@ -90,8 +94,26 @@ pub trait Resource: Send + Sync {
 
     async fn apply(&self, host: &Host, state: &Self::State, steps: &[Self::Step]) -> Result<()>;
 
-    /// The pre-flight checks `status` shows for this resource.
+    /// The pre-flight checks `status` shows for this resource, from the same observation
+    /// `plan` gets. They answer "is the machine healthy?", not "what would converge change?":
+    /// a drift that `plan` turns into a step is usually also a FAIL or WARN here (so status
+    /// shows what a converge would fix), while facts the agent does not change (a service
+    /// that crashed, a clock not yet synced) appear only here. Never an error: what cannot
+    /// be judged is a WARN.
     fn checks(&self, state: &Self::State) -> Vec<Check>;
+
+    /// The config key that turned this resource off (`Some("compose.enabled")` when
+    /// `compose.enabled = false`). The engine then neither observes, plans nor applies
+    /// it, so the resource's own code never sees itself disabled.
+    fn disabled(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// What `status` shows for this resource while it is disabled, instead of observing:
+    /// for most nothing, but an unmanaged firewall leaves the site open and says so.
+    fn disabled_checks(&self) -> Vec<Check> {
+        Vec::new()
+    }
 }
 
 /// A resource's observation and plan, with the concrete types erased so the engine can
@@ -107,6 +129,8 @@ pub struct Observed {
 pub trait Managed: Send + Sync {
     fn name(&self) -> Name;
     fn depends_on(&self) -> &'static [Name];
+    fn disabled(&self) -> Option<&'static str>;
+    fn disabled_checks(&self) -> Vec<Check>;
     async fn observe_plan(&self, host: &Host) -> Result<Observed>;
     async fn apply_observed(&self, host: &Host, obs: Observed) -> Result<()>;
 }
@@ -119,6 +143,14 @@ impl<R: Resource> Managed for R {
 
     fn depends_on(&self) -> &'static [Name] {
         Resource::depends_on(self)
+    }
+
+    fn disabled(&self) -> Option<&'static str> {
+        Resource::disabled(self)
+    }
+
+    fn disabled_checks(&self) -> Vec<Check> {
+        Resource::disabled_checks(self)
     }
 
     async fn observe_plan(&self, host: &Host) -> Result<Observed> {
@@ -148,53 +180,75 @@ pub enum Mode {
     Plan,
 }
 
-/// Runs the selected resources. `registry` is in dependency order; names the user selected
-/// that have no implementation yet are reported as skipped.
+/// Each observed resource's observation and plan, and how long it took (ms).
+type Observations = HashMap<Name, (Result<Observed>, u64)>;
+
+/// Runs the selected resources. `registry` is in dependency order and holds a resource
+/// for every Name.
 pub struct Engine {
     pub registry: Vec<Box<dyn Managed>>,
+    /// Running as root (euid 0). Without it `plan` and `status` still run, and what they
+    /// cannot read is reported as unknown instead of failed.
+    pub root: bool,
 }
 
-fn error_chain(e: &anyhow::Error) -> String {
-    format!("{e:#}")
+/// The note for an observation that failed only because this run is not root (an
+/// `io::Error` of kind PermissionDenied anywhere in the chain): `plan` and `status` work
+/// as a normal user, and a permission error then says nothing about the machine. As root
+/// the same error is a real failure.
+pub fn unknown_without_root(root: bool, e: &anyhow::Error) -> Option<String> {
+    if root {
+        return None;
+    }
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    denied.then(|| format!("unknown without root: {}", error_chain(e)))
 }
 
 impl Engine {
-    fn find(&self, name: Name) -> Option<&dyn Managed> {
-        self.registry
-            .iter()
-            .find(|r| r.name() == name)
-            .map(|b| b.as_ref())
+    /// Every Name has a resource: the resources' registry is total (a test there says so), so a
+    /// miss is a bug in the agent, not something a run could report.
+    fn find(&self, name: Name) -> &dyn Managed {
+        match self.registry.iter().find(|r| r.name() == name) {
+            Some(m) => m.as_ref(),
+            None => panic!("internal error: {name} is not in the engine's registry"),
+        }
     }
 
     /// Observe and plan all selected resources at once: a no-op run costs about as much
     /// as its slowest observation, not the sum.
-    async fn observe_all(&self, host: &Host, selected: &[Name]) -> Vec<(Result<Observed>, u64)> {
-        let futs = selected.iter().map(|n| async move {
+    ///
+    /// Disabled resources are left out: their observation could only fail or mislead.
+    async fn observe_all(&self, host: &Host, selected: &[Name]) -> Observations {
+        let enabled: Vec<(Name, &dyn Managed)> = selected
+            .iter()
+            .map(|n| (*n, self.find(*n)))
+            .filter(|(_, m)| m.disabled().is_none())
+            .collect();
+        let futs = enabled.iter().map(|(n, m)| async move {
             let t = Instant::now();
-            let r = match self.find(*n) {
-                Some(m) => m.observe_plan(host).await,
-                None => Err(anyhow!("not implemented")),
-            };
-            (r, t.elapsed().as_millis() as u64)
+            let r = m.observe_plan(host).await;
+            (*n, (r, t.elapsed().as_millis() as u64))
         });
-        futures_util::future::join_all(futs).await
+        futures_util::future::join_all(futs)
+            .await
+            .into_iter()
+            .collect()
     }
 
     pub async fn run(
         &self,
         host: &Host,
         mode: Mode,
-        selection: &[(Name, Option<String>)],
+        selection: &Selection,
         mut progress: impl FnMut(&ResourceReport),
     ) -> Vec<ResourceReport> {
-        let selected: Vec<Name> = selection
-            .iter()
-            .filter(|(_, why)| why.is_none())
-            .map(|(n, _)| *n)
-            .collect();
-        let mut observed = self.observe_all(host, &selected).await.into_iter();
+        let selected = selection.selected();
+        let mut observed = self.observe_all(host, &selected).await;
         let mut out: Vec<ResourceReport> = Vec::new();
-        for (name, deselected) in selection.iter().cloned() {
+        for (name, deselected) in selection.entries.iter().cloned() {
             let t = Instant::now();
             let mut rep = ResourceReport {
                 name,
@@ -211,19 +265,17 @@ impl Engine {
                 out.push(rep);
                 continue;
             }
-            let (obs, obs_ms) = observed
-                .next()
-                .unwrap_or_else(|| (Err(anyhow!("internal error: missing observation")), 0));
-            let Some(res) = self.find(name) else {
+            let res = self.find(name);
+            if let Some(key) = res.disabled() {
                 rep.status = Status::Skipped;
-                rep.notes.push(format!(
-                    "not implemented in sapari-agent {}",
-                    crate::VERSION
-                ));
+                rep.notes.push(format!("skipped ({key} = false)"));
                 progress(&rep);
                 out.push(rep);
                 continue;
-            };
+            }
+            let (obs, obs_ms) = observed
+                .remove(&name)
+                .unwrap_or_else(|| (Err(anyhow!("internal error: missing observation")), 0));
             let deps: Vec<&ResourceReport> = out
                 .iter()
                 .filter(|r| res.depends_on().contains(&r.name))
@@ -253,7 +305,15 @@ impl Engine {
                 .filter(|r| r.status == Status::WouldChange)
                 .map(|r| r.name.as_str())
                 .collect();
+            let unknown = obs
+                .as_ref()
+                .err()
+                .and_then(|e| unknown_without_root(self.root, e));
             match obs {
+                Err(_) if unknown.is_some() => {
+                    rep.status = Status::Unchanged;
+                    rep.notes.extend(unknown);
+                }
                 Err(e) if mode == Mode::Plan && !pending.is_empty() => {
                     rep.status = Status::WouldChange;
                     rep.notes.push(format!(
@@ -331,24 +391,34 @@ impl Engine {
         }
     }
 
-    /// Observations for `status`: every check of every selected, implemented resource.
+    /// Observations for `status`: every check of every selected resource; a
+    /// disabled one shows its `disabled_checks` without being observed.
     pub async fn checks(&self, host: &Host, selected: &[Name]) -> Vec<Check> {
-        let implemented: Vec<Name> = selected
-            .iter()
-            .copied()
-            .filter(|n| self.find(*n).is_some())
-            .collect();
-        let observed = self.observe_all(host, &implemented).await;
+        let mut observed = self.observe_all(host, selected).await;
         let mut out = Vec::new();
-        for (name, (obs, _)) in implemented.iter().zip(observed) {
-            match obs {
-                Ok(o) => out.extend(o.checks),
-                Err(e) => out.push(Check::new(
+        for name in selected {
+            let res = self.find(*name);
+            if res.disabled().is_some() {
+                out.extend(res.disabled_checks());
+                continue;
+            }
+            match observed.remove(name).map(|(o, _)| o) {
+                Some(Ok(o)) => out.extend(o.checks),
+                Some(Err(e)) if unknown_without_root(self.root, &e).is_some() => {
+                    out.push(Check::new(
+                        name.as_str(),
+                        Level::Warn,
+                        format!("cannot read without root: {}", error_chain(&e)),
+                        "run `sudo sapari-agent status`",
+                    ))
+                }
+                Some(Err(e)) => out.push(Check::new(
                     name.as_str(),
                     Level::Fail,
                     format!("cannot observe: {}", error_chain(&e)),
                     "run `sapari-agent plan` for details",
                 )),
+                None => {}
             }
         }
         out
@@ -370,6 +440,10 @@ mod tests {
         /// Apply succeeds but changes nothing (a lying apply).
         inert: bool,
         fail_observe: bool,
+        /// The config key that turned it off.
+        off: Option<&'static str>,
+        /// Observe fails the way reading a root-only file does.
+        denied: bool,
         barrier: Option<Arc<tokio::sync::Barrier>>,
     }
 
@@ -388,6 +462,8 @@ mod tests {
             want,
             inert: false,
             fail_observe: false,
+            off: None,
+            denied: false,
             barrier: None,
         }
     }
@@ -411,6 +487,12 @@ mod tests {
             if self.fail_observe {
                 anyhow::bail!("cannot observe");
             }
+            if self.denied {
+                return Err(anyhow::Error::new(std::io::Error::from(
+                    std::io::ErrorKind::PermissionDenied,
+                ))
+                .context("cannot open /proc/net/ip_tables_names"));
+            }
             Ok(*self.value.lock().unwrap())
         }
         fn plan(&self, s: &i32) -> Result<Plan<Set>> {
@@ -429,11 +511,22 @@ mod tests {
             Ok(())
         }
         fn checks(&self, _s: &i32) -> Vec<Check> {
-            vec![]
+            vec![Check::new(self.name.as_str(), Level::Pass, "observed", "")]
+        }
+        fn disabled(&self) -> Option<&'static str> {
+            self.off
+        }
+        fn disabled_checks(&self) -> Vec<Check> {
+            vec![Check::new(
+                self.name.as_str(),
+                Level::Warn,
+                "not managed",
+                "",
+            )]
         }
     }
 
-    fn run(engine: &Engine, mode: Mode, sel: &[(Name, Option<String>)]) -> Vec<ResourceReport> {
+    fn run(engine: &Engine, mode: Mode, sel: &Selection) -> Vec<ResourceReport> {
         let host = Host::new(Access::ReadWrite);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -442,14 +535,26 @@ mod tests {
             .block_on(engine.run(&host, mode, sel, |_| {}))
     }
 
-    fn all(names: &[Name]) -> Vec<(Name, Option<String>)> {
-        names.iter().map(|n| (*n, None)).collect()
+    fn checks(engine: &Engine, names: &[Name]) -> Vec<Check> {
+        let host = Host::new(Access::ReadOnly);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(engine.checks(&host, names))
+    }
+
+    fn all(names: &[Name]) -> Selection {
+        Selection {
+            entries: names.iter().map(|n| (*n, None)).collect(),
+        }
     }
 
     #[test]
     fn converge_applies_and_second_run_is_unchanged() {
         let e = Engine {
             registry: vec![Box::new(fake(Name::Hostname, 5))],
+            root: true,
         };
         let r = run(&e, Mode::Converge, &all(&[Name::Hostname]));
         assert_eq!(r[0].status, Status::Changed);
@@ -463,6 +568,7 @@ mod tests {
         let v = f.value.clone();
         let e = Engine {
             registry: vec![Box::new(f)],
+            root: true,
         };
         let r = run(&e, Mode::Plan, &all(&[Name::Hostname]));
         assert_eq!(r[0].status, Status::WouldChange);
@@ -475,6 +581,7 @@ mod tests {
         f.inert = true;
         let e = Engine {
             registry: vec![Box::new(f)],
+            root: true,
         };
         let r = run(&e, Mode::Converge, &all(&[Name::Hostname]));
         assert_eq!(r[0].status, Status::Failed);
@@ -498,6 +605,7 @@ mod tests {
                 Box::new(sshd),
                 Box::new(fake(Name::Swap, 1)),
             ],
+            root: true,
         };
         let r = run(
             &e,
@@ -518,6 +626,7 @@ mod tests {
         sshd.fail_observe = true;
         let e = Engine {
             registry: vec![Box::new(users), Box::new(sshd)],
+            root: true,
         };
         let r = run(&e, Mode::Plan, &all(&[Name::Users, Name::Sshd]));
         assert_eq!(r[1].status, Status::WouldChange);
@@ -536,19 +645,105 @@ mod tests {
         c.barrier = Some(b);
         let e = Engine {
             registry: vec![Box::new(a), Box::new(c), Box::new(fake(Name::Ntp, 1))],
+            root: true,
         };
-        let sel = vec![
-            (Name::Hostname, None),
-            (Name::Swap, None),
-            (Name::Ntp, Some("skipped by --skip".to_string())),
-            (Name::Compose, None),
-        ];
+        let sel = Selection {
+            entries: vec![
+                (Name::Hostname, None),
+                (Name::Swap, None),
+                (Name::Ntp, Some("skipped by --skip".to_string())),
+            ],
+        };
         let r = run(&e, Mode::Converge, &sel);
         assert_eq!(r[0].status, Status::Unchanged, "{:?}", r[0].error);
         assert_eq!(r[1].status, Status::Unchanged, "{:?}", r[1].error);
         assert_eq!(r[2].status, Status::Skipped);
         assert_eq!(r[2].notes, vec!["skipped by --skip"]);
-        assert_eq!(r[3].status, Status::Skipped);
-        assert!(r[3].notes[0].contains("not implemented"));
+    }
+
+    #[test]
+    fn a_disabled_resource_is_skipped_without_being_observed() {
+        let mut off = fake(Name::Compose, 5);
+        off.fail_observe = true;
+        off.off = Some("compose.enabled");
+        let v = off.value.clone();
+        let e = Engine {
+            registry: vec![Box::new(fake(Name::Swap, 0)), Box::new(off)],
+            root: true,
+        };
+        for mode in [Mode::Plan, Mode::Converge] {
+            let r = run(&e, mode, &all(&[Name::Swap, Name::Compose]));
+            assert_eq!(r[1].status, Status::Skipped, "{:?}", r[1].error);
+            assert_eq!(r[1].notes, vec!["skipped (compose.enabled = false)"]);
+            assert_eq!(r[1].error, None);
+        }
+        assert_eq!(*v.lock().unwrap(), 0, "a disabled resource was applied");
+        let c = checks(&e, &[Name::Swap, Name::Compose]);
+        assert_eq!(
+            c.iter()
+                .map(|c| (c.name.as_str(), c.level))
+                .collect::<Vec<_>>(),
+            vec![("swap", Level::Pass), ("compose", Level::Warn)]
+        );
+    }
+
+    #[test]
+    fn a_disabled_dependency_does_not_skip_its_dependents() {
+        let mut docker = fake(Name::Docker, 1);
+        docker.off = Some("docker.enabled");
+        let mut compose = fake(Name::Compose, 1);
+        compose.deps = &[Name::Docker];
+        let e = Engine {
+            registry: vec![Box::new(docker), Box::new(compose)],
+            root: true,
+        };
+        let r = run(&e, Mode::Converge, &all(&[Name::Docker, Name::Compose]));
+        assert_eq!(r[0].status, Status::Skipped);
+        assert_eq!(r[1].status, Status::Changed);
+    }
+
+    #[test]
+    fn permission_denied_without_root_is_unknown_not_failed() {
+        let denied = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("cannot open /x");
+        let note = unknown_without_root(false, &denied).unwrap();
+        assert!(
+            note.starts_with("unknown without root: cannot open /x"),
+            "{note}"
+        );
+        // As root a permission error is a real failure; other errors always are.
+        assert_eq!(unknown_without_root(true, &denied), None);
+        let other = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(unknown_without_root(false, &other), None);
+        assert_eq!(
+            unknown_without_root(false, &anyhow!("permission denied")),
+            None
+        );
+
+        let mut fw = fake(Name::Firewall, 1);
+        fw.denied = true;
+        let mut e = Engine {
+            registry: vec![Box::new(fw), Box::new(fake(Name::Swap, 1))],
+            root: false,
+        };
+        let r = run(&e, Mode::Plan, &all(&[Name::Firewall, Name::Swap]));
+        assert_eq!(r[0].status, Status::Unchanged, "{:?}", r[0].error);
+        assert_eq!(r[0].error, None);
+        assert!(
+            r[0].notes[0]
+                .starts_with("unknown without root: cannot open /proc/net/ip_tables_names")
+        );
+        assert_eq!(r[1].status, Status::WouldChange);
+        let c = checks(&e, &[Name::Firewall]);
+        assert_eq!(c[0].level, Level::Warn);
+        assert!(
+            c[0].detail.starts_with("cannot read without root: "),
+            "{c:?}"
+        );
+
+        e.root = true;
+        let r = run(&e, Mode::Plan, &all(&[Name::Firewall]));
+        assert_eq!(r[0].status, Status::Failed);
+        assert_eq!(checks(&e, &[Name::Firewall])[0].level, Level::Fail);
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::resources::Name;
+use super::Name;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Change {

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::engine::Name;
 use crate::host::{FileSpec, Host};
-use crate::resources::Name;
 use crate::resources::firewall::rollback::{self as firewall, ChainSnap};
 use crate::resources::sshd::rollback as sshd;
 use crate::resources::ufw::rollback as ufw;

@@ -7,9 +7,9 @@ use anyhow::Result;
 use async_trait::async_trait;
 
 use crate::config::HostnameSettings;
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, FileSpec, Host, files};
-use crate::resources::Name;
 
 const ETC_HOSTNAME: &str = "/etc/hostname";
 const ETC_HOSTS: &str = "/etc/hosts";

@@ -1,4 +1,27 @@
-//! The managed resources. Names are stable CLI identifiers (`--only`, `--skip`, JSON).
+//! The managed resources: each one implements [`crate::engine::Resource`] and the engine
+//! runs them in the order of [`registry`].
+//!
+//! To add a resource:
+//!
+//! 1. Add its variant to [`crate::engine::Name`] (its kebab-case name is the CLI and JSON
+//!    identifier) and to `Name::ALL` where it belongs in the dependency order.
+//! 2. Give it a config section in `config/mod.rs` (`XSettings`, `deny_unknown_fields`,
+//!    defaults that are safe on a fresh box) with `enabled` when an operator may turn it off,
+//!    and mirror the defaults in `examples/agent.toml` (a test keeps the two equal).
+//! 3. Write `resources/<name>.rs` (or `<name>/mod.rs`): a `State` that `observe` reads through
+//!    `Host` only, a `Step` enum with `Describe`, a pure `plan`, an `apply` that performs the
+//!    steps, and `checks` for `status`. Anything that touches the machine goes to `host/`.
+//! 4. Implement `disabled()` returning the config key (`Some("x.enabled")`) when it is off,
+//!    and `disabled_checks()` if status must still warn about an unmanaged part. Never test
+//!    `cfg.enabled` in observe/plan/apply: the engine does not call them for a disabled
+//!    resource.
+//! 5. Add it to [`registry`] at its place in the dependency order, and list what it needs
+//!    first in `depends_on` (the registry test keeps the registry equal to `Name::ALL`).
+//! 6. Unit-test the planner (`tests.rs` beside it): converged state plans nothing, each drift
+//!    plans its step, refusals say what to do. No root needed.
+//! 7. Add a system test (`tests/system_<name>.rs`, in an nspawn box or VM the test creates):
+//!    converge, then a second converge reports it unchanged.
+//! 8. Document it in README.md: its section under Resources, its config keys, and Layout.
 
 pub mod compose;
 pub mod deploy_key;
@@ -14,85 +37,8 @@ pub mod tailscale;
 pub mod ufw;
 pub mod users;
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::Serialize;
-
 use crate::config::Config;
 use crate::engine::Managed;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Name {
-    Hostname,
-    Users,
-    Sshd,
-    DeployKey,
-    Ufw,
-    Packages,
-    Docker,
-    Firewall,
-    Swap,
-    Ntp,
-    Tailscale,
-    Compose,
-}
-
-impl Name {
-    /// Every resource, in the fixed order converge walks them (dependencies first).
-    pub const ALL: [Name; 12] = [
-        Name::Hostname,
-        Name::Users,
-        Name::Sshd,
-        Name::DeployKey,
-        Name::Ufw,
-        Name::Packages,
-        Name::Docker,
-        Name::Firewall,
-        Name::Swap,
-        Name::Ntp,
-        Name::Tailscale,
-        Name::Compose,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Name::Hostname => "hostname",
-            Name::Users => "users",
-            Name::Sshd => "sshd",
-            Name::DeployKey => "deploy-key",
-            Name::Ufw => "ufw",
-            Name::Packages => "packages",
-            Name::Docker => "docker",
-            Name::Firewall => "firewall",
-            Name::Swap => "swap",
-            Name::Ntp => "ntp",
-            Name::Tailscale => "tailscale",
-            Name::Compose => "compose",
-        }
-    }
-}
-
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Name {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Name::ALL
-            .iter()
-            .copied()
-            .find(|n| n.as_str() == s)
-            .ok_or_else(|| {
-                let valid: Vec<&str> = Name::ALL.iter().map(|n| n.as_str()).collect();
-                format!("unknown resource `{s}`; valid names: {}", valid.join(" "))
-            })
-    }
-}
 
 /// Facts about this run that are not configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -182,55 +128,18 @@ pub fn registry(cfg: &Config, ctx: &RunContext) -> Vec<Box<dyn Managed>> {
     ]
 }
 
-/// Which resources a run covers, with the reason for each one left out.
-pub fn select(only: &[Name], skip: &[Name]) -> Vec<(Name, Option<String>)> {
-    Name::ALL
-        .iter()
-        .map(|&n| {
-            let why = if !only.is_empty() && !only.contains(&n) {
-                Some("not selected by --only".to_string())
-            } else if skip.contains(&n) {
-                Some("skipped by --skip".to_string())
-            } else {
-                None
-            };
-            (n, why)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Name;
 
+    /// The engine relies on it: every Name has exactly one resource, in the fixed order.
     #[test]
-    fn names_round_trip_and_unknown_lists_valid() {
-        for n in Name::ALL {
-            assert_eq!(n.as_str().parse::<Name>().unwrap(), n);
-            assert_eq!(serde_json::to_value(n).unwrap(), n.as_str());
-        }
-        let e = "swapp".parse::<Name>().unwrap_err();
-        assert!(e.contains(
-            "hostname users sshd deploy-key ufw packages docker firewall swap ntp tailscale compose"
-        ));
-    }
-
-    #[test]
-    fn registry_follows_fixed_order() {
+    fn registry_covers_every_name_in_fixed_order() {
         let names: Vec<Name> = registry(&Config::default(), &RunContext::default())
             .iter()
             .map(|r| r.name())
             .collect();
-        let mut sorted = names.clone();
-        sorted.sort_by_key(|n| Name::ALL.iter().position(|a| a == n));
-        assert_eq!(names, sorted);
-    }
-
-    #[test]
-    fn selection() {
-        let s = select(&[Name::Swap], &[]);
-        assert!(s.iter().all(|(n, why)| (*n == Name::Swap) == why.is_none()));
-        let s = select(&[], &[Name::Ntp]);
-        assert_eq!(s.iter().filter(|(_, w)| w.is_some()).count(), 1);
+        assert_eq!(names, Name::ALL);
     }
 }

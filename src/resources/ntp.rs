@@ -9,10 +9,10 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::NtpSettings;
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sys::ClockState;
 use crate::host::{Cmd, Host, systemctl};
-use crate::resources::Name;
 
 /// Time services in order of preference when none is enabled: a full NTP daemon if the
 /// operator installed one, else systemd's client.
@@ -220,7 +220,7 @@ async fn wait_for_sync(host: &Host, timeout: Duration) -> Result<()> {
             );
         }
         if waited >= next_report {
-            crate::progress(
+            crate::engine::progress(
                 Name::Ntp,
                 &format!(
                     "waiting for clock synchronization ({}s of {}s)",

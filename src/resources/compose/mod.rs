@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AgentSettings, ComposeSettings, ProfileChoice};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::envcheck::{self, Severity};
 use crate::host::{Cmd, FileSpec, Host, http, state_dir};
-use crate::resources::Name;
 use profile::{Budget, Profile};
 
 use state_dir::{COMPOSE_ENV as AGENT_ENV, COMPOSE_STATE as STATE_FILE};
@@ -204,10 +204,6 @@ impl Compose {
         s: &'a State,
         notes: &mut Vec<String>,
     ) -> Result<Option<(&'a str, Flavor)>> {
-        if !self.cfg.enabled {
-            notes.push("compose management disabled (compose.enabled = false)".into());
-            return Ok(None);
-        }
         let dir = self.dir().display();
         if !s.project {
             notes.push(format!(
@@ -380,6 +376,10 @@ impl Resource for Compose {
         Name::Compose
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("compose.enabled")
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Docker]
     }
@@ -404,6 +404,7 @@ impl Resource for Compose {
             box_memory: mem.total,
             health: Vec::new(),
         };
+        // `budget` observes directly, without the engine that skips a disabled compose.
         if !self.cfg.enabled || !s.project {
             return Ok(s);
         }
@@ -497,11 +498,11 @@ impl Resource for Compose {
         // The merged configuration must be valid before anything is started.
         host.run(&run(&["config", "-q"])).await?;
         if steps.iter().any(|st| matches!(st, Step::Up { .. })) {
-            crate::progress(Name::Compose, "docker compose up -d");
+            crate::engine::progress(Name::Compose, "docker compose up -d");
             host.run(&run(&["up", "-d"])).await?;
         }
         if steps.contains(&Step::RecreateCaddy) {
-            crate::progress(
+            crate::engine::progress(
                 Name::Compose,
                 &format!("Caddyfile changed: recreating {}", self.cfg.caddy_service),
             );
@@ -528,7 +529,7 @@ impl Resource for Compose {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled || !s.project {
+        if !s.project {
             return vec![];
         }
         let fix = "sapari-agent converge --only compose";

@@ -25,10 +25,10 @@ use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
 
 use crate::config::{DeployKeySettings, UsersSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::userdir::{self, UserDir};
 use crate::host::{FileSpec, Host, files};
-use crate::resources::Name;
 
 const HINT: &str = "sapari-agent converge --only deploy-key";
 const GITHUB: &str = "github.com";
@@ -352,14 +352,23 @@ impl Resource for DeployKey {
         Name::DeployKey
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("deploy_key.enabled")
+    }
+    fn disabled_checks(&self) -> Vec<Check> {
+        vec![Check::new(
+            "deploy key",
+            Level::Pass,
+            "disabled (deploy_key.enabled = false)",
+            "",
+        )]
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Users]
     }
 
     async fn observe(&self, host: &Host) -> Result<State> {
-        if !self.cfg.enabled {
-            return Ok(State::default());
-        }
         let accounts = host.accounts()?;
         let user = accounts.user(&self.user).map(|a| Owner {
             name: a.name.clone(),
@@ -372,11 +381,6 @@ impl Resource for DeployKey {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("disabled (deploy_key.enabled = false): nothing is managed".into());
-            return Ok(plan);
-        }
         let Some(user) = &s.user else {
             bail!(
                 "user {} does not exist (the users resource creates it)",
@@ -466,14 +470,6 @@ impl Resource for DeployKey {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled {
-            return vec![Check::new(
-                "deploy key",
-                Level::Pass,
-                "disabled (deploy_key.enabled = false)",
-                "",
-            )];
-        }
         let Some(user) = &s.user else {
             return vec![Check::new(
                 "deploy key",

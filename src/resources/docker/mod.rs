@@ -9,10 +9,10 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::{DockerSettings, DockerSource};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::apt::{self, APT_LISTS};
 use crate::host::{Host, compose, systemctl};
-use crate::resources::Name;
 
 /// Docker's release signing key, as Docker publishes it.
 pub const DOCKER_KEY: &str = include_str!("docker.asc");
@@ -52,14 +52,14 @@ impl Docker {
     /// `update` when the repository was just added.
     async fn install(&self, host: &Host, p: &[String], update: bool) -> Result<()> {
         let lock = self.cfg.lock_timeout.0;
-        apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
+        apt::wait_for_dpkg(host, lock, &|m| crate::engine::progress(Name::Packages, m)).await?;
         // Also when the lists do not know a package: never downloaded (a fresh image keeps
         // only `partial/` and `lock` there) or from before it existed.
         if update || !apt::unknown_in_lists(Path::new(APT_LISTS), p).is_empty() {
-            crate::progress(Name::Docker, "updating package lists");
+            crate::engine::progress(Name::Docker, "updating package lists");
             apt::update(host).await?;
         }
-        crate::progress(Name::Docker, &format!("installing {}", p.join(" ")));
+        crate::engine::progress(Name::Docker, &format!("installing {}", p.join(" ")));
         apt::install(host, p).await
     }
 
@@ -125,6 +125,10 @@ impl Resource for Docker {
         Name::Docker
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("docker.enabled")
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Packages]
     }
@@ -155,11 +159,6 @@ impl Resource for Docker {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("docker management disabled (docker.enabled = false)".into());
-            return Ok(plan);
-        }
         let distro_present = s.installed.contains("docker.io");
         let official_present = s.installed.contains("docker-ce");
         if self.cfg.source == DockerSource::Official && distro_present && !official_present {
@@ -249,9 +248,6 @@ impl Resource for Docker {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled {
-            return vec![];
-        }
         let running = s.active.as_deref() == Some("active");
         vec![
             Check::new(

@@ -156,7 +156,7 @@ impl Firewall {
             "no last good {} list in {}: using the list built into sapari-agent {} ({} ranges)",
             fam.label(),
             self.state_dir.display(),
-            crate::VERSION,
+            crate::engine::VERSION,
             nets.len()
         );
         notes.push(match error {

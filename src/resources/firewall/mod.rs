@@ -28,10 +28,10 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use crate::config::{AgentSettings, FirewallSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::sockets::Listener;
 use crate::host::{FileSpec, Host, iptables, state_dir};
-use crate::resources::Name;
 use lists::{Family, LastGood, Stored};
 use origin::Shape;
 use rules::{Backend, CHAIN, FilterTable, ForwardJump, Rule};
@@ -472,12 +472,25 @@ impl Resource for Firewall {
         Name::Firewall
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("firewall.enabled")
+    }
+    fn disabled_checks(&self) -> Vec<Check> {
+        vec![Check::new(
+            "docker-user",
+            Level::Warn,
+            "not managed (firewall.enabled = false): Docker-published :443 is open to every address",
+            "set firewall.enabled = true in /etc/sapari-agent/agent.toml",
+        )]
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Docker]
     }
 
     async fn observe(&self, host: &Host) -> Result<State> {
         let now = SystemTime::now();
+        // `firewall show` and `firewall check` observe directly, without the engine.
         if !self.cfg.enabled {
             return Ok(State {
                 families: vec![],
@@ -513,11 +526,6 @@ impl Resource for Firewall {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("firewall management disabled (firewall.enabled = false)".into());
-            return Ok(plan);
-        }
         let choices: Vec<ListChoice> = s.families.iter().map(|f| self.choose_list(f)).collect();
         for c in &choices {
             plan.notes.extend(c.notes.iter().cloned());
@@ -615,14 +623,6 @@ impl Resource for Firewall {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled {
-            return vec![Check::new(
-                "docker-user",
-                Level::Warn,
-                "not managed (firewall.enabled = false): Docker-published :443 is open to every address",
-                "set firewall.enabled = true in /etc/sapari-agent/agent.toml",
-            )];
-        }
         let fix = "sapari-agent firewall apply";
         let mut out = self.origin_checks(s);
         let origin_ok = out.first().is_some_and(|c| c.level == Level::Pass);
@@ -719,7 +719,7 @@ impl Firewall {
                 Level::Warn,
                 format!(
                     "the list built into sapari-agent {} is in force ({} ranges){}",
-                    crate::VERSION,
+                    crate::engine::VERSION,
                     choice.nets.len(),
                     f.fetched
                         .as_ref()

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::lists::Family;
 use super::rules::{Backend, CHAIN};
 use crate::config::Config;
+use crate::engine::Name;
 use crate::host::{Host, iptables};
-use crate::resources::Name;
 use crate::resources::guarded::{Guarded, Installed, Snapshot};
 
 /// One family's saved chain. Family and backend serialise as the `v4`/`nft` strings the

@@ -12,10 +12,10 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::{PackagesSettings, UfwSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::apt::{self, APT_LISTS};
 use crate::host::{FileSpec, Host, files, systemctl};
-use crate::resources::Name;
 
 const AUTO_UPGRADES: &str = "/etc/apt/apt.conf.d/20auto-upgrades";
 const AUTO_UPGRADES_CONTENT: &str = "// Managed by sapari-agent: daily package lists and unattended security upgrades.\nAPT::Periodic::Update-Package-Lists \"1\";\nAPT::Periodic::Unattended-Upgrade \"1\";\n";
@@ -119,6 +119,10 @@ impl Resource for Packages {
         Name::Packages
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("packages.enabled")
+    }
+
     async fn observe(&self, host: &Host) -> Result<State> {
         let installed = apt::installed_now(host)?;
         let missing: Vec<String> = self
@@ -141,7 +145,7 @@ impl Resource for Packages {
         };
         Ok(State {
             lists_age: apt::lists_age(Path::new(APT_LISTS)),
-            unknown: if missing.is_empty() || !self.cfg.enabled {
+            unknown: if missing.is_empty() {
                 Vec::new()
             } else {
                 apt::unknown_in_lists(Path::new(APT_LISTS), &missing)
@@ -157,11 +161,6 @@ impl Resource for Packages {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("package management disabled (packages.enabled = false)".into());
-            return Ok(plan);
-        }
         let missing: Vec<String> = self
             .cfg
             .install
@@ -236,16 +235,19 @@ impl Resource for Packages {
             .iter()
             .any(|st| matches!(st, Step::Update { .. } | Step::Install(_)))
         {
-            apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
+            apt::wait_for_dpkg(host, lock, &|m| crate::engine::progress(Name::Packages, m)).await?;
         }
         for step in steps {
             match step {
                 Step::Update { .. } => {
-                    crate::progress(Name::Packages, "updating package lists (apt-get update)");
+                    crate::engine::progress(
+                        Name::Packages,
+                        "updating package lists (apt-get update)",
+                    );
                     apt::update(host).await?;
                 }
                 Step::Install(p) => {
-                    crate::progress(Name::Packages, &format!("installing {}", p.join(" ")));
+                    crate::engine::progress(Name::Packages, &format!("installing {}", p.join(" ")));
                     apt::install(host, p).await?;
                 }
                 Step::AutoUpgrades { .. } => {

@@ -12,9 +12,10 @@ use async_trait::async_trait;
 
 use crate::authorized_keys;
 use crate::config::SshdSettings;
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, FileSpec, Host};
-use crate::resources::{Name, RunContext};
+use crate::resources::RunContext;
 
 mod admission;
 mod config_text;

@@ -27,11 +27,11 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use crate::config::{Size, SwapSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::files::{self, Kind};
 use crate::host::sys::{self, FsKind, Memory};
 use crate::host::{Cmd, FileSpec, Host};
-use crate::resources::Name;
 
 const FSTAB: &str = "/etc/fstab";
 const PROC_SWAPS: &str = "/proc/swaps";
@@ -533,6 +533,10 @@ impl Resource for Swap {
         Name::Swap
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("swap.enabled")
+    }
+
     async fn observe(&self, host: &Host) -> Result<State> {
         let path = self.path();
         let active = parse_proc_swaps(&host.read_text(Path::new(PROC_SWAPS))?.unwrap_or_default());
@@ -576,13 +580,7 @@ impl Resource for Swap {
     }
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
-        let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("swap management disabled (swap.enabled = false)".into());
-            return Ok(plan);
-        }
-        let mut p = Planning::new(self, s, plan);
+        let mut p = Planning::new(self, s, Plan::default());
         if p.accept_existing() {
             return Ok(p.plan);
         }

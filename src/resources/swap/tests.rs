@@ -479,12 +479,13 @@ fn loose_permissions_and_missing_signature_are_fixed() {
 }
 
 #[test]
-fn disabled_does_nothing() {
+fn disabled_names_its_key() {
     let cfg = SwapSettings {
         enabled: false,
         ..SwapSettings::default()
     };
-    assert!(Swap::new(&cfg).plan(&fresh()).unwrap().steps.is_empty());
+    assert_eq!(Swap::new(&cfg).disabled(), Some("swap.enabled"));
+    assert_eq!(Swap::new(&SwapSettings::default()).disabled(), None);
 }
 
 #[test]

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::config::TailscaleSettings;
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, Host, apt, files, http, systemctl};
-use crate::resources::Name;
 
 /// Tailscale's package repository signing key, as Tailscale publishes it.
 pub const TAILSCALE_FINGERPRINT: &str = "2596A99EAAB33821893C0A79458CA832957F5868";
@@ -145,6 +145,10 @@ impl Resource for Tailscale {
         Name::Tailscale
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("tailscale.enabled")
+    }
+
     fn depends_on(&self) -> &'static [Name] {
         &[Name::Packages]
     }
@@ -183,11 +187,6 @@ impl Resource for Tailscale {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("tailscale management disabled (tailscale.enabled = false)".into());
-            return Ok(plan);
-        }
         if !s.installed {
             if !matches!(s.os_id.as_str(), "ubuntu" | "debian") || s.codename.is_empty() {
                 bail!(
@@ -269,9 +268,6 @@ impl Resource for Tailscale {
     }
 
     fn checks(&self, s: &State) -> Vec<Check> {
-        if !self.cfg.enabled {
-            return vec![];
-        }
         let (level, detail) = match &s.status {
             Ok(st) if st.backend_state == "Running" => (
                 Level::Pass,
@@ -340,7 +336,7 @@ fn keyring(download: &[u8], url: &str, pin: &str) -> Result<Vec<u8>> {
 async fn install(host: &Host, os_id: &str, codename: &str, lock: Duration) -> Result<()> {
     let base = format!("https://pkgs.tailscale.com/stable/{os_id}");
     let url = format!("{base}/{codename}.noarmor.gpg");
-    crate::progress(
+    crate::engine::progress(
         Name::Tailscale,
         &format!("fetching Tailscale's signing key from {url}"),
     );
@@ -360,7 +356,7 @@ async fn install(host: &Host, os_id: &str, codename: &str, lock: Duration) -> Re
             sources_text: &list,
         },
     )?;
-    apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Packages, m)).await?;
+    apt::wait_for_dpkg(host, lock, &|m| crate::engine::progress(Name::Packages, m)).await?;
     apt::update(host).await?;
     apt::install(host, &["tailscale".to_string()]).await
 }

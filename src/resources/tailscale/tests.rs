@@ -107,9 +107,10 @@ fn disabled_and_not_installed() {
         },
         "x",
     );
+    assert_eq!(r.disabled(), Some("tailscale.enabled"));
+    assert_eq!(res().disabled(), None);
     let mut s = state(Err("not installed"), KeyFile::Ok);
     s.installed = false;
-    assert!(r.plan(&s).unwrap().steps.is_empty());
     let p = res().plan(&s).unwrap();
     assert_eq!(
         p.steps,

@@ -14,10 +14,11 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use crate::config::{TailscaleSsh, UfwSettings};
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::apt;
 use crate::host::{Cmd, FileSpec, Host, files};
-use crate::resources::{Name, RunContext};
+use crate::resources::RunContext;
 
 pub const UFW_CONF: &str = "/etc/ufw/ufw.conf";
 pub const DEFAULTS: &str = "/etc/default/ufw";
@@ -425,6 +426,10 @@ impl Resource for Ufw {
         Name::Ufw
     }
 
+    fn disabled(&self) -> Option<&'static str> {
+        (!self.cfg.enabled).then_some("ufw.enabled")
+    }
+
     async fn observe(&self, host: &Host) -> Result<State> {
         let installed = host.program_exists("ufw");
         let conf = host.read_text(Path::new(UFW_CONF))?.unwrap_or_default();
@@ -458,11 +463,6 @@ impl Resource for Ufw {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if !self.cfg.enabled {
-            plan.notes
-                .push("ufw management disabled (ufw.enabled = false)".into());
-            return Ok(plan);
-        }
         if self.operator_ips.is_empty() && !self.cfg.ssh_only_via_tailscale {
             bail!(
                 "no operator IP: SSH would be reachable only over Tailscale{}. Pass --my-ip <your address> (find it with `curl -s ifconfig.me` on your laptop) or set access.operator_ips; set ufw.ssh_only_via_tailscale = true if that is what you want. Nothing was changed",
@@ -483,6 +483,13 @@ impl Resource for Ufw {
                 "the kernel has no IPv6 ({PROC_IPV6} is missing): only IPv4 rules are managed; ufw filters IPv6 once the kernel has it, with the IPv6 rules the next run adds"
             ));
         }
+        // The steps are pushed in the order apply performs them, which is the order the
+        // report shows. Allow rules first, then the deny default, then enable: at no moment
+        // is the box closed to the rules it is meant to have. IPV6=yes comes before the
+        // rules: ufw refuses IPv6 rules without it, and an active ufw has no IPv6 chains to
+        // add them to until it is reloaded. The reload only opens IPv6 up: with IPV6=no an
+        // active ufw drops all of it, after the reload it gets the rules in user6.rules, and
+        // the IPv6 allow rules still missing follow right away.
         if !s.installed {
             plan.steps.push(Step::Install);
         }
@@ -517,14 +524,14 @@ impl Resource for Ufw {
             ));
             result.extend(foreign.iter().map(|t| (*t).clone()));
         }
-        if s.input_policy != "DROP" {
-            plan.steps.push(Step::DefaultIncoming {
-                from: policy_word(&s.input_policy),
-            });
-        }
         if s.output_policy != "ACCEPT" {
             plan.steps.push(Step::DefaultOutgoing {
                 from: policy_word(&s.output_policy),
+            });
+        }
+        if s.input_policy != "DROP" {
+            plan.steps.push(Step::DefaultIncoming {
+                from: policy_word(&s.input_policy),
             });
         }
         if !s.enabled {
@@ -564,27 +571,10 @@ impl Resource for Ufw {
     }
 
     async fn apply(&self, host: &Host, s: &State, steps: &[Step]) -> Result<()> {
-        // Allow rules first, then the deny default, then enable: at no moment is the box
-        // closed to the rules it is meant to have. IPV6=yes comes before the rules: ufw
-        // refuses IPv6 rules without it, and an active ufw has no IPv6 chains to add them to
-        // until it is reloaded. The reload only opens IPv6 up: with IPV6=no an active ufw
-        // drops all of it, after the reload it gets the rules in user6.rules, and the IPv6
-        // allow rules still missing follow right away.
-        let order = |s: &Step| match s {
-            Step::Install => 0,
-            Step::Ipv6 { .. } => 1,
-            Step::Add(_) => 2,
-            Step::Delete(_) => 3,
-            Step::DefaultOutgoing { .. } => 4,
-            Step::DefaultIncoming { .. } => 5,
-            Step::Enable => 6,
-            Step::Reload => 7,
-        };
+        // In the plan's order: plan puts the steps in the only safe one.
         if s.enabled {
             host.write_marker(Path::new(RELOAD_PENDING))?;
         }
-        let mut steps: Vec<&Step> = steps.iter().collect();
-        steps.sort_by_key(|s| order(s));
         for step in steps {
             let cmd = match step {
                 Step::Ipv6 { reload, .. } => {
@@ -596,7 +586,8 @@ impl Resource for Ufw {
                 }
                 Step::Install => {
                     let lock = self.lock_timeout;
-                    apt::wait_for_dpkg(host, lock, &|m| crate::progress(Name::Ufw, m)).await?;
+                    apt::wait_for_dpkg(host, lock, &|m| crate::engine::progress(Name::Ufw, m))
+                        .await?;
                     apt::install(host, &["ufw".to_string()]).await?;
                     continue;
                 }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use super::{STATE_FILES, UFW_CONF, shell_var};
 use crate::config::Config;
+use crate::engine::Name;
 use crate::host::{Cmd, Host};
-use crate::resources::Name;
 use crate::resources::guarded::{
     FileSnap, Guarded, Installed, Snapshot, contents_differ, file_snap, put_back, refile,
 };

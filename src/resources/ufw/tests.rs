@@ -349,3 +349,47 @@ fn an_interactive_run_without_a_known_client_says_so() {
         p.notes
     );
 }
+
+/// apply performs the steps in the plan's order, so the plan itself must be in the safe
+/// order: install, IPV6=yes, allow rules, deletions, the defaults (deny incoming last),
+/// enable.
+#[test]
+fn plan_is_in_apply_order() {
+    let r = Ufw::new(
+        &UfwSettings {
+            prune: true,
+            ..UfwSettings::default()
+        },
+        &[op()],
+        &RunContext::default(),
+    );
+    let mut s = fresh();
+    s.installed = false;
+    s.ipv6 = false;
+    s.ipv6_from = "IPV6=no".into();
+    s.input_policy = String::new();
+    s.output_policy = "DROP".into();
+    s.rules = parse_tuples(
+        "### tuple ### allow tcp 8080 0.0.0.0/0 any 0.0.0.0/0 in\n",
+        false,
+    );
+    let p = r.plan(&s).unwrap();
+    let kind = |s: &Step| match s {
+        Step::Install => "install",
+        Step::Ipv6 { .. } => "ipv6",
+        Step::Add(_) => "add",
+        Step::Delete(_) => "delete",
+        Step::DefaultOutgoing { .. } => "outgoing",
+        Step::DefaultIncoming { .. } => "incoming",
+        Step::Enable => "enable",
+        Step::Reload => "reload",
+    };
+    let mut kinds: Vec<&str> = p.steps.iter().map(kind).collect();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "install", "ipv6", "add", "delete", "outgoing", "incoming", "enable"
+        ]
+    );
+}

@@ -10,11 +10,12 @@ use async_trait::async_trait;
 
 use crate::authorized_keys;
 use crate::config::UsersSettings;
+use crate::engine::Name;
 use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::accounts::{self, Accounts};
 use crate::host::userdir::Kind;
 use crate::host::{Cmd, FileSpec, FileState, Host, UserDir};
-use crate::resources::{Name, RunContext};
+use crate::resources::RunContext;
 
 pub mod rollback;
 

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::engine::Name;
 use crate::host::{Cmd, FileSpec, Host};
-use crate::resources::Name;
 use crate::resources::guarded::{FileSnap, Guarded, Installed, Snapshot, file_snap, snap_of};
 
 /// A kept file of the users resource. One more of its files is one more variant here, with

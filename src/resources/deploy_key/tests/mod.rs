@@ -414,16 +414,15 @@ fn custom_path_needs_its_directory() {
 }
 
 #[test]
-fn disabled_plans_nothing() {
+fn disabled_names_its_key_and_passes_status() {
     let cfg = DeployKeySettings {
         enabled: false,
         ..DeployKeySettings::default()
     };
     let r = DeployKey::new(&cfg, &UsersSettings::default());
-    let p = r.plan(&State::default()).unwrap();
-    assert!(p.steps.is_empty());
-    assert!(p.notes[0].contains("disabled"));
-    assert_eq!(r.checks(&State::default())[0].level, Level::Pass);
+    assert_eq!(r.disabled(), Some("deploy_key.enabled"));
+    assert_eq!(r.disabled_checks()[0].level, Level::Pass);
+    assert_eq!(res().disabled(), None);
 }
 
 #[test]

@@ -339,15 +339,19 @@ fn wan_interface_from_config_or_routes() {
 }
 
 #[test]
-fn disabled_does_nothing() {
+fn disabled_names_its_key_and_warns_in_status() {
     let cfg = FirewallSettings {
         enabled: false,
         ..settings()
     };
-    let p = fw_with(cfg.clone()).plan(&converged()).unwrap();
-    assert!(p.steps.is_empty());
-    assert!(p.notes[0].contains("disabled"));
-    assert!(fw_with(cfg).verdict(&converged()).matches);
+    let fw_off = fw_with(cfg);
+    assert_eq!(fw_off.disabled(), Some("firewall.enabled"));
+    let c = fw_off.disabled_checks();
+    assert_eq!(c[0].level, Level::Warn);
+    assert!(c[0].detail.contains("firewall.enabled = false"), "{c:?}");
+    // `firewall check` reaches the verdict without the engine.
+    assert!(fw_off.verdict(&converged()).matches);
+    assert_eq!(fw().disabled(), None);
 }
 
 #[test]
