@@ -268,7 +268,7 @@ impl Engine {
             let res = self.find(name);
             if let Some(key) = res.disabled() {
                 rep.status = Status::Skipped;
-                rep.notes.push(format!("skipped ({key} = false)"));
+                rep.notes.push(format!("{key} = false"));
                 progress(&rep);
                 out.push(rep);
                 continue;
@@ -674,7 +674,7 @@ mod tests {
         for mode in [Mode::Plan, Mode::Converge] {
             let r = run(&e, mode, &all(&[Name::Swap, Name::Compose]));
             assert_eq!(r[1].status, Status::Skipped, "{:?}", r[1].error);
-            assert_eq!(r[1].notes, vec!["skipped (compose.enabled = false)"]);
+            assert_eq!(r[1].notes, vec!["compose.enabled = false"]);
             assert_eq!(r[1].error, None);
         }
         assert_eq!(*v.lock().unwrap(), 0, "a disabled resource was applied");
