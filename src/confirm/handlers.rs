@@ -44,32 +44,11 @@ pub async fn confirm(cfg: &Config, json: bool) -> i32 {
         }
         exit::FAILED
     };
-    let pending = match read_json::<Pending>(&host, &dir.join(PENDING)) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            let why = match read_json::<RolledBack>(&host, &dir.join(ROLLED_BACK)) {
-                Ok(Some(m)) => format!(
-                    "nothing to confirm: the change {} ({}) was already rolled back at {}",
-                    m.id,
-                    list(&m.resources),
-                    m.at
-                ),
-                _ => "nothing to confirm: no commit-confirmed change is pending".into(),
-            };
-            return refuse(why);
-        }
-        Err(e) => return refuse(format!("{e:#}")),
+    let pending = match pending_to_confirm(&host, &dir) {
+        Ok(p) => p,
+        Err(why) => return refuse(why),
     };
-    let caller = Caller {
-        ssh_connection: host.ssh_connection(),
-        session: sys::ssh_session(),
-        boot_id: boot_id(&host).ok(),
-        boot_ms: sys::boottime_ms().unwrap_or(0),
-        unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-    };
-    let note = match session_verdict(&pending, &caller) {
+    let note = match session_verdict(&pending, &caller(&host)) {
         Ok(n) => n,
         Err(why) => return refuse(why),
     };
@@ -86,23 +65,7 @@ pub async fn confirm(cfg: &Config, json: bool) -> i32 {
         pending.id,
         list(&pending.resources)
     );
-    let text = format!(
-        "confirmed: the change {} ({}) is permanent; the rollback is cancelled{}{}",
-        pending.id,
-        if pending.state == PendingState::Applying {
-            "its converge did not finish".to_string()
-        } else {
-            list(&pending.resources)
-        },
-        if late {
-            " (after its deadline: the rollback had not run yet)"
-        } else {
-            ""
-        },
-        note.as_deref()
-            .map(|n| format!("\nnote: {n}"))
-            .unwrap_or_default()
-    );
+    let text = confirmed_text(&pending, late, note.as_deref());
     say(
         json,
         serde_json::json!({
@@ -115,6 +78,56 @@ pub async fn confirm(cfg: &Config, json: bool) -> i32 {
         &text,
     );
     exit::OK
+}
+
+/// The pending change, or why there is nothing to confirm.
+fn pending_to_confirm(host: &Host, dir: &Path) -> Result<Pending, String> {
+    match read_json::<Pending>(host, &dir.join(PENDING)) {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(
+            match read_json::<RolledBack>(host, &dir.join(ROLLED_BACK)) {
+                Ok(Some(m)) => format!(
+                    "nothing to confirm: the change {} ({}) was already rolled back at {}",
+                    m.id,
+                    list(&m.resources),
+                    m.at
+                ),
+                _ => "nothing to confirm: no commit-confirmed change is pending".into(),
+            },
+        ),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+/// Who runs `confirm`: its SSH connection and session, and when (boot and wall clock).
+fn caller(host: &Host) -> Caller {
+    Caller {
+        ssh_connection: host.ssh_connection(),
+        session: sys::ssh_session(),
+        boot_id: boot_id(host).ok(),
+        boot_ms: sys::boottime_ms().unwrap_or(0),
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+fn confirmed_text(pending: &Pending, late: bool, note: Option<&str>) -> String {
+    format!(
+        "confirmed: the change {} ({}) is permanent; the rollback is cancelled{}{}",
+        pending.id,
+        if pending.state == PendingState::Applying {
+            "its converge did not finish".to_string()
+        } else {
+            list(&pending.resources)
+        },
+        if late {
+            " (after its deadline: the rollback had not run yet)"
+        } else {
+            ""
+        },
+        note.map(|n| format!("\nnote: {n}")).unwrap_or_default()
+    )
 }
 
 /// Restore change `id` once its deadline has passed, unless it was confirmed or superseded

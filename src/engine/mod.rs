@@ -207,6 +207,18 @@ pub fn unknown_without_root(root: bool, e: &anyhow::Error) -> Option<String> {
     denied.then(|| format!("unknown without root: {}", error_chain(e)))
 }
 
+/// A report before anything is known about the resource.
+fn blank(name: Name) -> ResourceReport {
+    ResourceReport {
+        name,
+        status: Status::Unchanged,
+        changes: vec![],
+        notes: vec![],
+        error: None,
+        duration_ms: 0,
+    }
+}
+
 impl Engine {
     /// Every Name has a resource: the resources' registry is total (a test there says so), so a
     /// miss is a bug in the agent, not something a run could report.
@@ -250,85 +262,102 @@ impl Engine {
         let mut out: Vec<ResourceReport> = Vec::new();
         for (name, deselected) in selection.entries.iter().cloned() {
             let t = Instant::now();
-            let mut rep = ResourceReport {
-                name,
-                status: Status::Unchanged,
-                changes: vec![],
-                notes: vec![],
-                error: None,
-                duration_ms: 0,
-            };
-            if let Some(why) = deselected {
-                rep.status = Status::Skipped;
-                rep.notes.push(why);
-                progress(&rep);
-                out.push(rep);
-                continue;
-            }
-            let res = self.find(name);
-            if let Some(key) = res.disabled() {
-                rep.status = Status::Skipped;
-                rep.notes.push(format!("{key} = false"));
-                progress(&rep);
-                out.push(rep);
-                continue;
-            }
-            let (obs, obs_ms) = observed
-                .remove(&name)
-                .unwrap_or_else(|| (Err(anyhow!("internal error: missing observation")), 0));
-            let deps: Vec<&ResourceReport> = out
-                .iter()
-                .filter(|r| res.depends_on().contains(&r.name))
-                .collect();
-            if let Some(bad) = deps
-                .iter()
-                .find(|r| matches!(r.status, Status::Failed | Status::Skipped) && r.error.is_some())
-            {
-                rep.status = Status::Skipped;
-                rep.error = Some(format!("depends on {}, which failed", bad.name.as_str()));
-                progress(&rep);
-                out.push(rep);
-                continue;
-            }
-            let dep_changed = deps.iter().any(|r| r.status == Status::Changed);
-            let obs = if dep_changed && mode == Mode::Converge {
-                res.observe_plan(host).await
-            } else {
-                obs
-            };
-            // A plan is computed against today's machine. When a dependency would change it
-            // first (sshd's lockout guard needs the keys `users` is about to install), the
-            // dependent cannot be judged yet: say so rather than report a failure that a
-            // converge would not have.
-            let pending: Vec<&str> = deps
-                .iter()
-                .filter(|r| r.status == Status::WouldChange)
-                .map(|r| r.name.as_str())
-                .collect();
-            let unknown = obs
-                .as_ref()
-                .err()
-                .and_then(|e| unknown_without_root(self.root, e));
-            match obs {
-                Err(_) if unknown.is_some() => {
-                    rep.status = Status::Unchanged;
-                    rep.notes.extend(unknown);
+            let rep = match self.not_run(name, deselected, &out) {
+                Some(rep) => rep,
+                None => {
+                    let (obs, obs_ms) = observed.remove(&name).unwrap_or_else(|| {
+                        (Err(anyhow!("internal error: missing observation")), 0)
+                    });
+                    let mut rep = blank(name);
+                    self.judge(host, mode, name, obs, &out, &mut rep).await;
+                    rep.duration_ms = obs_ms + t.elapsed().as_millis() as u64;
+                    rep
                 }
-                Err(e) if mode == Mode::Plan && !pending.is_empty() => {
-                    rep.status = Status::WouldChange;
-                    rep.notes.push(format!(
-                        "cannot be planned exactly before {} is applied; today it would fail with: {}",
-                        pending.join(", "),
-                        error_chain(&e)
-                    ));
-                }
-                obs => self.finish(host, mode, res, obs, &mut rep).await,
-            }
-            rep.duration_ms = obs_ms + t.elapsed().as_millis() as u64;
+            };
             progress(&rep);
             out.push(rep);
         }
         out
+    }
+
+    /// The report of a resource that does not run at all: left out by the selection, turned
+    /// off in agent.toml (never observed), or behind a dependency that failed.
+    fn not_run(
+        &self,
+        name: Name,
+        deselected: Option<String>,
+        done: &[ResourceReport],
+    ) -> Option<ResourceReport> {
+        let mut rep = blank(name);
+        rep.status = Status::Skipped;
+        if let Some(why) = deselected {
+            rep.notes.push(why);
+            return Some(rep);
+        }
+        let res = self.find(name);
+        if let Some(key) = res.disabled() {
+            rep.notes.push(format!("{key} = false"));
+            return Some(rep);
+        }
+        let bad = done.iter().find(|r| {
+            res.depends_on().contains(&r.name)
+                && matches!(r.status, Status::Failed | Status::Skipped)
+                && r.error.is_some()
+        })?;
+        rep.error = Some(format!("depends on {}, which failed", bad.name.as_str()));
+        Some(rep)
+    }
+
+    /// A resource that runs: its observation (taken again in a converge when a dependency
+    /// changed the machine since), judged, and in a converge applied and verified.
+    async fn judge(
+        &self,
+        host: &Host,
+        mode: Mode,
+        name: Name,
+        obs: Result<Observed>,
+        done: &[ResourceReport],
+        rep: &mut ResourceReport,
+    ) {
+        let res = self.find(name);
+        let deps: Vec<&ResourceReport> = done
+            .iter()
+            .filter(|r| res.depends_on().contains(&r.name))
+            .collect();
+        let dep_changed = deps.iter().any(|r| r.status == Status::Changed);
+        let obs = if dep_changed && mode == Mode::Converge {
+            res.observe_plan(host).await
+        } else {
+            obs
+        };
+        // A plan is computed against today's machine. When a dependency would change it
+        // first (sshd's lockout guard needs the keys `users` is about to install), the
+        // dependent cannot be judged yet: say so rather than report a failure that a
+        // converge would not have.
+        let pending: Vec<&str> = deps
+            .iter()
+            .filter(|r| r.status == Status::WouldChange)
+            .map(|r| r.name.as_str())
+            .collect();
+        let unknown = obs
+            .as_ref()
+            .err()
+            .and_then(|e| unknown_without_root(self.root, e));
+        match obs {
+            Err(_) if unknown.is_some() => {
+                rep.status = Status::Unchanged;
+                rep.notes.extend(unknown);
+            }
+            Err(e) if mode == Mode::Plan && !pending.is_empty() => {
+                rep.status = Status::WouldChange;
+                rep.notes.push(format!(
+                    "cannot be planned exactly before {} is applied; today it would fail with: {}",
+                    pending.join(", "),
+                    error_chain(&e)
+                ));
+            }
+            obs => self.finish(host, mode, res, obs, rep).await,
+        }
     }
 
     async fn finish(

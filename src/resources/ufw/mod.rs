@@ -417,6 +417,84 @@ impl Ufw {
     }
 }
 
+impl Ufw {
+    /// Refuses a configuration under which nobody could reach SSH at all.
+    fn reachable_at_all(&self) -> Result<()> {
+        if self.operator_ips.is_empty() && !self.cfg.ssh_only_via_tailscale {
+            bail!(
+                "no operator IP: SSH would be reachable only over Tailscale{}. Pass --my-ip <your address> (find it with `curl -s ifconfig.me` on your laptop) or set access.operator_ips; set ufw.ssh_only_via_tailscale = true if that is what you want. Nothing was changed",
+                if self.cfg.tailscale == TailscaleSsh::Off {
+                    ", which is off: nobody could log in"
+                } else {
+                    ""
+                }
+            );
+        }
+        if self.operator_ips.is_empty() && self.cfg.tailscale == TailscaleSsh::Off {
+            bail!(
+                "ufw.tailscale = \"off\" and no operator IP: SSH would be unreachable. Nothing was changed"
+            );
+        }
+        Ok(())
+    }
+
+    /// The rule additions and deletions (after IPV6=yes, before the policies), and the rule
+    /// set in force once they are applied.
+    fn plan_rules(&self, s: &State, plan: &mut Plan<Step>) -> Vec<Tuple> {
+        let desired = self.desired(s.kernel_ipv6);
+        for t in &desired {
+            if !s.rules.contains(t) {
+                plan.steps.push(Step::Add(t.clone()));
+            }
+        }
+        // Without IPv6 in the kernel ufw can neither add nor delete IPv6 rules.
+        let foreign: Vec<&Tuple> = s
+            .rules
+            .iter()
+            .filter(|t| !desired.contains(t) && (s.kernel_ipv6 || !t.v6))
+            .collect();
+        let mut result: Vec<Tuple> = desired.clone();
+        if self.cfg.prune {
+            for t in &foreign {
+                plan.steps.push(Step::Delete((*t).clone()));
+            }
+        } else if !foreign.is_empty() {
+            let list: Vec<String> = foreign.iter().map(|t| t.describe()).collect();
+            plan.notes.push(format!(
+                "rules not declared by the agent (kept; set ufw.prune = true to remove them): {}",
+                list.join("; ")
+            ));
+            result.extend(foreign.iter().map(|t| (*t).clone()));
+        }
+        result
+    }
+
+    /// Refuses a plan whose rule set would not admit the SSH client this run came from.
+    fn admits_this_client(&self, plan: &Plan<Step>, result: &[Tuple]) -> Result<()> {
+        if !plan.steps.is_empty()
+            && let Some(client) = self.ctx.ssh_client
+            && !self.ctx.force
+            && !self.admits(result, client)
+        {
+            let ssh: Vec<String> = result
+                .iter()
+                .filter(|t| t.dport == self.cfg.ssh_port.to_string())
+                .map(|t| t.describe())
+                .collect();
+            bail!(
+                "refusing to apply: this run came over SSH from {client}, and the firewall would not admit it on port {} (SSH allowed only by: {}). Add --my-ip {client} (or access.operator_ips), or pass --force if you have another way in (Tailscale, the Hetzner console). Nothing was changed",
+                self.cfg.ssh_port,
+                if ssh.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    ssh.join("; ")
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Resource for Ufw {
     type State = State;
@@ -463,21 +541,7 @@ impl Resource for Ufw {
 
     fn plan(&self, s: &State) -> Result<Plan<Step>> {
         let mut plan = Plan::default();
-        if self.operator_ips.is_empty() && !self.cfg.ssh_only_via_tailscale {
-            bail!(
-                "no operator IP: SSH would be reachable only over Tailscale{}. Pass --my-ip <your address> (find it with `curl -s ifconfig.me` on your laptop) or set access.operator_ips; set ufw.ssh_only_via_tailscale = true if that is what you want. Nothing was changed",
-                if self.cfg.tailscale == TailscaleSsh::Off {
-                    ", which is off: nobody could log in"
-                } else {
-                    ""
-                }
-            );
-        }
-        if self.operator_ips.is_empty() && self.cfg.tailscale == TailscaleSsh::Off {
-            bail!(
-                "ufw.tailscale = \"off\" and no operator IP: SSH would be unreachable. Nothing was changed"
-            );
-        }
+        self.reachable_at_all()?;
         if !s.kernel_ipv6 {
             plan.notes.push(format!(
                 "the kernel has no IPv6 ({PROC_IPV6} is missing): only IPv4 rules are managed; ufw filters IPv6 once the kernel has it, with the IPv6 rules the next run adds"
@@ -499,31 +563,7 @@ impl Resource for Ufw {
                 reload: s.installed && s.enabled,
             });
         }
-        let desired = self.desired(s.kernel_ipv6);
-        for t in &desired {
-            if !s.rules.contains(t) {
-                plan.steps.push(Step::Add(t.clone()));
-            }
-        }
-        // Without IPv6 in the kernel ufw can neither add nor delete IPv6 rules.
-        let foreign: Vec<&Tuple> = s
-            .rules
-            .iter()
-            .filter(|t| !desired.contains(t) && (s.kernel_ipv6 || !t.v6))
-            .collect();
-        let mut result: Vec<Tuple> = desired.clone();
-        if self.cfg.prune {
-            for t in &foreign {
-                plan.steps.push(Step::Delete((*t).clone()));
-            }
-        } else if !foreign.is_empty() {
-            let list: Vec<String> = foreign.iter().map(|t| t.describe()).collect();
-            plan.notes.push(format!(
-                "rules not declared by the agent (kept; set ufw.prune = true to remove them): {}",
-                list.join("; ")
-            ));
-            result.extend(foreign.iter().map(|t| (*t).clone()));
-        }
+        let result = self.plan_rules(s, &mut plan);
         if s.output_policy != "ACCEPT" {
             plan.steps.push(Step::DefaultOutgoing {
                 from: policy_word(&s.output_policy),
@@ -547,26 +587,7 @@ impl Resource for Ufw {
                 "this run is interactive but its SSH client could not be found (no SSH_CONNECTION here or in a parent process): the check that the firewall admits you was not made; keep another way in (Tailscale, the Hetzner console)".into(),
             );
         }
-        if !plan.steps.is_empty()
-            && let Some(client) = self.ctx.ssh_client
-            && !self.ctx.force
-            && !self.admits(&result, client)
-        {
-            let ssh: Vec<String> = result
-                .iter()
-                .filter(|t| t.dport == self.cfg.ssh_port.to_string())
-                .map(|t| t.describe())
-                .collect();
-            bail!(
-                "refusing to apply: this run came over SSH from {client}, and the firewall would not admit it on port {} (SSH allowed only by: {}). Add --my-ip {client} (or access.operator_ips), or pass --force if you have another way in (Tailscale, the Hetzner console). Nothing was changed",
-                self.cfg.ssh_port,
-                if ssh.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    ssh.join("; ")
-                }
-            );
-        }
+        self.admits_this_client(&plan, &result)?;
         Ok(plan)
     }
 
