@@ -31,14 +31,22 @@ struct Window {
     evil6: ProbeStats,
     cf4: ProbeStats,
     cf6: ProbeStats,
+    /// The container's state and srv's ruleset when the probes stopped (for a failure message).
+    after: String,
 }
 
 impl Window {
     fn assert_closed(&self) {
         let fmt = |s: &ProbeStats| {
             format!(
-                "{}/{} connected (first at {:?} ms, last at {:?} ms)",
-                s.connected, s.attempts, s.first_connected_ms, s.last_connected_ms
+                "{}/{} connected (first at {:?} ms, last at {:?} ms; refused {}, timed out {}, other {})",
+                s.connected,
+                s.attempts,
+                s.first_connected_ms,
+                s.last_connected_ms,
+                s.refused,
+                s.timed_out,
+                s.other
             )
         };
         eprintln!(
@@ -72,10 +80,13 @@ impl Window {
             let last = s.last_connected_ms.unwrap_or(0);
             assert!(
                 s.connected > 0 && last + 1000 >= s.elapsed_ms,
-                "{}: Cloudflare must keep getting through: v4 {}, v6 {}",
+                "{}: Cloudflare must keep getting through: v4 {}, v6 {}\ntimelines (ms, outcome): v4 {:?}\nv6 {:?}\n{}",
                 self.what,
                 fmt(&self.cf4),
-                fmt(&self.cf6)
+                fmt(&self.cf6),
+                self.cf4.timeline,
+                self.cf6.timeline,
+                self.after
             );
         }
     }
@@ -94,13 +105,64 @@ fn watch(e: &Edge, what: &str, event: impl FnOnce()) -> Window {
     std::thread::sleep(TAIL);
     let [a, b, c, d] = probes.map(|p| p.stop());
     eprintln!("origin: {what} took {:.1?}", t0.elapsed());
+    // Cloudflare cut off at the end: does it come back by itself, and does the container
+    // answer from srv (no firewall on that path)?
+    let cut = [&c, &d]
+        .iter()
+        .any(|s| s.timeline.last().is_some_and(|(_, k)| k != "ok"));
+    let recovery = if cut {
+        let p = e.start_probe(Host::Cf, V4, 443);
+        std::thread::sleep(Duration::from_secs(3));
+        let direct = e.probe_addr(
+            Host::Srv,
+            common::netfw::Proto::Tcp,
+            common::netfw::CONTAINER_V4,
+        );
+        format!(
+            "3 s later: cf v4 {:?}; the container's own address from srv: {direct}\n",
+            p.stop().timeline
+        )
+    } else {
+        String::new()
+    };
+    let after = format!(
+        "{recovery}container: {}\nsrv's ruleset:\n{}",
+        e.docker_state("web"),
+        String::from_utf8_lossy(
+            &e.srv_sh("nft list ruleset 2>&1; iptables-save 2>&1; ip6tables-save 2>&1")
+                .stdout
+        )
+    );
+    let exits = after
+        .lines()
+        .find_map(|l| l.strip_prefix("responder exits: "))
+        .unwrap_or("");
+    eprintln!("origin: {what}: {} {exits}", events_line(&after));
     Window {
         what: what.to_string(),
         evil4: a,
         evil6: b,
         cf4: c,
         cf6: d,
+        after,
     }
+}
+
+/// The container's start/die events of a window on one line (a restart by Docker itself shows).
+fn events_line(after: &str) -> String {
+    after
+        .lines()
+        .filter(|l| l.contains(" container start ") || l.contains(" container die "))
+        .map(|l| {
+            let (ts, rest) = l.split_once(' ').unwrap_or((l, ""));
+            format!(
+                "{} {}",
+                &ts[11.min(ts.len())..23.min(ts.len())],
+                rest.split(' ').nth(1).unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn agent_ok(e: &Edge, args: &[&str], codes: &[i32]) -> netfw::AgentRun {

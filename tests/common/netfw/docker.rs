@@ -37,6 +37,35 @@ impl Edge {
         run(&mut c, None, Duration::from_secs(60))
     }
 
+    /// A container's State (started, finished, restarts) and dockerd's events for it over the
+    /// last 60 s: what a failure message needs to tell a restarted container from a DROP.
+    pub fn docker_state(&self, name: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let state = self.docker(&[
+            "inspect",
+            "-f",
+            "{{json .State}} RestartCount={{.RestartCount}}",
+            name,
+        ]);
+        let (since, until) = ((now - 60).to_string(), now.to_string());
+        let filter = format!("container={name}");
+        let events = self.docker(&[
+            "events", "--since", &since, "--until", &until, "--filter", &filter,
+        ]);
+        let top = self.docker(&["top", name, "-eo", "pid,ppid,stat,etime,args"]);
+        let log = self.docker(&["exec", name, "cat", "/tmp/responder.log"]);
+        format!(
+            "{}\nprocesses:\n{}\nresponder exits: {}\nevents:\n{}",
+            String::from_utf8_lossy(&state.stdout).trim(),
+            String::from_utf8_lossy(&top.stdout).trim(),
+            String::from_utf8_lossy(&log.stdout).trim(),
+            String::from_utf8_lossy(&events.stdout).trim()
+        )
+    }
+
     pub fn docker_ok(&self, args: &[&str]) -> String {
         let o = self.docker(args);
         assert!(o.status.success(), "docker {args:?}\n{}", describe(&o));
@@ -90,7 +119,7 @@ impl Edge {
         let bb = which(&["/bin/busybox", "busybox"]).expect("busybox (apt: busybox-static)");
         let socat = which(&["socat"]).expect("socat");
         fs::copy(&bb, r.join("bin/busybox")).unwrap();
-        for a in ["sh", "echo", "cat", "sleep", "ls", "ps"] {
+        for a in ["sh", "echo", "cat", "sleep", "ls", "ps", "date"] {
             std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
         }
         fs::copy(&socat, r.join("usr/bin/socat")).unwrap();
@@ -137,7 +166,13 @@ impl Edge {
         // Nothing goes to the container's stdout/stderr: after a crash of dockerd (kill_dockerd)
         // nobody drains them, and a container that logs stalls. Seen: socat's "Broken pipe" for
         // every probe connection closed by RST stopped the container answering within a second.
-        let cmd = "exec >/dev/null 2>&1; socat TCP6-LISTEN:443,fork,reuseaddr,ipv6only=0,backlog=4096 EXEC:'echo hello',nofork & socat UDP6-RECVFROM:443,fork,ipv6only=0 SYSTEM:'read -r l; echo pong' & wait";
+        //
+        // The TCP listener is restarted if it exits, and each exit is logged in the container's
+        // /tmp/responder.log (see docker_state): seen once in about a dozen runs of
+        // system_origin on Docker 26, a container still running whose :443 answered every
+        // connection with RST from about 1 s after it started (the DNAT and DOCKER-USER in
+        // place): the web server gone, not the firewall, which drops rather than resets.
+        let cmd = "exec >/dev/null 2>&1; (while :; do socat TCP6-LISTEN:443,fork,reuseaddr,ipv6only=0,backlog=4096 EXEC:'echo hello',nofork; echo \"tcp responder exited $? at $(date +%s)\" >> /tmp/responder.log; sleep 0.05; done) & socat UDP6-RECVFROM:443,fork,ipv6only=0 SYSTEM:'read -r l; echo pong' & wait";
         self.docker_ok(&[
             "run",
             "-d",

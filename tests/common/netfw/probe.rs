@@ -53,7 +53,8 @@ interval, timeout, max_s, max_n = (float(sys.argv[5]), float(sys.argv[6]),
                                    float(sys.argv[7]), int(sys.argv[8]))
 af = socket.AF_INET6 if fam == "6" else socket.AF_INET
 st = {"attempts": 0, "connected": 0, "refused": 0, "timed_out": 0, "other": 0,
-      "unfinished": 0, "first": None, "last": None, "elapsed_ms": 0, "done": False}
+      "unfinished": 0, "first": None, "last": None, "elapsed_ms": 0, "done": False,
+      "timeline": []}
 stop = False
 def term(*_):
     global stop
@@ -72,7 +73,15 @@ def dump():
     os.replace(out + ".tmp", out)
 # close with RST: no TIME_WAIT pile-up over thousands of connections
 linger = struct.pack("ii", 1, 0)
+# When the outcome changes, [ms, outcome]: tells a DROP (timeout) from a container that is
+# down (refused) and shows when each phase began (capped: a flapping path is seen anyway).
+def mark(kind):
+    tl = st["timeline"]
+    if (not tl or tl[-1][1] != kind) and len(tl) < 200:
+        tl.append([ms(), kind])
 def finish(s, err):
+    mark({0: "ok", errno.ECONNREFUSED: "refused", errno.ETIMEDOUT: "timeout"}.get(
+        err, errno.errorcode.get(err, str(err))))
     if err == 0:
         st["connected"] += 1
         m = ms()
@@ -135,7 +144,7 @@ dump()
 "#;
 
 /// What a [`Probe`] saw. Times are ms since the probe started, taken when a handshake completed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProbeStats {
     /// Connections opened (each a new socket).
     pub attempts: u64,
@@ -155,6 +164,8 @@ pub struct ProbeStats {
     pub elapsed_ms: u64,
     /// The probe ended by itself or by `stop` (false: read while running, or it was killed).
     pub done: bool,
+    /// (ms, outcome) each time the outcome changed: "ok", "refused", "timeout" or an errno name.
+    pub timeline: Vec<(u64, String)>,
 }
 
 impl ProbeStats {
@@ -172,6 +183,14 @@ impl ProbeStats {
             last_connected_ms: v["last"].as_u64(),
             elapsed_ms: n("elapsed_ms"),
             done: v["done"].as_bool().unwrap_or(false),
+            timeline: v["timeline"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| Some((e[0].as_u64()?, e[1].as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
