@@ -162,6 +162,7 @@ fn exec_has_the_containers_reduced_privileges_nsenter_does_not() {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: each snapshot is compared with the one taken before it.
 fn write_read_and_snapshot() {
     let (_agent_dir, opts) = placeholder_agent();
     let b = TestBox::boot_with(opts);

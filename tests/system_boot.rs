@@ -322,6 +322,31 @@ impl Drop for ArtifactServer {
 // ---------------------------------------------------------------------------------------------
 // The VM
 
+/// The NoCloud seed ISO (volume `cidata`) made of `user_data` and `meta_data`, in `dir`.
+fn seed_iso(dir: &Path, user_data: &str, meta_data: &str) -> PathBuf {
+    let seed = dir.join("seed");
+    fs::create_dir_all(&seed).unwrap();
+    fs::write(seed.join("user-data"), user_data).unwrap();
+    fs::write(seed.join("meta-data"), meta_data).unwrap();
+    let iso = dir.join("seed.iso");
+    let mkisofs = if Path::new("/usr/bin/genisoimage").exists() {
+        vec!["genisoimage"]
+    } else {
+        need("xorriso", "genisoimage (or xorriso)");
+        vec!["xorriso", "-as", "mkisofs"]
+    };
+    run_ok(
+        Command::new(mkisofs[0])
+            .args(&mkisofs[1..])
+            .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+            .arg(&iso)
+            .arg(seed.join("user-data"))
+            .arg(seed.join("meta-data")),
+        Duration::from_secs(60),
+    );
+    iso
+}
+
 struct Vm {
     dir: PathBuf,
     child: Option<Child>,
@@ -345,26 +370,7 @@ impl Vm {
                 .arg(&overlay),
             Duration::from_secs(60),
         );
-        let seed = dir.join("seed");
-        fs::create_dir_all(&seed).unwrap();
-        fs::write(seed.join("user-data"), user_data).unwrap();
-        fs::write(seed.join("meta-data"), meta_data).unwrap();
-        let iso = dir.join("seed.iso");
-        let mkisofs = if Path::new("/usr/bin/genisoimage").exists() {
-            vec!["genisoimage"]
-        } else {
-            need("xorriso", "genisoimage (or xorriso)");
-            vec!["xorriso", "-as", "mkisofs"]
-        };
-        run_ok(
-            Command::new(mkisofs[0])
-                .args(&mkisofs[1..])
-                .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
-                .arg(&iso)
-                .arg(seed.join("user-data"))
-                .arg(seed.join("meta-data")),
-            Duration::from_secs(60),
-        );
+        let iso = seed_iso(dir, user_data, meta_data);
 
         let ssh_port = free_port();
         let netdev = format!(
@@ -916,6 +922,7 @@ fn first_boot_from_the_deb_installs_the_package_and_converges() {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One VM boot, looked at live and then from its disk after power-off: the boot is the slow part.
 fn wrong_sha256_installs_nothing_and_cloud_init_reports_it() {
     let _one_vm = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
@@ -1068,17 +1075,12 @@ for f in d.get("write_files", []):
 print(json.dumps({"keys": sorted(d), "runcmd": d.get("runcmd"), "files": files}))
 "#;
 
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn rendered_user_data_passes_cloud_init_schema() {
-    let image = vm_image();
-    let work = workdir("schema");
-    let agent = agent_binary();
-    let sha = sha256_hex(b"some artifact");
+/// (name, artifact URL, agent.toml) for each user-data the schema test renders.
+fn schema_cases() -> Vec<(&'static str, String, String)> {
     let example =
         fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent.toml"))
             .unwrap();
-    let cases: Vec<(&str, String, String)> = vec![
+    vec![
         (
             "binary",
             "https://example.com/releases/sapari-agent".into(),
@@ -1117,7 +1119,17 @@ fn rendered_user_data_passes_cloud_init_schema() {
             "# déjà vu, 日本語\n[hostname]\nname = \"a\"\n".into(),
         ),
         ("empty", "https://example.com/a".into(), String::new()),
-    ];
+    ]
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn rendered_user_data_passes_cloud_init_schema() {
+    let image = vm_image();
+    let work = workdir("schema");
+    let agent = agent_binary();
+    let sha = sha256_hex(b"some artifact");
+    let cases = schema_cases();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut script = String::from("set -u; cd /tmp/in; fail=0\n");
     for (name, url, cfg) in &cases {

@@ -155,6 +155,11 @@ fn compose_yml_with(web_serves_health: bool) -> String {
 /// included as the runbook has it (CPX62 values; its 4.0 CPUs would be refused on this box,
 /// so the agent's values must win over it).
 fn clean_env() -> String {
+    [env_app_and_services(), env_vendors(), env_limits()].concat()
+}
+
+/// The app, image, database, Redis and RabbitMQ blocks.
+fn env_app_and_services() -> &'static str {
     r#"# === App ===
 ENVIRONMENT=production
 DEBUG=false
@@ -193,7 +198,12 @@ TASKIQ_RABBITMQ_USER=sapari # NOT guest
 TASKIQ_RABBITMQ_PASSWORD=9c41d7e2b05a6f38c41d7e2b05a6f38c # NOT guest
 TASKIQ_REDIS_HOST=redis
 TASKIQ_REDIS_DB=3
-# === Storage (R2) ===
+"#
+}
+
+/// The storage, media, CORS, TLS, OAuth, payment, email, AI, admin and observability blocks.
+fn env_vendors() -> &'static str {
+    r#"# === Storage (R2) ===
 STORAGE_ENDPOINT=https://0a1b2c3d4e5f.r2.cloudflarestorage.com
 STORAGE_ACCESS_KEY_ID=R2akid-6d2f9e0c1b
 STORAGE_SECRET_ACCESS_KEY=R2sak-b7e3a9d1c5f0e2a4
@@ -244,7 +254,12 @@ LOGFIRE_SERVICE_NAME=sapari-api
 # === Feature flags / safety ===
 PRODUCTION_SECURITY_VALIDATION_ENABLED=true
 ENABLE_DOCS_IN_PRODUCTION=false
-# === Resource limits (parameterized in docker-compose.prod.yml) ===
+"#
+}
+
+/// The runbook's resource block (CPX62 values).
+fn env_limits() -> &'static str {
+    r#"# === Resource limits (parameterized in docker-compose.prod.yml) ===
 WEB_WORKERS=4
 WEB_MEMORY=6g
 WEB_CPUS=4.0
@@ -268,7 +283,6 @@ RABBITMQ_MEMORY=1g
 CADDY_MEMORY=256m
 CADDY_CPUS=0.25
 "#
-    .to_string()
 }
 
 /// `text` with `KEY=...` replaced by `line` (or `line` appended when KEY is not there);
@@ -741,6 +755,7 @@ fn control_compose_v1_by_hand_sets_limits_and_reproduces_f1() {
 /// changing one override recreates that service only; the `.env` is never written.
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One stack: the second converge and the override change start from what the first one made.
 fn cpx62_profile_sets_runbook_limits_and_overrides_win() {
     let t0 = Instant::now();
     // The operator's .env holds a stale DOWNLOAD_MEMORY: the profile's value must win.
@@ -1009,6 +1024,7 @@ fn findings(v: &Value, out: &mut Vec<(String, String)>) {
 /// several problems are listed at once.
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// Every case goes through the one `check` closure and is judged against the clean `.env`.
 fn env_check_catches_each_hard_failure_by_key_only() {
     let t0 = Instant::now();
     let e = Edge::up_bare();
@@ -1399,6 +1415,7 @@ fn wait_http(e: &Edge, path: &str, code: u16) {
 /// brings web back, status passes again. Our own HTTP client confirms each server state first.
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One running stack: each server state follows the previous one; the last converge brings web back.
 fn status_health_checks_follow_the_real_web_service() {
     let t0 = Instant::now();
     let e = Edge::up_compose();

@@ -156,6 +156,7 @@ fn keygen() -> (common::OperatorKey, PathBuf, String) {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: each phase (lock-out, confirmed change, lost timer) starts where the last one left it.
 fn unconfirmed_lockout_is_rolled_back_and_a_confirmed_change_stays() {
     let t0 = Instant::now();
     let (_keydir, key, public) = keygen();

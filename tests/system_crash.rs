@@ -622,6 +622,69 @@ fn untouched_chain(v: &str) -> bool {
     v == "absent" || v == "-N DOCKER-USER\n" || v == "-N DOCKER-USER\n-A DOCKER-USER -j RETURN\n"
 }
 
+/// The checks that hold on any box, however a converge ended: sshd, sudoers, fstab, swap.
+fn box_checks(b: &TestBox) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (what, script) in [
+        ("sshd -t", "sshd -t"),
+        ("visudo -c", "visudo -c"),
+        ("fstab parses", "findmnt --verify --tab-file /etc/fstab"),
+        ("swapon -a", "swapon -a"),
+    ] {
+        let o = b.exec(script);
+        if !o.status.success() {
+            bad.push(format!("{what} fails: {}", describe(&o)));
+        }
+    }
+    bad
+}
+
+/// The rerun after the kill, then the run after it: the failures of either.
+fn rerun_and_quiet_run(c: &Census, k: &Keys, b: &TestBox, op: &Peer) -> Vec<String> {
+    let mut bad = Vec::new();
+    let o = b.agent(&["converge", "--json"]);
+    let r = json(&o);
+    if o.status.code() != Some(0) || r["summary"]["failed"] != 0 {
+        bad.push(format!("the rerun did not converge: {}", describe(&o)));
+    } else {
+        let o = b.agent(&["converge", "--json", "--detailed-exitcodes"]);
+        let r = json(&o);
+        if o.status.code() != Some(0) || r["summary"]["changed"] != 0 {
+            let changed: Vec<String> = r["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|x| x["status"] != "unchanged")
+                .map(|x| format!("{}: {} {}", x["name"], x["status"], x["changes"]))
+                .collect();
+            bad.push(format!(
+                "the run after the rerun was not quiet: {changed:#?}"
+            ));
+        }
+        if docker_user(b) != c.chain {
+            bad.push(format!(
+                "DOCKER-USER after the rerun: {:#?}",
+                docker_user(b)
+            ));
+        }
+        if origin_lock(b) != c.origin {
+            bad.push(format!(
+                "the origin lock after the rerun:\n{}",
+                origin_lock(b)
+            ));
+        }
+        if login(op, k) != Some("deploy") {
+            bad.push("after the rerun, deploy cannot log in and sudo".into());
+        }
+        // The files and `sshd -T` can say hardened while the daemon still runs the old
+        // configuration (a kill between the write and the reload): ask the daemon.
+        if password_login(op) {
+            bad.push("after the rerun, the live sshd still accepts root's password".into());
+        }
+    }
+    bad
+}
+
 /// One point: fresh box, converge killed at `n`, invariants, rerun, quiet run. Returns a
 /// line for the summary, or the failures.
 fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
@@ -650,17 +713,7 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
         ));
     }
     // The box as the kill left it.
-    for (what, script) in [
-        ("sshd -t", "sshd -t"),
-        ("visudo -c", "visudo -c"),
-        ("fstab parses", "findmnt --verify --tab-file /etc/fstab"),
-        ("swapon -a", "swapon -a"),
-    ] {
-        let o = b.exec(script);
-        if !o.status.success() {
-            bad.push(format!("{what} fails: {}", describe(&o)));
-        }
-    }
+    bad.extend(box_checks(&b));
     let who = login(&op, k);
     if who.is_none() {
         bad.push("the operator cannot log in (neither root nor deploy with the key)".into());
@@ -687,46 +740,7 @@ fn crash_at(c: &Census, k: &Keys, n: usize) -> Result<String, String> {
         bad.push(format!("temp files the kill cannot explain: {left:?}"));
     }
     // A rerun converges; the run after it changes nothing.
-    let o = b.agent(&["converge", "--json"]);
-    let r = json(&o);
-    if o.status.code() != Some(0) || r["summary"]["failed"] != 0 {
-        bad.push(format!("the rerun did not converge: {}", describe(&o)));
-    } else {
-        let o = b.agent(&["converge", "--json", "--detailed-exitcodes"]);
-        let r = json(&o);
-        if o.status.code() != Some(0) || r["summary"]["changed"] != 0 {
-            let changed: Vec<String> = r["resources"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|x| x["status"] != "unchanged")
-                .map(|x| format!("{}: {} {}", x["name"], x["status"], x["changes"]))
-                .collect();
-            bad.push(format!(
-                "the run after the rerun was not quiet: {changed:#?}"
-            ));
-        }
-        if docker_user(&b) != c.chain {
-            bad.push(format!(
-                "DOCKER-USER after the rerun: {:#?}",
-                docker_user(&b)
-            ));
-        }
-        if origin_lock(&b) != c.origin {
-            bad.push(format!(
-                "the origin lock after the rerun:\n{}",
-                origin_lock(&b)
-            ));
-        }
-        if login(&op, k) != Some("deploy") {
-            bad.push("after the rerun, deploy cannot log in and sudo".into());
-        }
-        // The files and `sshd -T` can say hardened while the daemon still runs the old
-        // configuration (a kill between the write and the reload): ask the daemon.
-        if password_login(&op) {
-            bad.push("after the rerun, the live sshd still accepts root's password".into());
-        }
-    }
+    bad.extend(rerun_and_quiet_run(c, k, &b, &op));
     let left = temps(&b);
     if !left.is_empty() {
         bad.push(format!("temp files left after the rerun: {left:?}"));

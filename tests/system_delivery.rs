@@ -86,6 +86,7 @@ fn lintian_reports_no_errors_or_warnings() {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: install, start, upgrade, remove and purge each act on what the step before left.
 fn deb_installs_changes_nothing_upgrades_and_purges_cleanly() {
     let d = tempfile::tempdir().unwrap();
     let v1 = build_deb("0.1.0", &d.path().join("v1"));

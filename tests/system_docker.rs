@@ -53,6 +53,7 @@ fn converge(b: &TestBox) -> Output {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: the second converge must find what the first one installed and leave it.
 fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     let (b, _repo) = boot_with_repo();
     let t0 = Instant::now();

@@ -94,6 +94,7 @@ fn fake_visudo(b: &TestBox, mode: &str) {
 /// else's drop-in, and apt failing in the middle of an install (a postinst that fails).
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: each fault starts from the state the previous fault's recovery left.
 fn faults_on_one_box_fail_clearly_keep_state_and_recover() {
     let t0 = Instant::now();
     let (_kd, key) = operator_key();
@@ -332,6 +333,7 @@ fn tables(e: &Edge) -> (String, String) {
 /// being down.
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One edge: each fault starts from the chain and store the previous recovery left.
 fn firewall_faults_fail_clearly_keep_the_chain_and_recover() {
     let t0 = Instant::now();
     let e = Edge::up();

@@ -380,34 +380,24 @@ fn apply_admits_cloudflare_only_on_the_wan_interface() {
     eprintln!("apply took {:?}; test {:.1?}", run.elapsed, t0.elapsed());
 }
 
-/// Bad lists from the list server are rejected whole: the rules (both families, the whole
-/// filter table) and the last-good files stay as they were, Cloudflare still connects, the
-/// attacker is still dropped, and the report says why.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn bad_lists_change_nothing() {
-    let t0 = Instant::now();
-    let e = Edge::up();
-    let first = e.fw_apply();
-    assert_eq!(first.code, 0, "{first}");
-    let tables = (e.filter_table(V4), e.filter_table(V6));
-    let files = e.state_files();
-    assert_eq!(files.len(), 4, "{:?}", files.keys());
+/// One row of the bad-list table `bad_lists_change_nothing` runs.
+type Case = (
+    &'static str,
+    Fam,
+    Reply,
+    &'static str,
+    &'static [&'static str],
+);
 
-    let too_many: String = (0..1001)
-        .map(|i| format!("45.{}.{}.0/24\n", 64 + i / 256, i % 256))
-        .collect();
-    let oversized: String = (0..5000)
-        .map(|i| format!("45.{}.{}.0/24\n", 64 + i / 256, i % 256))
-        .collect();
+/// Replies that are not a list at all: HTTP errors, a downgrade, a page, nothing.
+fn bad_replies() -> Vec<Case> {
     let html = "<!DOCTYPE html>\n<html><head><title>Attention Required!</title></head><body>blocked</body></html>\n";
     let raw = |status: u16, ctype: &str, body: &str| Reply::Raw {
         status,
         content_type: ctype.into(),
         body: body.into(),
     };
-    // (what, family, reply, config change, words one of which the report must contain)
-    let cases: Vec<(&str, Fam, Reply, &str, &[&str])> = vec![
+    vec![
         (
             "HTTP 500",
             V4,
@@ -437,6 +427,18 @@ fn bad_lists_change_nothing() {
             &["not a cidr", "doctype"],
         ),
         ("empty body", V6, Reply::Text(String::new()), "", &["empty"]),
+    ]
+}
+
+/// Lists that parse but must not be used: too wide, private, too big, untrusted, too slow.
+fn bad_lists() -> Vec<Case> {
+    let too_many: String = (0..1001)
+        .map(|i| format!("45.{}.{}.0/24\n", 64 + i / 256, i % 256))
+        .collect();
+    let oversized: String = (0..5000)
+        .map(|i| format!("45.{}.{}.0/24\n", 64 + i / 256, i % 256))
+        .collect();
+    vec![
         (
             "0.0.0.0/0",
             V4,
@@ -494,7 +496,25 @@ fn bad_lists_change_nothing() {
             "fetch_timeout = \"2s\"\n",
             &["timed out", "timeout", "deadline"],
         ),
-    ];
+    ]
+}
+
+/// Bad lists from the list server are rejected whole: the rules (both families, the whole
+/// filter table) and the last-good files stay as they were, Cloudflare still connects, the
+/// attacker is still dropped, and the report says why.
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+fn bad_lists_change_nothing() {
+    let t0 = Instant::now();
+    let e = Edge::up();
+    let first = e.fw_apply();
+    assert_eq!(first.code, 0, "{first}");
+    let tables = (e.filter_table(V4), e.filter_table(V6));
+    let files = e.state_files();
+    assert_eq!(files.len(), 4, "{:?}", files.keys());
+
+    // (what, family, reply, config change, words one of which the report must contain)
+    let cases: Vec<Case> = bad_replies().into_iter().chain(bad_lists()).collect();
     let mut failures = Vec::new();
     for (what, fam, reply, cfg, words) in cases {
         e.serve(fam, reply);
@@ -620,6 +640,7 @@ fn list_server_down_applies_the_last_good_list() {
 /// exchange fails, no attacker exchange succeeds.
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// The probe threads run across all 30 applies in one scope: the counts cover the whole window.
 fn thirty_reapplies_under_traffic_lose_nothing() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
     let e = Edge::up();

@@ -87,6 +87,7 @@ print("synced" if rc != 5 and not (t.status & 0x40) else "unsynced")
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: the second run must change nothing the first one set.
 fn converge_sets_hostname_and_swap_then_second_run_changes_nothing() {
     let b = TestBox::boot();
     install_config(&b, &config(|_| {}));

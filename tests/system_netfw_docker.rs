@@ -112,6 +112,7 @@ fn started_at(e: &Edge) -> String {
         .to_string()
 }
 
+// One edge through Docker's events: each crash, flush or reboot starts from what the last left.
 fn smoke(daemon: Daemon, ipv6: bool) {
     let t0 = Instant::now();
     let tree = daemon.tree();

@@ -218,6 +218,44 @@ fn forward_first(e: &Edge) {
     );
 }
 
+/// The reboots the issue lists, each with the fault that makes it hard; every window closed.
+fn reboots(e: &Edge) {
+    // A list server that answers nothing within firewall.fetch_timeout (3 s here).
+    e.serve(V4, Reply::Hang(Duration::from_secs(8)));
+    e.serve(V6, Reply::Hang(Duration::from_secs(8)));
+    watch(e, "reboot, slow Cloudflare", || reboot(e, &[0], || {})).assert_closed();
+
+    e.stop_lists();
+    // moby#48560: a DOCKER-USER restored before dockerd starts gets no FORWARD jump from
+    // Docker; the apply puts it first.
+    watch(e, "reboot, Cloudflare down, stale DOCKER-USER", || {
+        reboot(e, &[0], || {
+            let o = e.restore_noflush(V4, "*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n");
+            assert!(o.status.success(), "{}", common::describe(&o));
+        })
+    })
+    .assert_closed();
+    forward_first(e);
+    e.start_lists();
+
+    // A converge holds the lock for longer than agent.lock_timeout: the apply exits 75, the
+    // load before it does not wait.
+    watch(e, "reboot, lock held", || {
+        let holder = e.hold_lock(Duration::from_secs(40));
+        reboot(e, &[75], || {});
+        drop(holder);
+    })
+    .assert_closed();
+
+    // A commit-confirmed change waits for `confirm`: apply exits 75, the load is untouched.
+    e.write_pending_confirm();
+    watch(e, "reboot, commit-confirmed change pending", || {
+        reboot(e, &[75], || {})
+    })
+    .assert_closed();
+    e.remove_pending_confirm();
+}
+
 /// Everything the issue lists, on one layout.
 fn prove(daemon: Daemon, ipv6: bool) {
     let t0 = Instant::now();
@@ -267,40 +305,7 @@ fn prove(daemon: Daemon, ipv6: bool) {
     })
     .assert_closed();
 
-    // A list server that answers nothing within firewall.fetch_timeout (3 s here).
-    e.serve(V4, Reply::Hang(Duration::from_secs(8)));
-    e.serve(V6, Reply::Hang(Duration::from_secs(8)));
-    watch(&e, "reboot, slow Cloudflare", || reboot(&e, &[0], || {})).assert_closed();
-
-    e.stop_lists();
-    // moby#48560: a DOCKER-USER restored before dockerd starts gets no FORWARD jump from
-    // Docker; the apply puts it first.
-    watch(&e, "reboot, Cloudflare down, stale DOCKER-USER", || {
-        reboot(&e, &[0], || {
-            let o = e.restore_noflush(V4, "*filter\n:DOCKER-USER - [0:0]\nCOMMIT\n");
-            assert!(o.status.success(), "{}", common::describe(&o));
-        })
-    })
-    .assert_closed();
-    forward_first(&e);
-    e.start_lists();
-
-    // A converge holds the lock for longer than agent.lock_timeout: the apply exits 75, the
-    // load before it does not wait.
-    watch(&e, "reboot, lock held", || {
-        let holder = e.hold_lock(Duration::from_secs(40));
-        reboot(&e, &[75], || {});
-        drop(holder);
-    })
-    .assert_closed();
-
-    // A commit-confirmed change waits for `confirm`: apply exits 75, the load is untouched.
-    e.write_pending_confirm();
-    watch(&e, "reboot, commit-confirmed change pending", || {
-        reboot(&e, &[75], || {})
-    })
-    .assert_closed();
-    e.remove_pending_confirm();
+    reboots(&e);
 
     // Back to normal: the next apply converges and a second one changes nothing.
     agent_ok(&e, &["firewall", "apply", "--json"], &[0]);

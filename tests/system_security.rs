@@ -99,6 +99,7 @@ fn sshd_effective(b: &TestBox, user: &str) -> String {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: the logins after the converge are judged against the controls taken before it.
 fn restricted_root_key_stays_restricted() {
     let t0 = Instant::now();
     let restricted = common::operator_key();
@@ -199,6 +200,7 @@ fn shadow_lines_in(shadow: &str, text: &str) -> Vec<String> {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box and one deploy user: each plant is made in the home the previous run left.
 fn planted_links_and_fifos_are_refused() {
     let t0 = Instant::now();
     let k = common::operator_key();
@@ -430,6 +432,7 @@ fn points(b: &TestBox, file: &str) -> Vec<(usize, String)> {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: the crash run, the retry and the quiet run each start from what the previous one left.
 fn pending_reload_is_retried() {
     let t0 = Instant::now();
     let k = common::operator_key();

@@ -76,6 +76,7 @@ fn ssh_audit() -> String {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: the rerun must find the host keys and the deploy key the first converge left.
 fn hardened_sshd_admits_the_deploy_key_only() {
     let k = keys();
     let op_pub = std::fs::read_to_string(k.private.with_extension("pub")).unwrap();
@@ -290,6 +291,7 @@ fn lockout_guard_leaves_sshd_untouched_without_a_usable_key() {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: each drop-in case starts from the sshd the previous converge left.
 fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
     let k = keys();
     let op_pub = std::fs::read_to_string(k.private.with_extension("pub")).unwrap();

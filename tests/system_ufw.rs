@@ -337,6 +337,7 @@ fn assert_v6_filtered(b: &TestBox, evil: &Peer, when: &str) {
 
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
+// One box: the second case (ufw active with IPV6=no) starts from the ufw the first one left.
 fn ipv6_no_is_turned_into_ipv6_filtering() {
     let Net { b, op, evil, .. } = net();
     config(&b, |_| {});

@@ -80,6 +80,7 @@ fn each_names_its_field(cases: &[(&str, &str, &str)]) {
 }
 
 #[test]
+// Long only because the table is: one row per refused value and the field it must name.
 fn bad_tags_interfaces_and_overrides_name_the_field() {
     each_names_its_field(&[
         (

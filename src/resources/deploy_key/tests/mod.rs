@@ -450,6 +450,7 @@ fn comment_cannot_break_the_pub_line() {
 
 /// Generate, write, observe and parse back in a tempdir, as the current user.
 #[tokio::test(flavor = "current_thread")]
+// One tempdir: the rerun and the lost .pub start from the key the first converge wrote.
 async fn generated_key_round_trips_in_a_tempdir() {
     use std::os::unix::fs::PermissionsExt;
     let d = tempfile::tempdir().unwrap();

@@ -104,6 +104,7 @@ async fn serve(dir: &Path) -> u16 {
 }
 
 #[tokio::test(flavor = "current_thread")]
+// Every case asks the one server behind the one private CA the test sets up first.
 async fn fetch_over_https_with_a_private_ca() {
     let d = tempfile::tempdir().unwrap();
     if !pki(d.path()) {
