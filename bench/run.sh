@@ -272,7 +272,10 @@ sync_timeout = "2s"
 EOF
   python3 - "$d/out/vars.json" <<EOF
 import json, sys, re
-keys = re.findall(r'algorithm: "([^"]+)",\s*key: "([^"]+)"', open("$REPO/src/resources/deploy_key.rs").read())
+# GitHub's pinned host keys, as the agent has them (the playbook must install the same ones)
+keys = re.findall(r'algorithm: "([^"]+)",\s*key: "([^"]+)"', open("$REPO/src/resources/deploy_key/github.rs").read())
+if not keys:
+    sys.exit("bench: no GitHub host keys found in src/resources/deploy_key/github.rs")
 json.dump({"hostname": "$HOSTNAME_WANT", "user": "deploy", "operator_ip": "$OPERATOR_IP",
            "operator_key": "$OPERATOR_KEY", "swap_path": "$SWAP_PATH", "swap_mb": $SWAP_MB,
            "github_host_keys": [f"{a} {k}" for a, k in keys]}, open(sys.argv[1], "w"))
