@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::host::Access;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const DOCKER: &str = include_str!("../resources/docker/docker.asc");

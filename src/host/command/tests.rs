@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn rt() -> tokio::runtime::Runtime {

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn spec(wan: &[&str], public: &[u16]) -> Spec {
