@@ -54,7 +54,8 @@ interval, timeout, max_s, max_n = (float(sys.argv[5]), float(sys.argv[6]),
 af = socket.AF_INET6 if fam == "6" else socket.AF_INET
 st = {"attempts": 0, "connected": 0, "refused": 0, "timed_out": 0, "other": 0,
       "unfinished": 0, "first": None, "last": None, "elapsed_ms": 0, "done": False,
-      "timeline": []}
+      "timeline": [], "max_gap_ms": 0}
+last_attempt = None
 stop = False
 def term(*_):
     global stop
@@ -113,6 +114,10 @@ while not stop:
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         st["attempts"] += 1
+        # the longest stretch without a new connection: what the probe could have missed
+        if last_attempt is not None:
+            st["max_gap_ms"] = max(st["max_gap_ms"], int((now - last_attempt) * 1000))
+        last_attempt = now
         err = s.connect_ex((addr, port))
         if err == errno.EINPROGRESS:
             pending[s] = now + timeout
@@ -166,6 +171,9 @@ pub struct ProbeStats {
     pub done: bool,
     /// (ms, outcome) each time the outcome changed: "ok", "refused", "timeout" or an errno name.
     pub timeline: Vec<(u64, String)>,
+    /// The longest time between two connection attempts: a window shorter than this could
+    /// have been open unseen.
+    pub max_gap_ms: u64,
 }
 
 impl ProbeStats {
@@ -182,6 +190,7 @@ impl ProbeStats {
             first_connected_ms: v["first"].as_u64(),
             last_connected_ms: v["last"].as_u64(),
             elapsed_ms: n("elapsed_ms"),
+            max_gap_ms: n("max_gap_ms"),
             done: v["done"].as_bool().unwrap_or(false),
             timeline: v["timeline"]
                 .as_array()
