@@ -24,7 +24,7 @@ pub use cleanup::{cleanup_stale, spawn_watchdog};
 #[allow(unused_imports)]
 pub use files::snapshot_diff;
 #[allow(unused_imports)]
-pub use nspawn::{BoxOptions, Suite, TestBox};
+pub use nspawn::{BoxOptions, SshActivation, Suite, TestBox};
 #[allow(unused_imports)]
 pub use peer::Peer;
 #[allow(unused_imports)]
@@ -97,6 +97,10 @@ pub fn agent_binary() -> PathBuf {
     p
 }
 
+/// Shell for a test's setup that changed sshd's files: a reload, or under socket activation
+/// (where a SIGHUP makes sshd exit) a restart of ssh.service if it runs.
+pub const SSHD_TAKE_CONFIG: &str = "if systemctl -q is-active ssh.socket; then systemctl try-restart ssh.service; else systemctl reload ssh.service; fi";
+
 /// Path of the cached Debian rootfs of `suite`, built by tests/harness/build-rootfs.sh on first use.
 pub fn rootfs(suite: Suite) -> PathBuf {
     static ROOTFS: Mutex<BTreeMap<Suite, PathBuf>> = Mutex::new(BTreeMap::new());
@@ -114,18 +118,11 @@ pub fn rootfs(suite: Suite) -> PathBuf {
                 );
                 return p;
             }
-            // The script builds bookworm only so far, and its own text is part of the cache key:
-            // it takes the suite as an argument once a second suite is wired in.
-            assert_eq!(
-                suite,
-                Suite::Bookworm,
-                "build-rootfs.sh builds bookworm only; {} needs SAPARI_TEST_ROOTFS",
-                suite.codename()
-            );
             let script = manifest_dir().join("tests/harness/build-rootfs.sh");
             let t0 = Instant::now();
             let out = Command::new("bash")
                 .arg(&script)
+                .arg(suite.codename())
                 .stdin(Stdio::null())
                 .stderr(Stdio::inherit())
                 .output()

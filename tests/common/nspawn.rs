@@ -16,12 +16,14 @@ use super::files::*;
 use super::process::*;
 use super::*;
 
-/// The Debian release a box boots. Bookworm is the only one the suite runs today; the rootfs
-/// cache is per suite, so a second one only needs build-rootfs.sh to take it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+/// The Debian release a box boots: $SAPARI_TEST_SUITE (bookworm or trixie), Bookworm if unset.
+/// scripts/test.sh runs the nspawn suites once per release; the rootfs cache is per suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Suite {
-    #[default]
+    /// Debian 12: OpenSSH 9.2, systemd 252.
     Bookworm,
+    /// Debian 13: OpenSSH 10.0 (sshd-session), systemd 257, ssh.socket with Accept=no.
+    Trixie,
 }
 
 impl Suite {
@@ -29,6 +31,38 @@ impl Suite {
     pub fn codename(self) -> &'static str {
         match self {
             Suite::Bookworm => "bookworm",
+            Suite::Trixie => "trixie",
+        }
+    }
+}
+
+impl Default for Suite {
+    fn default() -> Self {
+        match std::env::var("SAPARI_TEST_SUITE").as_deref() {
+            Err(_) | Ok("") | Ok("bookworm") => Suite::Bookworm,
+            Ok("trixie") => Suite::Trixie,
+            Ok(other) => panic!("SAPARI_TEST_SUITE={other:?}: expected bookworm or trixie"),
+        }
+    }
+}
+
+/// How the box's sshd is started: $SAPARI_TEST_SSH_ACTIVATION (service or socket), Service if
+/// unset. Socket stands for Ubuntu 24.04: ssh.socket listens (`Accept=no`) and starts
+/// ssh.service on the first connection; it needs a release whose ssh.socket has that model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SshActivation {
+    Service,
+    Socket,
+}
+
+impl Default for SshActivation {
+    fn default() -> Self {
+        match std::env::var("SAPARI_TEST_SSH_ACTIVATION").as_deref() {
+            Err(_) | Ok("") | Ok("service") => SshActivation::Service,
+            Ok("socket") => SshActivation::Socket,
+            Ok(other) => {
+                panic!("SAPARI_TEST_SSH_ACTIVATION={other:?}: expected service or socket")
+            }
         }
     }
 }
@@ -46,6 +80,8 @@ pub struct BoxOptions {
     pub extra_nspawn_args: Vec<String>,
     /// The Debian release of the rootfs.
     pub suite: Suite,
+    /// How sshd is started in the box.
+    pub ssh: SshActivation,
 }
 
 impl Default for BoxOptions {
@@ -56,6 +92,7 @@ impl Default for BoxOptions {
             exec_timeout: env_secs("SAPARI_TEST_EXEC_TIMEOUT", DEFAULT_EXEC_TIMEOUT),
             extra_nspawn_args: Vec::new(),
             suite: Suite::default(),
+            ssh: SshActivation::default(),
         }
     }
 }
@@ -127,6 +164,9 @@ impl TestBox {
         b.find_init(nspawn_pid, &host_net);
         let state = b.wait_booted();
         b.assert_no_sys_time();
+        if b.opts.ssh == SshActivation::Socket {
+            b.use_ssh_socket();
+        }
         if state == "degraded" {
             b.report_degraded();
         }
@@ -136,6 +176,25 @@ impl TestBox {
             b.pid
         );
         b
+    }
+
+    /// How this box's sshd is started.
+    pub fn ssh_activation(&self) -> SshActivation {
+        self.opts.ssh
+    }
+
+    /// Hands port 22 to ssh.socket, as Ubuntu 24.04 ships it: ssh.service disabled and stopped,
+    /// started by the socket on the first connection.
+    fn use_ssh_socket(&self) {
+        assert_eq!(
+            self.opts.suite,
+            Suite::Trixie,
+            "socket-activated sshd needs a release whose ssh.socket has Accept=no (trixie)"
+        );
+        self.nsenter_ok(
+            "systemctl disable --now ssh.service 2>&1 && systemctl enable --now ssh.socket 2>&1 \\
+             && systemctl is-active ssh.socket && ! systemctl is-active ssh.service",
+        );
     }
 
     /// The box's host directory and its swap dir, which must be on ext4/xfs.

@@ -1,6 +1,10 @@
 #!/bin/bash
-# Build (once) the Debian bookworm rootfs that the system tests boot with systemd-nspawn, and print
-# its path as the last line of stdout. Progress goes to stderr.
+# Build (once) the Debian rootfs that the system tests boot with systemd-nspawn, and print its path
+# as the last line of stdout. Progress goes to stderr.
+#
+#   tests/harness/build-rootfs.sh            # bookworm (Debian 12: OpenSSH 9.2, systemd 252)
+#   tests/harness/build-rootfs.sh trixie     # Debian 13: OpenSSH 10.0 (sshd-session), systemd 257,
+#                                            # ssh.socket shipped (the model Ubuntu 24.04 enables)
 #
 # The cache key covers the package list and this script, so editing either yields a fresh rootfs
 # instead of silently reusing an old one. Old keys are left in place: another checkout may still use them.
@@ -10,17 +14,22 @@
 set -euo pipefail
 
 PACKAGES="systemd systemd-sysv systemd-timesyncd dbus iproute2 iputils-ping procps openssh-server openssh-client sudo ca-certificates ufw iptables nftables e2fsprogs util-linux mount kmod less python3 adduser passwd"
-SUITE=bookworm
+SUITE=${1:-bookworm}
 
 log() { echo "build-rootfs: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+case "$SUITE" in
+  bookworm|trixie) ;;
+  *) die "usage: $0 [bookworm|trixie] (got '$SUITE')" ;;
+esac
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap)"
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 CACHE=${SAPARI_TEST_CACHE:-/var/cache/sapari-agent-tests}
 KEY=$({ printf '%s\n' "$PACKAGES" "$SUITE"; cat "$SELF"; } | sha256sum | cut -c1-16)
-FINAL="$CACHE/rootfs-$KEY"
+# bookworm keeps its old directory name so that other checkouts' caches stay valid
+if [ "$SUITE" = bookworm ]; then FINAL="$CACHE/rootfs-$KEY"; else FINAL="$CACHE/rootfs-$SUITE-$KEY"; fi
 
 # A completed build only ever appears through rename(2), so its existence means it is complete.
 if [ -d "$FINAL" ]; then echo "$FINAL"; exit 0; fi
@@ -60,7 +69,7 @@ for stale in "$CACHE"/.rootfs-*.tmp.*; do
   rm -rf --one-file-system "$stale"
 done
 
-TMP="$CACHE/.rootfs-$KEY.tmp.$$"
+TMP="$CACHE/.rootfs-$SUITE-$KEY.tmp.$$"
 trap 'rm -rf --one-file-system "$TMP"' EXIT
 mkdir -m 0755 "$TMP"
 
@@ -89,6 +98,7 @@ ff02::2		ip6-allrouters
 EOF
 rm -f "$TMP"/var/cache/apt/archives/*.deb
 echo "$KEY" > "$TMP/etc/sapari-test-rootfs"
+echo "$SUITE" > "$TMP/etc/sapari-test-suite"
 
 mv -T "$TMP" "$FINAL"
 trap - EXIT
