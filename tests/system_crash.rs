@@ -25,7 +25,7 @@
 
 mod common;
 
-use common::SERVER;
+use common::{SERVER, SSHD_TAKE_CONFIG};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -263,7 +263,7 @@ fn fresh_box(k: &Keys) -> (TestBox, Peer) {
         "install -d -m 700 /root/.ssh && echo {} > /root/.ssh/authorized_keys
          echo root:{ROOT_PW} | chpasswd
          printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n' > /etc/ssh/sshd_config.d/50-cloud-init.conf
-         systemctl reload ssh.service
+         {SSHD_TAKE_CONFIG}
          mkdir -p /etc/sapari-agent",
         sh_quote(&k.public)
     ));

@@ -301,7 +301,7 @@ fn timer_service_corrects_drift_and_the_journal_names_what_changed() {
         b"PasswordAuthentication yes\n",
         0o644,
     );
-    b.exec_ok("systemctl reload ssh.service");
+    b.exec_ok(common::SSHD_TAKE_CONFIG);
     assert!(b.exec_ok("sshd -T").contains("passwordauthentication yes"));
     b.exec_ok("iptables -F DOCKER-USER");
     assert_ne!(chain(&b), good_chain);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{AGENT_PATH, CONFIG_PATH, SERVER};
+use common::{AGENT_PATH, CONFIG_PATH, SERVER, SSHD_TAKE_CONFIG};
 
 use common::describe;
 use common::report::{json, resource};
@@ -52,7 +52,7 @@ fn cloud_image(b: &TestBox, root_keys: &str) {
          printf '%s\\n' {} > /root/.ssh/authorized_keys
          chmod 600 /root/.ssh/authorized_keys
          printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n' > /etc/ssh/sshd_config.d/50-cloud-init.conf
-         systemctl reload ssh.service",
+         {SSHD_TAKE_CONFIG}",
         sh_quote(root_keys)
     ));
     std::thread::sleep(Duration::from_millis(300));
@@ -481,9 +481,9 @@ fn pending_reload_is_retried() {
         "a complete run removes the marker"
     );
 
-    b.nsenter_ok(
-        "rm -rf /etc/ssh && cp -a /root/etc-ssh.orig /etc/ssh && systemctl reload ssh.service",
-    );
+    b.nsenter_ok(&format!(
+        "rm -rf /etc/ssh && cp -a /root/etc-ssh.orig /etc/ssh && {{ {SSHD_TAKE_CONFIG}; }}"
+    ));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         logged_in(&ssh_password(&op, "alice", ALICE_PW)),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{CONFIG_PATH, SERVER};
+use common::{CONFIG_PATH, SERVER, SSHD_TAKE_CONFIG};
 
 use common::describe;
 use common::report::{json, resource};
@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Peer, TestBox, sh_quote};
+use common::{Peer, SshActivation, TestBox, sh_quote};
 
 const ROOT_PW: &str = "Root-pw-4711";
 const ALICE_PW: &str = "Alice-pw-4711";
@@ -43,7 +43,7 @@ fn cloud_image(b: &TestBox, op_pub: &str, root_key: bool) {
          install -d -m 700 /root/.ssh
          {}
          printf 'PasswordAuthentication yes\\nPermitRootLogin yes\\n' > /etc/ssh/sshd_config.d/50-cloud-init.conf
-         systemctl reload ssh.service",
+         {SSHD_TAKE_CONFIG}",
         if root_key {
             format!("echo {} > /root/.ssh/authorized_keys", sh_quote(op_pub))
         } else {
@@ -107,12 +107,36 @@ fn hardened_sshd_admits_the_deploy_key_only() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
+    let socket_since = "systemctl show -p ActiveEnterTimestampMonotonic --value ssh.socket";
+    let (listener_before, pid_before) = (
+        b.exec_ok(socket_since),
+        b.exec_ok("systemctl show -p MainPID --value ssh.service"),
+    );
 
     let o = b.agent(&["converge", "--json", "--only", "users,sshd,deploy-key"]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let r = json(&o);
     assert_eq!(resource(&r, "users")["status"], "changed", "{r:#}");
     assert_eq!(resource(&r, "sshd")["status"], "changed", "{r:#}");
+    if b.ssh_activation() == SshActivation::Socket {
+        // Restarted (a SIGHUP would have made it exit), while ssh.socket kept port 22.
+        assert_eq!(
+            b.exec_ok(socket_since),
+            listener_before,
+            "ssh.socket restarted"
+        );
+        assert_ne!(
+            b.exec_ok("systemctl show -p MainPID --value ssh.service"),
+            pid_before,
+            "ssh.service was not restarted"
+        );
+        assert_eq!(
+            b.exec_ok("systemctl is-active ssh.service").trim(),
+            "active"
+        );
+        let notes = resource(&r, "sshd").to_string();
+        assert!(notes.contains("started by ssh.socket"), "{notes}");
+    }
 
     let s = session.wait_with_output().unwrap();
     assert!(
@@ -323,10 +347,19 @@ fn broken_or_overriding_drop_ins_are_named_and_never_reloaded_into() {
         b.exec_ok("systemctl show -p MainPID --value ssh.service"),
         pid_before
     );
-    assert!(
-        logged_in(&ssh_password(&op, "alice", ALICE_PW)),
-        "old daemon still serving"
-    );
+    if b.ssh_activation() == SshActivation::Socket {
+        // No daemon ran before the first login, and the agent started none: the next
+        // connection's ssh.service fails its `sshd -t` on the foreign file, agent or not.
+        assert_ne!(
+            b.exec_ok("systemctl is-active ssh.service || true").trim(),
+            "active"
+        );
+    } else {
+        assert!(
+            logged_in(&ssh_password(&op, "alice", ALICE_PW)),
+            "old daemon still serving"
+        );
+    }
 
     // An earlier-sorting file that re-enables passwords: named, then neutralized on request.
     b.nsenter_ok("rm /etc/ssh/sshd_config.d/05-broken.conf");

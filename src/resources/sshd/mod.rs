@@ -17,6 +17,7 @@ use crate::engine::{Change, Check, Describe, Level, Plan, Resource};
 use crate::host::{Cmd, FileSpec, Host};
 use crate::resources::RunContext;
 
+mod activation;
 mod admission;
 mod config_text;
 mod effective;
@@ -183,6 +184,8 @@ pub enum Effective {
 pub struct Unit {
     pub id: String,
     pub active: bool,
+    /// What a restart stops: "process" leaves open sessions (their own processes) alone.
+    pub kill_mode: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -389,7 +392,9 @@ impl Resource for Sshd {
                 return Ok(Effective::Unknown("sshd is not installed".into()));
             }
             if !privsep_dir {
-                return Ok(Effective::Unknown(format!("{PRIVSEP_DIR} is missing")));
+                return Ok(Effective::Unknown(format!(
+                    "{PRIVSEP_DIR} is missing (ssh.service is not running, as under socket activation before the first login), so `sshd -T` cannot judge the configuration; converge creates it"
+                )));
             }
             if !crate::host::files::is_root() {
                 // sshd -T must read the host keys; without root it fails for that alone.
@@ -451,6 +456,18 @@ impl Resource for Sshd {
             bail!(
                 "the sshd configuration on disk does not validate, so nothing was changed and sshd was not reloaded: {msg}; fix or remove the file it names"
             );
+        }
+        if !s.privsep_dir {
+            // Without /run/sshd nothing judged the files on disk at observe time (socket
+            // activation before the first login): judge them now, before any other step.
+            host.ensure_dir(Path::new(PRIVSEP_DIR), FileSpec::root(0o755))?;
+            let out = host.query(&Cmd::new("sshd").arg("-t")).await?;
+            if out.status != 0 {
+                bail!(
+                    "the sshd configuration on disk does not validate, so nothing was changed and sshd was not reloaded: {}; fix or remove the file it names",
+                    out.stderr.trim().lines().collect::<Vec<_>>().join(" | ")
+                );
+            }
         }
         apply_prerequisites(host, steps).await?;
         let files = self.config_files(steps);
@@ -526,6 +543,14 @@ impl Resource for Sshd {
             Effective::Unknown(m) => {
                 checks.push(Check::new("sshd config", Level::Warn, m.clone(), fix))
             }
+        }
+        if let Some(u) = &s.unit {
+            checks.push(Check::new(
+                "sshd activation",
+                Level::Pass,
+                activation::describe(u, s.socket_active),
+                fix,
+            ));
         }
         checks
     }

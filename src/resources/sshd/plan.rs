@@ -205,14 +205,24 @@ impl Sshd {
         }
         if let Some(u) = &s.unit {
             plan.notes.push(format!(
-                "sshd runs as {}{}",
-                u.id,
-                if s.socket_active {
-                    " (socket-activated)"
-                } else {
-                    ""
-                }
+                "sshd runs as {}",
+                super::activation::describe(u, s.socket_active)
             ));
+        }
+        if s.socket_active {
+            let paths: Vec<String> = s
+                .drop_ins
+                .iter()
+                .map(|(n, _)| format!("{}/{n}", super::DROP_DIR))
+                .collect();
+            let files = std::iter::once((SSHD_CONFIG, main)).chain(
+                paths
+                    .iter()
+                    .zip(&s.drop_ins)
+                    .map(|(p, (_, t))| (p.as_str(), t.as_str())),
+            );
+            let found = super::activation::listener_settings(files);
+            plan.notes.extend(super::activation::listener_note(&found));
         }
     }
 }

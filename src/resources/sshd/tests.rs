@@ -35,6 +35,7 @@ fn converged(r: &Sshd) -> State {
         unit: Some(Unit {
             id: "ssh.service".into(),
             active: true,
+            kill_mode: Some("process".into()),
         }),
         socket_active: false,
         key_users: vec![KeyUser {
@@ -245,7 +246,8 @@ fn parsing_helpers() {
         u,
         Some(Unit {
             id: "ssh.service".into(),
-            active: true
+            active: true,
+            kill_mode: None,
         })
     );
     assert!(sock);
@@ -358,7 +360,7 @@ fn candidate_tree_holds_the_configuration_as_it_will_be() {
 fn the_unit_query_is_the_same_command_line() {
     assert_eq!(
         validate::units_cmd().to_string(),
-        "systemctl show -p Id -p LoadState -p ActiveState ssh.service sshd.service ssh.socket"
+        "systemctl show -p Id -p LoadState -p ActiveState -p KillMode ssh.service sshd.service ssh.socket"
     );
 }
 
@@ -407,4 +409,27 @@ fn config_files_are_the_file_steps_in_order() {
         ]
     );
     assert!(r.config_files(&[Step::HostKey, Step::Reload]).is_empty());
+}
+
+#[test]
+fn a_socket_activated_sshd_is_named_and_its_listener_settings_noted() {
+    let r = res();
+    let mut s = converged(&r);
+    s.socket_active = true;
+    s.drop_ins
+        .push(("60-port.conf".into(), "Port 2222\n".into()));
+    let p = r.plan(&s).unwrap();
+    let notes = p.notes.join("\n");
+    assert!(notes.contains("started by ssh.socket"), "{notes}");
+    assert!(
+        notes.contains("Port in /etc/ssh/sshd_config.d/60-port.conf"),
+        "{notes}"
+    );
+    let checks = r.checks(&s);
+    assert!(
+        checks
+            .iter()
+            .any(|c| c.name == "sshd activation" && c.detail.contains("socket activation")),
+        "{checks:?}"
+    );
 }

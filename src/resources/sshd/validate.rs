@@ -8,11 +8,11 @@ use anyhow::{Context, Result, bail};
 
 use super::config_text::{includes_drop_dir, split_line};
 use super::effective::parse_effective;
-use super::{DROP_DIR, KeyUser, SSHD_CONFIG, Sshd, State, Unit, admission};
+use super::{DROP_DIR, KeyUser, SSHD_CONFIG, Sshd, State, Unit, activation, admission};
 use crate::host::{CandidateTree, Cmd, Host, systemctl, systemd};
 
-/// Pick the sshd unit from `systemctl show -p Id -p LoadState -p ActiveState ssh.service
-/// sshd.service ssh.socket` (blocks separated by blank lines).
+/// Pick the sshd unit from `systemctl show -p Id -p LoadState -p ActiveState -p KillMode
+/// ssh.service sshd.service ssh.socket` (blocks separated by blank lines).
 pub fn parse_units(text: &str) -> (Option<Unit>, bool) {
     let mut unit = None;
     let mut socket = false;
@@ -33,6 +33,7 @@ pub fn parse_units(text: &str) -> (Option<Unit>, bool) {
             unit = Some(Unit {
                 id: id.clone(),
                 active,
+                kill_mode: p.get("KillMode").filter(|k| !k.is_empty()).cloned(),
             });
         }
     }
@@ -188,7 +189,7 @@ async fn admit_someone(host: &Host, main: &str, judge: &Judge<'_>) -> Result<()>
 
 pub(super) fn units_cmd() -> Cmd {
     systemctl::show(
-        &["Id", "LoadState", "ActiveState"],
+        &["Id", "LoadState", "ActiveState", "KillMode"],
         &["ssh.service", "sshd.service", "ssh.socket"],
     )
 }
@@ -196,34 +197,46 @@ pub(super) fn units_cmd() -> Cmd {
 /// Check the files on disk with `sshd -t`, then reload sshd the way `converge` does. For
 /// the commit-confirmed rollback, which restores files outside a resource run.
 pub async fn validate_and_reload(host: &Host) -> Result<()> {
+    // A socket-activated sshd that is not running has no /run/sshd (the unit's
+    // RuntimeDirectory), and `sshd -t` refuses to judge without it.
+    host.ensure_dir(
+        Path::new(super::PRIVSEP_DIR),
+        crate::host::FileSpec::root(0o755),
+    )?;
     host.run(&Cmd::new("sshd").arg("-t"))
         .await
         .context("sshd -t rejects the configuration on disk, so sshd was not reloaded")?;
-    let unit = if host.systemd_booted() {
+    let (unit, socket) = if host.systemd_booted() {
         let out = host.query(&units_cmd()).await?;
-        parse_units(&out.stdout).0
+        parse_units(&out.stdout)
     } else {
-        None
+        (None, false)
     };
-    reload_unit(host, unit.as_ref()).await
+    reload_unit(host, unit.as_ref(), socket).await
 }
 
 pub(super) async fn reload(host: &Host, s: &State) -> Result<()> {
-    reload_unit(host, s.unit.as_ref()).await
+    reload_unit(host, s.unit.as_ref(), s.socket_active).await
 }
 
-/// Reload (not restart) sshd so open sessions survive. The unit is the one systemd runs
-/// (`ssh.service` on Debian/Ubuntu, `sshd.service` elsewhere); a socket-activated sshd
-/// that is not running picks the new files up on the next connection.
-async fn reload_unit(host: &Host, unit: Option<&Unit>) -> Result<()> {
-    match unit {
-        Some(u) if u.active => {
-            host.run(&systemctl::reload(u.id.as_str())).await?;
+/// Have the running sshd take the new files without ending open sessions: a reload of the
+/// unit systemd runs (`ssh.service` on Debian/Ubuntu, `sshd.service` elsewhere), a restart
+/// under socket activation (see [`activation`]); an sshd that is not running picks the
+/// files up when it starts.
+async fn reload_unit(host: &Host, unit: Option<&Unit>, socket_active: bool) -> Result<()> {
+    match activation::action(unit, socket_active) {
+        activation::Action::Reload(id) => {
+            host.run(&systemctl::reload(&id)).await?;
         }
-        Some(_) => {
+        activation::Action::RestartUnderSocket(id) => {
+            log::info!("sshd is socket-activated: restarting {id} (ssh.socket keeps port 22)");
+            host.run(&systemctl::restart(&id)).await?;
+        }
+        activation::Action::Refuse(why) => bail!("{why}"),
+        activation::Action::NotRunning => {
             log::info!("sshd unit not running; the new configuration applies when it starts")
         }
-        None => {
+        activation::Action::Pid => {
             let pid = host
                 .read_text(Path::new("/run/sshd.pid"))?
                 .and_then(|p| p.trim().parse::<i32>().ok());
