@@ -77,6 +77,7 @@ tests/harness/build-rootfs.sh
 tests/harness/build-docker-tree.sh trixie >/dev/null
 tests/harness/build-docker-tree.sh forky >/dev/null
 tests/harness/build-vm.sh >/dev/null
+tests/harness/build-vm.sh trixie >/dev/null
 
 step "unit and system tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -106,50 +106,62 @@ fn run_ok(cmd: &mut Command, timeout: Duration) -> Output {
 // ---------------------------------------------------------------------------------------------
 // The VM image and per-test directories
 
-/// The directory build-vm.sh made (or $SAPARI_TEST_VM): base.qcow2, vmlinuz, initrd.img, rootfs/.
+/// The directory build-vm.sh made for `suite` (or $SAPARI_TEST_VM for bookworm,
+/// $SAPARI_TEST_VM_TRIXIE for trixie): base.qcow2, vmlinuz, initrd.img, rootfs/.
+fn vm_image_of(suite: &'static str) -> PathBuf {
+    static IMAGES: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
+    let mut images = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = images.iter().find(|(s, _)| *s == suite) {
+        return p.clone();
+    }
+    let var = match suite {
+        "bookworm" => "SAPARI_TEST_VM".to_string(),
+        other => format!("SAPARI_TEST_VM_{}", other.to_uppercase()),
+    };
+    let dir = match std::env::var_os(&var) {
+        Some(p) => PathBuf::from(p),
+        None => build_vm(suite),
+    };
+    assert!(
+        dir.join("base.qcow2").is_file(),
+        "the {suite} VM image {} has no base.qcow2",
+        dir.display()
+    );
+    images.push((suite, dir.clone()));
+    dir
+}
+
+fn build_vm(suite: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/build-vm.sh");
+    let t0 = Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(suite)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} {suite} failed ({}); stdout:\n{stdout}",
+        script.display(),
+        out.status
+    );
+    let dir = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    if t0.elapsed() > Duration::from_secs(5) {
+        eprintln!(
+            "boot-test: {suite} VM image built in {:.0?}: {}",
+            t0.elapsed(),
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// The Debian 12 image most tests boot.
 fn vm_image() -> PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("SAPARI_TEST_VM") {
-                let p = PathBuf::from(p);
-                assert!(
-                    p.join("base.qcow2").is_file(),
-                    "SAPARI_TEST_VM={} has no base.qcow2",
-                    p.display()
-                );
-                return p;
-            }
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/build-vm.sh");
-            let t0 = Instant::now();
-            let out = Command::new("bash")
-                .arg(&script)
-                .stdin(Stdio::null())
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-            let stdout = text(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{} failed ({}); stdout:\n{stdout}",
-                script.display(),
-                out.status
-            );
-            let dir = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
-            assert!(
-                dir.join("base.qcow2").is_file(),
-                "build-vm.sh printed {dir:?}, which has no base.qcow2"
-            );
-            if t0.elapsed() > Duration::from_secs(5) {
-                eprintln!(
-                    "boot-test: VM image built in {:.0?}: {}",
-                    t0.elapsed(),
-                    dir.display()
-                );
-            }
-            dir
-        })
-        .clone()
+    vm_image_of("bookworm")
 }
 
 /// Kills the qemu of a test process that died without running Drop, and removes its directory.
@@ -711,9 +723,14 @@ struct Converged {
 /// Boots a new guest whose user-data installs `artifact` (served as `name`) and waits until
 /// cloud-init is done: no errors, the download verified, SSH as deploy working (the deploy
 /// user exists only if the converge ran).
-fn converged_first_boot(tag: &str, name: &str, artifact: Vec<u8>, work: TempDir) -> Converged {
+fn converged_first_boot(
+    image: &Path,
+    tag: &str,
+    name: &str,
+    artifact: Vec<u8>,
+    work: TempDir,
+) -> Converged {
     let t0 = Instant::now();
-    let image = vm_image();
     let agent = agent_binary();
     let sha = sha256_hex(&artifact);
     let server = ArtifactServer::serve(&format!("/{name}"), artifact);
@@ -725,7 +742,7 @@ fn converged_first_boot(tag: &str, name: &str, artifact: Vec<u8>, work: TempDir)
     let user_data = render(&agent, &config, &server.guest_url(), &sha);
 
     let mut vm = Vm::boot(
-        &image,
+        image,
         &work.path().join("vm"),
         &user_data,
         &meta_data(tag, &project_pub),
@@ -832,14 +849,28 @@ const COMMON_FACTS_SH: &str = "set -eo pipefail; sudo -n true; echo sudo=ok; hos
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn first_boot_installs_converges_and_hardens_the_server() {
+    binary_first_boot(&vm_image(), "binary");
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+// Debian 13 brings cloud-init 25 (cloud-init-main.service, a new stage layout) and systemd 257:
+// the same user-data must converge there too.
+fn first_boot_on_debian_13_installs_converges_and_hardens_the_server() {
+    binary_first_boot(&vm_image_of("trixie"), "trixie");
+}
+
+/// A first boot that installs the static binary, with every check of a converged server.
+fn binary_first_boot(image: &Path, tag: &str) {
     let _one_vm = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let binary = fs::read(agent_binary()).unwrap();
     let agent_sha = sha256_hex(&binary);
     let c = converged_first_boot(
-        "binary",
+        image,
+        tag,
         ARTIFACT_PATH.trim_start_matches('/'),
         binary,
-        workdir("binary"),
+        workdir(tag),
     );
     let mut want = c.common_facts();
     want.extend([
@@ -869,14 +900,14 @@ fn first_boot_installs_converges_and_hardens_the_server() {
     // The image lets root log in with a password (as Hetzner's do): the server no longer even
     // offers password authentication.
     for user in ["root", "deploy"] {
-        let o = c.vm.ssh_password(user, &root_password(&vm_image()), "true");
+        let o = c.vm.ssh_password(user, &root_password(image), "true");
         assert!(
             !o.status.success() && text(&o.stderr).contains("Permission denied (publickey)"),
             "password login as {user}:\n{}",
             describe(&o)
         );
     }
-    eprintln!("boot-test: binary: checked in {:.0?}", c.t0.elapsed());
+    eprintln!("boot-test: {tag}: checked in {:.0?}", c.t0.elapsed());
 }
 
 #[test]
@@ -898,7 +929,7 @@ fn first_boot_from_the_deb_installs_the_package_and_converges() {
     let deb = PathBuf::from(text(&o.stdout).lines().last().unwrap_or("").trim());
     let name = deb.file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.ends_with(".deb"), "build-deb.sh printed {deb:?}");
-    let c = converged_first_boot("deb", &name, fs::read(&deb).unwrap(), work);
+    let c = converged_first_boot(&vm_image(), "deb", &name, fs::read(&deb).unwrap(), work);
     let mut want = c.common_facts();
     want.extend([
         format!("{agent_sha}  /usr/bin/sapari-agent"),

@@ -1,6 +1,8 @@
 #!/bin/bash
-# Build (once) the Debian bookworm VM image that tests/system_boot.rs boots with qemu, and print
-# its directory as the last line of stdout. Progress goes to stderr.
+# Build (once) the Debian VM image that tests/system_boot.rs boots with qemu, and print its
+# directory as the last line of stdout. Progress goes to stderr.
+#
+# Usage: build-vm.sh [SUITE]   (bookworm by default; trixie brings cloud-init 25)
 #
 # The directory holds:
 #   base.qcow2           root filesystem (ext4, label saparivm, no partition table); tests boot
@@ -13,7 +15,7 @@
 #
 # Everything the agent's default config would install is already in the image, so the guest
 # needs no package archive (it has no network except a forwarded port to the test's server).
-# The cache key covers the package list and this script, like build-rootfs.sh.
+# The cache key covers the suite, the package list and this script, like build-rootfs.sh.
 #
 # Env: DEBIAN_MIRROR, SAPARI_TEST_CACHE (see build-rootfs.sh)
 set -euo pipefail
@@ -27,7 +29,8 @@ openssh-server openssh-client sudo ca-certificates curl linux-image-amd64 initra
 cloud-init ufw iptables nftables e2fsprogs util-linux mount less python3 adduser passwd
 fail2ban python3-systemd unattended-upgrades python3-cffi-backend"
 PACKAGES=$(echo $PACKAGES)
-SUITE=bookworm
+SUITE=${1:-bookworm}
+case $SUITE in bookworm|trixie) ;; *) echo "build-vm: unsupported suite $SUITE (bookworm, trixie)" >&2; exit 2;; esac
 # Big enough for the packages, the agent's default 4G swap file and headroom; sparse on the host.
 DISK_SIZE=8G
 LABEL=saparivm
@@ -40,7 +43,7 @@ die() { log "ERROR: $*"; exit 1; }
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 CACHE=${SAPARI_TEST_CACHE:-/var/cache/sapari-agent-tests}
 KEY=$({ printf '%s\n' "$PACKAGES" "$SUITE" "$DISK_SIZE"; cat "$SELF"; } | sha256sum | cut -c1-16)
-FINAL="$CACHE/vm-$KEY"
+FINAL="$CACHE/vm-$SUITE-$KEY"
 
 # A completed build only ever appears through rename(2), so its existence means it is complete.
 if [ -d "$FINAL" ]; then echo "$FINAL"; exit 0; fi
@@ -79,7 +82,7 @@ for stale in "$CACHE"/.vm-*.tmp.*; do
   rm -rf --one-file-system "$stale"
 done
 
-TMP="$CACHE/.vm-$KEY.tmp.$$"
+TMP="$CACHE/.vm-$SUITE-$KEY.tmp.$$"
 trap 'rm -rf --one-file-system "$TMP"' EXIT
 mkdir -m 0755 "$TMP"
 ROOT="$TMP/rootfs"
@@ -114,9 +117,11 @@ chroot "$ROOT" systemctl enable systemd-networkd.service >&2
 
 mkdir -p "$ROOT/etc/cloud/cloud.cfg.d"
 # What a Hetzner cloud image does: keys from the metadata go to root (no default user), the SSH
-# password login stays on, and growing the disk is not what these tests are about.
+# password login stays on, and growing the disk is not what these tests are about. Hetzner is
+# listed so that a boot with Hetzner's SMBIOS vendor goes through its real datasource; ds-identify
+# keeps only the sources whose markers it finds (the cidata seed, or the vendor string).
 cat > "$ROOT/etc/cloud/cloud.cfg.d/90-sapari-test.cfg" <<'EOF'
-datasource_list: [ NoCloud, None ]
+datasource_list: [ NoCloud, Hetzner, None ]
 network: {config: disabled}
 disable_root: false
 ssh_pwauth: true
@@ -144,8 +149,10 @@ chroot "$ROOT" apt-get clean
 rm -rf "$ROOT"/var/lib/cloud/* "$ROOT"/var/log/cloud-init*
 echo "$KEY" > "$ROOT/etc/sapari-test-vm"
 
-cp -L "$ROOT/vmlinuz" "$TMP/vmlinuz" || die "no /vmlinuz in the rootfs (linux-image-amd64 missing?)"
-cp -L "$ROOT/initrd.img" "$TMP/initrd.img" || die "no /initrd.img in the rootfs"
+# Newer kernels' packages may not keep the /vmlinuz symlinks: fall back to /boot's files.
+kernel() { if [ -e "$ROOT/$1" ]; then echo "$ROOT/$1"; else ls "$ROOT"/boot/"$1"-* 2>/dev/null | sort -V | tail -n1; fi; }
+cp -L "$(kernel vmlinuz)" "$TMP/vmlinuz" || die "no kernel in the rootfs (linux-image-amd64 missing?)"
+cp -L "$(kernel initrd.img)" "$TMP/initrd.img" || die "no initrd in the rootfs"
 
 log "making the $DISK_SIZE ext4 disk"
 truncate -s "$DISK_SIZE" "$TMP/base.raw"
