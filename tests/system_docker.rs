@@ -1,7 +1,8 @@
 // Tests drive the machine from outside the agent: clippy.toml's boundary is the agent's.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 //! The `docker` resource with `source = "distro"`, installed for real by apt inside the
-//! container: Debian 12's docker.io and docker-compose (1.29, the only compose bookworm has),
+//! container: Debian 12's docker.io and docker-compose (1.29, the only compose bookworm has), or
+//! with SAPARI_TEST_SUITE=trixie Debian 13's docker.io 26.1, docker-cli and compose v2 (2.26),
 //! served from a local apt repository in a peer namespace as in system_packages.rs (built once
 //! by tests/harness/build-debs.sh, cached per package list; the box reaches no archive).
 //!
@@ -28,16 +29,41 @@ use common::report::{json, resource};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::TestBox;
 use common::apt_repo::{self, Repo};
+use common::{Suite, TestBox};
 
-const PACKAGES: &[&str] = &["docker.io", "docker-compose"];
+/// What `source = "distro"` installs and finds on the box's release.
+struct Release {
+    packages: &'static [&'static str],
+    compose: &'static str,
+    server: &'static str,
+    compose_version: &'static str,
+}
+
+fn release() -> Release {
+    match Suite::default() {
+        // Debian 12: the docker command is in docker.io; compose is the Python v1.
+        Suite::Bookworm => Release {
+            packages: &["docker.io", "docker-compose"],
+            compose: "docker-compose",
+            server: "20.10.",
+            compose_version: "1.29.",
+        },
+        // Debian 13: the docker command is its own package; docker-compose is the v2 plugin.
+        Suite::Trixie => Release {
+            packages: &["docker.io", "docker-cli", "docker-compose"],
+            compose: "docker compose",
+            server: "26.1.",
+            compose_version: "2.26",
+        },
+    }
+}
 const CONFIG: &str = "[docker]\nsource = \"distro\"\n";
 /// Installing docker.io and starting dockerd takes 15-30 s; allow for a loaded machine.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn boot_with_repo() -> (TestBox, Repo) {
-    let (b, repo) = apt_repo::boot_with_repo(PACKAGES);
+    let (b, repo) = apt_repo::boot_with_repo(release().packages);
     b.enable_ipv4_forwarding();
     b.write(CONFIG_PATH, CONFIG.as_bytes(), 0o600);
     (b, repo)
@@ -54,7 +80,9 @@ fn converge(b: &TestBox) -> Output {
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 // One box: the second converge must find what the first one installed and leave it.
-fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
+fn installs_debian_docker_runs_it_for_deploy_and_reports_compose() {
+    let rel = release();
+    let notes = serde_json::json!([format!("compose command: {}", rel.compose)]);
     let (b, _repo) = boot_with_repo();
     let t0 = Instant::now();
     let o = converge(&b);
@@ -65,7 +93,8 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     assert_eq!(d["status"], "changed", "{r:#}");
     let changes = d["changes"].to_string();
     assert!(
-        changes.contains("install docker.io docker-compose") && changes.contains("docker.service"),
+        changes.contains(&format!("install {}", rel.packages.join(" ")))
+            && changes.contains("docker.service"),
         "{changes}"
     );
     // The box has no package lists: the install must fetch them first.
@@ -74,15 +103,11 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
         "{}",
         describe(&o)
     );
-    // Debian 12 has no compose v2 plugin: the v1 command is found and named.
-    assert_eq!(
-        d["notes"],
-        serde_json::json!(["compose command: docker-compose"]),
-        "{r:#}"
-    );
+    // The compose the release packages is found and named (v1 on Debian 12, v2 on 13).
+    assert_eq!(d["notes"], notes, "{r:#}");
     assert_eq!(resource(&r, "users")["status"], "changed", "{r:#}");
 
-    for p in PACKAGES {
+    for p in rel.packages {
         let s = b.exec_ok(&format!("dpkg-query -W -f '${{db:Status-Abbrev}}' {p}"));
         assert_eq!(s.trim(), "ii", "{p} installed");
     }
@@ -96,7 +121,7 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     );
     let info = b.exec_ok("docker info --format '{{.ServerVersion}} {{.Driver}}'");
     assert!(
-        info.starts_with("20.10."),
+        info.starts_with(rel.server),
         "dockerd answers `docker info`: {info}"
     );
     let groups = b.exec_ok("id -nG deploy");
@@ -106,12 +131,9 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     );
     // The membership is the one the socket honours: deploy talks to dockerd without sudo.
     let v = b.exec_ok("runuser -u deploy -- docker version --format '{{.Server.Version}}'");
-    assert!(v.starts_with("20.10."), "{v}");
-    assert!(
-        b.exec_ok("docker-compose version --short")
-            .starts_with("1.29."),
-        "compose v1"
-    );
+    assert!(v.starts_with(rel.server), "{v}");
+    let cv = b.exec_ok(&format!("{} version --short", rel.compose));
+    assert!(cv.trim().starts_with(rel.compose_version), "compose: {cv}");
 
     let o = converge(&b);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
@@ -119,11 +141,7 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     let d = resource(&r, "docker");
     assert_eq!(d["status"], "unchanged", "{r:#}");
     assert_eq!(d["changes"], serde_json::json!([]), "{r:#}");
-    assert_eq!(
-        d["notes"],
-        serde_json::json!(["compose command: docker-compose"]),
-        "{r:#}"
-    );
+    assert_eq!(d["notes"], notes, "{r:#}");
     assert_eq!(resource(&r, "users")["status"], "unchanged", "{r:#}");
 
     let o = b.agent(&["status", "--only", "docker", "--json"]);
@@ -144,7 +162,7 @@ fn installs_debian_docker_runs_it_for_deploy_and_reports_compose_v1() {
     );
     assert_eq!(
         level("compose"),
-        ("PASS".into(), "docker-compose".into()),
+        ("PASS".into(), rel.compose.into()),
         "{checks:#}"
     );
 }

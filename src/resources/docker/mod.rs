@@ -68,9 +68,19 @@ impl Docker {
             DockerSource::Official => OFFICIAL.to_vec(),
             // Ubuntu packages compose v2; Debian 12 only has the Python compose v1.
             DockerSource::Distro if s.os_id == "ubuntu" => vec!["docker.io", "docker-compose-v2"],
-            DockerSource::Distro => vec!["docker.io", "docker-compose"],
+            DockerSource::Distro if debian_without_cli_split(&s.codename) => {
+                vec!["docker.io", "docker-compose"]
+            }
+            // From Debian 13 the `docker` command is its own package, which docker.io only
+            // recommends (and we install without recommends); docker-compose is v2 there.
+            DockerSource::Distro => vec!["docker.io", "docker-cli", "docker-compose"],
         }
     }
+}
+
+/// Debian releases whose docker.io still carries the `docker` command itself.
+fn debian_without_cli_split(codename: &str) -> bool {
+    matches!(codename, "buster" | "bullseye" | "bookworm")
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +352,15 @@ mod tests {
         assert_eq!(
             p.steps[0],
             Step::Install(vec!["docker.io".into(), "docker-compose".into()])
+        );
+        s.codename = "trixie".into();
+        assert_eq!(
+            r.plan(&s).unwrap().steps[0],
+            Step::Install(vec![
+                "docker.io".into(),
+                "docker-cli".into(),
+                "docker-compose".into()
+            ])
         );
         s.os_id = "ubuntu".into();
         assert_eq!(
