@@ -301,16 +301,17 @@ impl Resource for Packages {
     }
 }
 
-/// Enabled and started; restarted if it already ran, so a changed jail is loaded.
+/// Enabled, and (re)started so the unit runs with the files this run wrote.
 async fn enable(host: &Host, s: &State, unit: &str) -> Result<()> {
     // fail2ban can take a while to start or stop on a busy box.
     let slow = Duration::from_secs(180);
-    host.run(&systemctl::enable(unit, s.systemd_booted).timeout(slow))
+    host.run(&systemctl::enable(unit, false).timeout(slow))
         .await?;
-    let was_running = s.active.iter().any(|(u, a)| u == unit && a == "active");
-    if s.systemd_booted && was_running {
-        // Already running: only a restart loads a changed jail. A unit that was stopped
-        // has just started with the new files.
+    if s.systemd_booted {
+        // Always a restart, never "start unless it ran before the run": the package's postinst
+        // may have started it during this run's install, before the jail existed (Debian 13's
+        // fail2ban starts fine on its own defaults), and such a daemon would never load our
+        // jail. A restart also starts a unit that is stopped.
         host.run(&systemctl::restart(unit).timeout(slow)).await?;
     }
     Ok(())
