@@ -36,6 +36,10 @@ struct Window {
     cf6: ProbeStats,
     /// The container's state and srv's ruleset when the probes stopped (for a failure message).
     after: String,
+    /// Cloudflare measured again (v4, v6) once the test's web server was restarted, when it
+    /// was found dead at the end of the window (not answering even on its own address from
+    /// srv, where no firewall is on the path): the firewall is judged on a server that runs.
+    recheck: Option<(ProbeStats, ProbeStats)>,
 }
 
 impl Window {
@@ -83,10 +87,23 @@ impl Window {
             );
         }
         // ...and still does once the event is over (within the tail).
-        for s in [&self.cf4, &self.cf6] {
-            let last = s.last_connected_ms.unwrap_or(0);
+        let reaches = |s: &ProbeStats| {
+            s.connected > 0 && s.last_connected_ms.unwrap_or(0) + 1000 >= s.elapsed_ms
+        };
+        if let Some((r4, r6)) = &self.recheck {
             assert!(
-                s.connected > 0 && last + 1000 >= s.elapsed_ms,
+                reaches(r4) && reaches(r6),
+                "{}: Cloudflare does not get through to a restarted web server: v4 {}, v6 {}\n{}",
+                self.what,
+                fmt(r4),
+                fmt(r6),
+                self.after
+            );
+            return;
+        }
+        for s in [&self.cf4, &self.cf6] {
+            assert!(
+                reaches(s),
                 "{}: Cloudflare must keep getting through: v4 {}, v6 {}\ntimelines (ms, outcome): v4 {:?}\nv6 {:?}\n{}",
                 self.what,
                 fmt(&self.cf4),
@@ -117,6 +134,7 @@ fn watch(e: &Edge, what: &str, event: impl FnOnce()) -> Window {
     let cut = [&c, &d]
         .iter()
         .any(|s| s.timeline.last().is_some_and(|(_, k)| k != "ok"));
+    let mut recheck = None;
     let recovery = if cut {
         let p = e.start_probe(Host::Cf, V4, 443);
         std::thread::sleep(Duration::from_secs(3));
@@ -125,10 +143,33 @@ fn watch(e: &Edge, what: &str, event: impl FnOnce()) -> Window {
             common::netfw::Proto::Tcp,
             common::netfw::CONTAINER_V4,
         );
-        format!(
+        let mut line = format!(
             "3 s later: cf v4 {:?}; the container's own address from srv: {direct}\n",
             p.stop().timeline
-        )
+        );
+        if !direct {
+            // The harness's socat, not the firewall (which drops, never resets): seen about
+            // once in a dozen runs on Docker 26 after a power-off, the container "running"
+            // with no process left in it. Its state is kept for the message, then the
+            // Cloudflare client is measured again against a server that answers.
+            line.push_str(&format!(
+                "the web server was gone; its state then: {}\n",
+                e.docker_state("web")
+            ));
+            e.docker_ok(&["restart", "web"]);
+            e.wait_container();
+            let probes = [
+                e.start_probe(Host::Cf, V4, 443),
+                e.start_probe(Host::Cf, V6, 443),
+            ];
+            std::thread::sleep(TAIL);
+            let [r4, r6] = probes.map(|p| p.stop());
+            eprintln!(
+                "origin: {what}: WARNING the test's web server died; Cloudflare measured again after restarting it"
+            );
+            recheck = Some((r4, r6));
+        }
+        line
     } else {
         String::new()
     };
@@ -152,6 +193,7 @@ fn watch(e: &Edge, what: &str, event: impl FnOnce()) -> Window {
         cf4: c,
         cf6: d,
         after,
+        recheck,
     }
 }
 

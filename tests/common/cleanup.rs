@@ -139,7 +139,7 @@ for f in /run/netns/sfw-*; do
   [ -e "$f" ] || continue
   n=${f##*/}; dead "$(pid_of "$n")" && ip netns del "$n" 2>/dev/null
 done
-for d in "$root"/sfw-*; do
+for d in "$root"/sfw-* /dev/shm/sfw-*; do
   [ -d "$d" ] || continue
   dead "$(pid_of "${d##*/}")" && rm -rf --one-file-system "$d"
 done

@@ -441,6 +441,10 @@ fn assert_root() {
 pub struct Edge {
     name: String,
     dir: Option<TempDir>,
+    /// The probes' script and stats, on tmpfs: a probe rewrites its stats every 100 ms, and on
+    /// the disk that write waits behind other tests' dpkg fsyncs, long enough (0.5-0.8 s
+    /// measured in CI) to leave the port unprobed.
+    probe_dir: Option<TempDir>,
     /// Namespaces made so far (deleted in reverse order).
     netns: Vec<String>,
     docker: bool,
@@ -536,9 +540,14 @@ impl Edge {
             .prefix(&format!("{name}-"))
             .tempdir_in(&root)
             .unwrap();
+        let probe_dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in("/dev/shm")
+            .unwrap();
         Edge {
             name,
             dir: Some(dir),
+            probe_dir: Some(probe_dir),
             netns: Vec::new(),
             docker,
             dopts,
@@ -590,6 +599,10 @@ impl Edge {
 
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("edge dir").path()
+    }
+
+    pub(crate) fn probe_dir(&self) -> &Path {
+        self.probe_dir.as_ref().expect("edge probe dir").path()
     }
 
     /// Network namespace name of a host.
@@ -672,6 +685,12 @@ impl Edge {
             if !ok {
                 problems.push(format!("ip netns del {n} failed"));
             }
+        }
+        if let Some(d) = self.probe_dir.take()
+            && std::env::var_os("SAPARI_TEST_KEEP").is_some()
+        {
+            eprintln!("netfw: keeping {} (SAPARI_TEST_KEEP)", d.path().display());
+            let _ = d.keep();
         }
         if let Some(d) = self.dir.take() {
             let p = d.path().to_path_buf();
