@@ -30,8 +30,45 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-/// The address the guest downloads the agent from; qemu forwards it to the test's server.
-const GUEST_HTTP: &str = "10.0.2.100:8080";
+/// Where a guest finds its user-data, which decides the addresses of its qemu network.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Source {
+    /// A NoCloud seed ISO (volume `cidata`), on qemu's default 10.0.2.0/24.
+    NoCloud,
+    /// cloud-init's real DataSourceHetzner: SMBIOS vendor "Hetzner", metadata and user-data over
+    /// HTTP from 169.254.169.254. qemu forwards a guest address only from inside its virtual
+    /// network, so that network is 169.254.0.0/16 here.
+    Hetzner,
+}
+
+impl Source {
+    fn net(self) -> &'static str {
+        match self {
+            Source::NoCloud => "",
+            Source::Hetzner => "net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,",
+        }
+    }
+
+    /// The address the guest downloads the agent from; qemu forwards it to the test's server.
+    fn guest_http(self) -> &'static str {
+        match self {
+            Source::NoCloud => "10.0.2.100:8080",
+            Source::Hetzner => "169.254.0.100:8080",
+        }
+    }
+
+    /// qemu's own address in the guest's network: every forwarded connection (the test's SSH)
+    /// comes from it, so it is the operator.
+    fn host(self) -> &'static str {
+        match self {
+            Source::NoCloud => "10.0.2.2",
+            Source::Hetzner => "169.254.0.2",
+        }
+    }
+}
+
+/// Hetzner's metadata service, as cloud-init's DataSourceHetzner asks it.
+const HETZNER_MD: &str = "169.254.169.254:80";
 /// Where the test's server has the static binary (the .deb gets its own name).
 const ARTIFACT_PATH: &str = "/sapari-agent";
 const WORK_PREFIX: &str = "sapvm-";
@@ -240,6 +277,7 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 struct ArtifactServer {
     port: u16,
     path: String,
+    guest_http: &'static str,
     requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
@@ -247,17 +285,23 @@ struct ArtifactServer {
 
 impl ArtifactServer {
     fn serve(path: &str, body: Vec<u8>) -> Self {
+        Self::serve_files(vec![(path.to_string(), body)])
+    }
+
+    /// Serves each (path, body); `path` (for `guest_url`) is the first one.
+    fn serve_files(files: Vec<(String, Vec<u8>)>) -> Self {
+        let path = files[0].0.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the artifact server");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, s, p) = (requests.clone(), stop.clone(), path.to_string());
+        let (r, s) = (requests.clone(), stop.clone());
         let thread = thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        if let Some(line) = Self::answer(conn, &p, &body) {
+                        if let Some(line) = Self::answer(conn, &files) {
                             r.lock().unwrap().push(line);
                         }
                     }
@@ -267,14 +311,21 @@ impl ArtifactServer {
         });
         ArtifactServer {
             port,
-            path: path.to_string(),
+            path,
+            guest_http: Source::NoCloud.guest_http(),
             requests,
             stop,
             thread: Some(thread),
         }
     }
 
-    fn answer(mut conn: TcpStream, want: &str, body: &[u8]) -> Option<String> {
+    /// The same server, reached by the guest at `src`'s address.
+    fn for_guest(mut self, src: Source) -> Self {
+        self.guest_http = src.guest_http();
+        self
+    }
+
+    fn answer(mut conn: TcpStream, files: &[(String, Vec<u8>)]) -> Option<String> {
         conn.set_nonblocking(false).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
         conn.set_write_timeout(Some(Duration::from_secs(120)))
@@ -291,10 +342,16 @@ impl ArtifactServer {
         let line = text(&head).lines().next().unwrap_or("").to_string();
         let mut words = line.split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let found = path == want && (method == "GET" || method == "HEAD");
+        let body = files
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.as_slice())
+            .filter(|_| method == "GET" || method == "HEAD");
+        let found = body.is_some();
         let status = if found { "200 OK" } else { "404 Not Found" };
-        let payload: &[u8] = if found && method == "GET" { body } else { b"" };
-        let len = if found { body.len() } else { 0 };
+        let body = body.unwrap_or(b"");
+        let payload: &[u8] = if method == "GET" { body } else { b"" };
+        let len = body.len();
         let _ = conn.write_all(
             format!("HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").as_bytes(),
         );
@@ -308,7 +365,7 @@ impl ArtifactServer {
 
     /// The URL the guest uses for the file.
     fn guest_url(&self) -> String {
-        format!("http://{GUEST_HTTP}{}", self.path)
+        format!("http://{}{}", self.guest_http, self.path)
     }
 
     /// At least one request, and all of them for the file.
@@ -370,6 +427,42 @@ impl Vm {
     /// Boots a throwaway overlay of the image with a NoCloud seed made of `user_data` and
     /// `meta_data`. The guest's 10.0.2.100:8080 is forwarded to 127.0.0.1:`http_port`.
     fn boot(image: &Path, dir: &Path, user_data: &str, meta_data: &str, http_port: u16) -> Vm {
+        let iso = seed_iso(dir, user_data, meta_data);
+        let seed = format!("file={},if=virtio,format=raw,readonly=on", iso.display());
+        Self::launch(
+            image,
+            dir,
+            Source::NoCloud,
+            http_port,
+            "",
+            &["-drive", &seed],
+        )
+    }
+
+    /// Boots as a Hetzner server: no seed; SMBIOS says Hetzner with `serial` (the instance id
+    /// the datasource checks), and the guest's 169.254.169.254:80 is forwarded to
+    /// 127.0.0.1:`md_port`, the test's metadata server.
+    fn boot_hetzner(image: &Path, dir: &Path, serial: &str, http_port: u16, md_port: u16) -> Vm {
+        let smbios = format!("type=1,manufacturer=Hetzner,product=vServer,serial={serial}");
+        let md = format!(",guestfwd=tcp:{HETZNER_MD}-cmd:socat - TCP:127.0.0.1:{md_port}");
+        Self::launch(
+            image,
+            dir,
+            Source::Hetzner,
+            http_port,
+            &md,
+            &["-smbios", &smbios],
+        )
+    }
+
+    fn launch(
+        image: &Path,
+        dir: &Path,
+        src: Source,
+        http_port: u16,
+        more_fwd: &str,
+        more_args: &[&str],
+    ) -> Vm {
         need("qemu-system-x86_64", "qemu-system-x86");
         need("qemu-img", "qemu-utils");
         need("socat", "socat");
@@ -382,11 +475,11 @@ impl Vm {
                 .arg(&overlay),
             Duration::from_secs(60),
         );
-        let iso = seed_iso(dir, user_data, meta_data);
-
         let ssh_port = free_port();
         let netdev = format!(
-            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22,guestfwd=tcp:{GUEST_HTTP}-cmd:socat - TCP:127.0.0.1:{http_port}"
+            "user,id=n0,{}restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22,guestfwd=tcp:{}-cmd:socat - TCP:127.0.0.1:{http_port}{more_fwd}",
+            src.net(),
+            src.guest_http()
         );
         let log = fs::File::create(dir.join("qemu.log")).unwrap();
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -407,11 +500,7 @@ impl Vm {
         .args(["-append", "root=LABEL=saparivm rw console=ttyS0"])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            iso.display()
-        ))
+        .args(more_args)
         .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"])
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
@@ -631,13 +720,17 @@ fn debugfs_cat(raw: &Path, path: &str) -> Option<String> {
 // What the tests boot with
 
 fn test_config(deploy_key: &str) -> String {
-    // qemu's user network shows every forwarded connection as coming from 10.0.2.2, so that is
-    // the operator. The guest has no archive and no tailnet: what packages needs is in the
+    test_config_for(deploy_key, Source::NoCloud)
+}
+
+fn test_config_for(deploy_key: &str, src: Source) -> String {
+    // qemu's user network shows every forwarded connection as coming from its own address, so
+    // that is the operator. The guest has no archive and no tailnet: what packages needs is in the
     // image, and Docker, compose and Tailscale stay off. Nothing can synchronize the clock.
     format!(
         r#"# sapari-agent boot test
 [access]
-operator_ips = ["10.0.2.2"]
+operator_ips = ["{}"]
 
 [hostname]
 name = "sapari-prod"
@@ -656,7 +749,8 @@ enabled = false
 
 [ntp]
 require_sync = false
-"#
+"#,
+        src.host()
     )
 }
 
@@ -670,6 +764,26 @@ fn meta_data(tag: &str, root_key: &str) -> String {
         "instance-id: sapari-test-{tag}-{}-{nanos}\nlocal-hostname: fresh-server\npublic-keys:\n  - {root_key}\n",
         std::process::id()
     )
+}
+
+/// What Hetzner's metadata service answers (its documented shape): the metadata as YAML with
+/// the project's key in `public-keys`, the instance id cloud-init compares with the SMBIOS
+/// serial, and the user-data as given when the server was created.
+fn hetzner_metadata(serial: &str, root_key: &str, user_data: &str) -> Vec<(String, Vec<u8>)> {
+    let md = format!(
+        "hostname: fresh-server\ninstance-id: {serial}\npublic-ipv4: 169.254.0.15\n\
+         network-config:\n  config:\n  - name: eth0\n    subnets:\n    - type: dhcp\n    \
+         type: physical\n  version: 1\npublic-keys:\n- {root_key}\n"
+    );
+    let base = "/hetzner/v1";
+    vec![
+        (format!("{base}/metadata"), md.into_bytes()),
+        (
+            format!("{base}/metadata/instance-id"),
+            serial.as_bytes().to_vec(),
+        ),
+        (format!("{base}/userdata"), user_data.as_bytes().to_vec()),
+    ]
 }
 
 /// `sapari-agent cloud-init render` on the host, as an operator runs it.
@@ -693,7 +807,7 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
 }
 
 fn artifact_url() -> String {
-    format!("http://{GUEST_HTTP}{ARTIFACT_PATH}")
+    format!("http://{}{ARTIFACT_PATH}", Source::NoCloud.guest_http())
 }
 
 fn root_password(image: &Path) -> String {
@@ -713,6 +827,8 @@ struct Converged {
     // Held for their Drop: the guest may still fetch (the timer's run), and the directory
     // holds the keys and the overlay.
     _server: ArtifactServer,
+    /// Hetzner's metadata service, for a boot through that datasource.
+    _metadata: Option<ArtifactServer>,
     _work: TempDir,
     deploy_key: PathBuf,
     project_key: PathBuf,
@@ -725,6 +841,7 @@ struct Converged {
 /// user exists only if the converge ran).
 fn converged_first_boot(
     image: &Path,
+    src: Source,
     tag: &str,
     name: &str,
     artifact: Vec<u8>,
@@ -733,21 +850,33 @@ fn converged_first_boot(
     let t0 = Instant::now();
     let agent = agent_binary();
     let sha = sha256_hex(&artifact);
-    let server = ArtifactServer::serve(&format!("/{name}"), artifact);
+    let server = ArtifactServer::serve(&format!("/{name}"), artifact).for_guest(src);
 
     let (deploy_key, deploy_pub) = keygen(work.path(), "deploy");
     let (project_key, project_pub) = keygen(work.path(), "hetzner-project");
-    let config_text = test_config(&deploy_pub);
+    let config_text = test_config_for(&deploy_pub, src);
     let config = write_config(work.path(), &config_text);
     let user_data = render(&agent, &config, &server.guest_url(), &sha);
 
-    let mut vm = Vm::boot(
-        image,
-        &work.path().join("vm"),
-        &user_data,
-        &meta_data(tag, &project_pub),
-        server.port,
-    );
+    let dir = work.path().join("vm");
+    let (mut vm, metadata) = match src {
+        Source::NoCloud => {
+            let md = meta_data(tag, &project_pub);
+            let vm = Vm::boot(image, &dir, &user_data, &md, server.port);
+            (vm, None)
+        }
+        Source::Hetzner => {
+            let serial = format!(
+                "{}{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let md =
+                ArtifactServer::serve_files(hetzner_metadata(&serial, &project_pub, &user_data));
+            let vm = Vm::boot_hetzner(image, &dir, &serial, server.port, md.port);
+            (vm, Some(md))
+        }
+    };
     let finished = vm.wait_cloud_init_finished(env_secs("SAPARI_TEST_VM_BOOT_TIMEOUT", 600));
     eprintln!("boot-test: {tag}: cloud-init finished {finished:.0?} after qemu started");
     log_bootstrap(&vm.console());
@@ -781,9 +910,23 @@ fn converged_first_boot(
         vm.console_tail()
     );
     server.assert_only_fetched();
+    if let Some(md) = &metadata {
+        // The user-data came through DataSourceHetzner, not a leftover seed.
+        let platform = vm.ssh_ok("deploy", &deploy_key, "cloud-init query platform");
+        assert_eq!(platform.trim(), "hetzner", "{}", vm.console_tail());
+        let r = md.requests();
+        for path in ["/hetzner/v1/metadata", "/hetzner/v1/userdata"] {
+            let get = format!("GET {path} ");
+            assert!(
+                r.iter().any(|l| l.starts_with(&get)),
+                "{path} never fetched: {r:?}"
+            );
+        }
+    }
     Converged {
         vm,
         _server: server,
+        _metadata: metadata,
         _work: work,
         deploy_key,
         project_key,
@@ -849,7 +992,7 @@ const COMMON_FACTS_SH: &str = "set -eo pipefail; sudo -n true; echo sudo=ok; hos
 #[test]
 #[ignore = "system test: needs root; run scripts/test.sh"]
 fn first_boot_installs_converges_and_hardens_the_server() {
-    binary_first_boot(&vm_image(), "binary");
+    binary_first_boot(&vm_image(), Source::NoCloud, "binary");
 }
 
 #[test]
@@ -857,16 +1000,26 @@ fn first_boot_installs_converges_and_hardens_the_server() {
 // Debian 13 brings cloud-init 25 (cloud-init-main.service, a new stage layout) and systemd 257:
 // the same user-data must converge there too.
 fn first_boot_on_debian_13_installs_converges_and_hardens_the_server() {
-    binary_first_boot(&vm_image_of("trixie"), "trixie");
+    binary_first_boot(&vm_image_of("trixie"), Source::NoCloud, "trixie");
+}
+
+#[test]
+#[ignore = "system test: needs root; run scripts/test.sh"]
+// As a Hetzner server boots: no seed, cloud-init's own DataSourceHetzner finds the vendor in
+// SMBIOS, takes a DHCP lease and reads metadata and user-data from 169.254.169.254 (the test's
+// server on loopback, through qemu). Debian 13's cloud-init 25, as current Ubuntu's.
+fn first_boot_through_hetzners_datasource_converges_and_hardens_the_server() {
+    binary_first_boot(&vm_image_of("trixie"), Source::Hetzner, "hetzner");
 }
 
 /// A first boot that installs the static binary, with every check of a converged server.
-fn binary_first_boot(image: &Path, tag: &str) {
+fn binary_first_boot(image: &Path, src: Source, tag: &str) {
     let _one_vm = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let binary = fs::read(agent_binary()).unwrap();
     let agent_sha = sha256_hex(&binary);
     let c = converged_first_boot(
         image,
+        src,
         tag,
         ARTIFACT_PATH.trim_start_matches('/'),
         binary,
@@ -929,7 +1082,14 @@ fn first_boot_from_the_deb_installs_the_package_and_converges() {
     let deb = PathBuf::from(text(&o.stdout).lines().last().unwrap_or("").trim());
     let name = deb.file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.ends_with(".deb"), "build-deb.sh printed {deb:?}");
-    let c = converged_first_boot(&vm_image(), "deb", &name, fs::read(&deb).unwrap(), work);
+    let c = converged_first_boot(
+        &vm_image(),
+        Source::NoCloud,
+        "deb",
+        &name,
+        fs::read(&deb).unwrap(),
+        work,
+    );
     let mut want = c.common_facts();
     want.extend([
         format!("{agent_sha}  /usr/bin/sapari-agent"),

@@ -31,6 +31,10 @@ fail2ban python3-systemd unattended-upgrades python3-cffi-backend"
 PACKAGES=$(echo $PACKAGES)
 SUITE=${1:-bookworm}
 case $SUITE in bookworm|trixie) ;; *) echo "build-vm: unsupported suite $SUITE (bookworm, trixie)" >&2; exit 2;; esac
+# cloud-init's Hetzner datasource takes a DHCP lease of its own in the local stage, before
+# networkd runs; cloud-init 25 does it with dhcpcd (what Ubuntu 24.04 ships for this), 22.4 only
+# with dhclient. The Hetzner boot test runs on the trixie image.
+if [ "$SUITE" = trixie ]; then PACKAGES="$PACKAGES dhcpcd-base"; fi
 # Big enough for the packages, the agent's default 4G swap file and headroom; sparse on the host.
 DISK_SIZE=8G
 LABEL=saparivm
