@@ -260,7 +260,7 @@ fn journal_changed(b: &TestBox) -> Vec<String> {
 fn timer_service_corrects_drift_and_the_journal_names_what_changed() {
     let d = tempfile::tempdir().unwrap();
     let deb = build_deb("0.1.0", d.path());
-    let (b, _repo) = common::apt_repo::boot_with_repo(&["docker.io", "docker-compose"]);
+    let (b, _repo) = common::apt_repo::boot_with_repo(common::Suite::default().docker_packages());
     b.enable_ipv4_forwarding();
     put_deb(&b, &deb, "/root/agent.deb");
     b.exec_ok("dpkg -i /root/agent.deb");

@@ -44,14 +44,14 @@ fn release() -> Release {
     match Suite::default() {
         // Debian 12: the docker command is in docker.io; compose is the Python v1.
         Suite::Bookworm => Release {
-            packages: &["docker.io", "docker-compose"],
+            packages: Suite::Bookworm.docker_packages(),
             compose: "docker-compose",
             server: "20.10.",
             compose_version: "1.29.",
         },
         // Debian 13: the docker command is its own package; docker-compose is the v2 plugin.
         Suite::Trixie => Release {
-            packages: &["docker.io", "docker-cli", "docker-compose"],
+            packages: Suite::Trixie.docker_packages(),
             compose: "docker compose",
             server: "26.1.",
             compose_version: "2.26",

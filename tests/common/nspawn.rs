@@ -34,6 +34,15 @@ impl Suite {
             Suite::Trixie => "trixie",
         }
     }
+
+    /// What `docker.source = "distro"` installs on this release (the agent's own list): on
+    /// Debian 13 the docker command is its own package, and docker-compose is the v2 plugin.
+    pub fn docker_packages(self) -> &'static [&'static str] {
+        match self {
+            Suite::Bookworm => &["docker.io", "docker-compose"],
+            Suite::Trixie => &["docker.io", "docker-cli", "docker-compose"],
+        }
+    }
 }
 
 impl Default for Suite {
