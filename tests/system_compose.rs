@@ -8,9 +8,16 @@
 //! own socket via DOCKER_HOST, in the server's network namespace). Limits are read back with
 //! `docker inspect`, container IDs tell what was recreated.
 //!
-//! Debian 12 has no compose v2 plugin (`docker-compose-plugin` / `docker-compose-v2` are not
-//! in bookworm), so the compose these tests drive is the distribution's `docker-compose` 1.29,
-//! which the agent must run with `--compatibility` for the limits to become real.
+//! Every test runs on three composes (the `on_each_compose!` list at the end):
+//! - Debian 12's: no compose v2 plugin (`docker-compose-plugin` / `docker-compose-v2` are not
+//!   in bookworm), so it is the standalone `docker-compose` 1.29 on the host's dockerd 20.10,
+//!   which the agent must run with `--compatibility` for the limits to become real;
+//! - Debian 13's `docker compose` 2.26 with dockerd 26.1, and forky's 2.40 with dockerd 28.5:
+//!   the daemon, the agent and compose by hand all run with the release's docker tree as their
+//!   root (tests/common/netfw/tree.rs), so the agent finds that release's docker CLI and plugin
+//!   and passes its two `--env-file`s to the real v2.
+//!
+//! Each daemon runs with Docker's default config (no IPv6 flags), as servers have it.
 //!
 //! This machine has 2 CPUs and Docker refuses a CPU limit above that, so the CPX62 CPU values
 //! above 2 are lowered in `[compose.overrides]` (which also shows that overrides win).
@@ -26,7 +33,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::netfw::{AgentRun, Edge};
+use common::netfw::{AgentRun, Daemon, Edge};
 use serde_json::Value;
 
 const PROJECT: &str = "sapari";
@@ -647,8 +654,8 @@ fn changed_ids(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Ve
 }
 
 /// The fixture plus the project, the config (`profile`, `overrides`) and the `.env`.
-fn stack(env: &str, profile: &str, overrides: &[(&str, &str)]) -> (Edge, Project) {
-    let e = Edge::up_compose();
+fn stack(d: Daemon, env: &str, profile: &str, overrides: &[(&str, &str)]) -> (Edge, Project) {
+    let e = Edge::up_compose_on(d);
     let p = Project::new(&e, env);
     write_config(&e, &p, profile, overrides);
     (e, p)
@@ -663,37 +670,44 @@ fn cpu_overrides_with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static s
 // ---------------------------------------------------------------------------------------------
 // The control: compose by hand, no agent
 
-/// The fixture and the project on their own: Debian's docker-compose 1.29 with
-/// `--compatibility` turns `deploy.resources` into real limits, values in the process
+/// The fixture and the project on their own: the release's compose by hand (Debian 12's
+/// docker-compose 1.29 with `--compatibility`, or `docker compose` v2) turns
+/// `deploy.resources` into real limits, values in the process
 /// environment beat the `.env`, and a Caddyfile replaced by rename is not seen by the running
 /// caddy (F1) until `up -d --force-recreate caddy`. If this fails, the agent tests mean nothing.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn control_compose_v1_by_hand_sets_limits_and_reproduces_f1() {
+fn control_compose_by_hand_sets_limits_and_reproduces_f1(d: Daemon) {
     let t0 = Instant::now();
-    let e = Edge::up_compose();
+    let e = Edge::up_compose_on(d);
     let p = Project::new(&e, &clean_env());
+    // v1 needs --compatibility to turn deploy.resources into limits; v2 does it on its own.
+    let mut head: Vec<&str> = if e.compose_is_v2() {
+        vec![]
+    } else {
+        vec!["--compatibility"]
+    };
+    head.extend(["-p", PROJECT, "-f", "docker-compose.prod.yml"]);
     let dc = |args: &[&str], env: &[(&str, &str)]| {
-        let mut a = vec![
-            "--compatibility",
-            "-p",
-            PROJECT,
-            "-f",
-            "docker-compose.prod.yml",
-        ];
+        let mut a = head.clone();
         a.extend_from_slice(args);
-        let o = e.docker_compose(&p.dir, &a, env);
+        let o = e.compose_by_hand(&p.dir, &a, env);
         assert!(
             o.status.success(),
-            "docker-compose {a:?}\n{}",
+            "compose {a:?}\n{}",
             common::describe(&o)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    let v = e.docker_compose(&p.dir, &["version", "--short"], &[]);
+    let v = e.compose_by_hand(&p.dir, &["version", "--short"], &[]);
+    let version = String::from_utf8_lossy(&v.stdout).trim().to_string();
     eprintln!(
-        "docker-compose {}",
-        String::from_utf8_lossy(&v.stdout).trim()
+        "compose {version} by hand, dockerd {}",
+        e.docker_server_version()
+    );
+    assert_eq!(
+        version.split('.').next(),
+        Some(d.compose_major()),
+        "the compose by hand is not the one this daemon's release ships\n{}",
+        common::describe(&v)
     );
 
     // The .env says WEB_CPUS=4.0 (refused on 2 CPUs): the process environment wins over it.
@@ -751,16 +765,14 @@ fn control_compose_v1_by_hand_sets_limits_and_reproduces_f1() {
 
 /// profile = "cpx62": every service gets the runbook's memory limit; the CPU overrides (and
 /// later a memory override) win over the profile and over the operator's `.env`; the report
-/// names docker-compose v1 and the CPU oversubscription; a second converge changes nothing;
+/// names the compose flavour and the CPU oversubscription; a second converge changes nothing;
 /// changing one override recreates that service only; the `.env` is never written.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
 // One stack: the second converge and the override change start from what the first one made.
-fn cpx62_profile_sets_runbook_limits_and_overrides_win() {
+fn cpx62_profile_sets_runbook_limits_and_overrides_win(d: Daemon) {
     let t0 = Instant::now();
     // The operator's .env holds a stale DOWNLOAD_MEMORY: the profile's value must win.
     let env = env_with(&clean_env(), "DOWNLOAD_MEMORY=1g");
-    let (e, p) = stack(&env, "cpx62", &CPU_OVERRIDES);
+    let (e, p) = stack(d, &env, "cpx62", &CPU_OVERRIDES);
     let before = p.env_bytes();
 
     let r = converge(&e);
@@ -769,12 +781,16 @@ fn cpx62_profile_sets_runbook_limits_and_overrides_win() {
     assert_no_secrets(&r, &env);
     let n = notes(&c);
     assert!(n.contains("cpx62"), "profile not reported: {n}");
-    // Debian 12 has only v1; were a v2 plugin installed, the agent would prefer it.
-    let flavour = ["docker-compose (v1)", "docker compose (v2)"]
-        .into_iter()
-        .find(|f| n.contains(f));
-    assert!(flavour.is_some(), "compose flavour not reported: {n}");
-    eprintln!("compose: {}", flavour.unwrap());
+    // Debian 12 has only v1, the trees only v2 (the agent prefers v2 where both answer).
+    let flavour = if d == Daemon::Bookworm {
+        "docker-compose (v1)"
+    } else {
+        "docker compose (v2)"
+    };
+    assert!(
+        n.contains(flavour),
+        "compose flavour {flavour} not reported: {n}"
+    );
     assert!(
         n.contains("oversubscribed") && n.contains("8.75"),
         "CPU oversubscription (8.75 for 2 vCPUs) not noted: {n}"
@@ -905,12 +921,10 @@ fn cpx62_profile_sets_runbook_limits_and_overrides_win() {
 
 /// Memory limits beyond this box's memory minus the headroom: the converge fails before any
 /// container is created or changed, first on an empty daemon, then over a running stack.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn oversubscribed_memory_fails_before_any_container_changes() {
+fn oversubscribed_memory_fails_before_any_container_changes(d: Daemon) {
     let t0 = Instant::now();
     let big = cpu_overrides_with(&[("WEB_MEMORY", "64g")]);
-    let (e, p) = stack(&clean_env(), "cpx62", &big);
+    let (e, p) = stack(d, &clean_env(), "cpx62", &big);
     let before = p.env_bytes();
 
     let r = converge(&e);
@@ -1139,15 +1153,13 @@ fn env_check_catches_each_hard_failure_by_key_only() {
 /// A `.env` that fails the validator blocks the converge: nothing is started on an empty
 /// daemon, nothing changes over a running stack, the failure names keys only, and the
 /// `.env` is left as the operator wrote it.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn failing_env_blocks_converge_without_touching_containers() {
+fn failing_env_blocks_converge_without_touching_containers(d: Daemon) {
     let t0 = Instant::now();
     let weak = env_with(
         &env_with(&clean_env(), "POSTGRES_PASSWORD=postgres"),
         "SECRET_KEY=Sh0rt-S3cret-Xq7",
     );
-    let (e, p) = stack(&weak, "cpx62", &CPU_OVERRIDES);
+    let (e, p) = stack(d, &weak, "cpx62", &CPU_OVERRIDES);
 
     let r = converge(&e);
     let c = expect_status(&r, "failed");
@@ -1200,11 +1212,9 @@ fn failing_env_blocks_converge_without_touching_containers() {
 /// A Caddyfile replaced the way `git reset --hard` does (new inode, F1): the next converge
 /// recreates caddy and nothing else, the new caddy sees the new file; the converge after that
 /// recreates nothing and reports `unchanged`.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn caddyfile_change_recreates_caddy_only() {
+fn caddyfile_change_recreates_caddy_only(d: Daemon) {
     let t0 = Instant::now();
-    let (e, p) = stack(&clean_env(), "cpx62", &CPU_OVERRIDES);
+    let (e, p) = stack(d, &clean_env(), "cpx62", &CPU_OVERRIDES);
     let before = p.env_bytes();
     expect_status(&converge(&e), "changed");
     let cs = containers(&e);
@@ -1251,10 +1261,8 @@ fn caddyfile_change_recreates_caddy_only() {
 }
 
 /// A stopped service is brought back by the next converge without recreating the others.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn stopped_service_is_started_again() {
-    let (e, _p) = stack(&clean_env(), "cpx62", &CPU_OVERRIDES);
+fn stopped_service_is_started_again(d: Daemon) {
+    let (e, _p) = stack(d, &clean_env(), "cpx62", &CPU_OVERRIDES);
     expect_status(&converge(&e), "changed");
     let cs = containers(&e);
     assert_all_running(&cs);
@@ -1275,10 +1283,8 @@ fn stopped_service_is_started_again() {
 /// ("Range of CPUs is from 0.01 to 2.00"), so it must fail like an overcommitted memory
 /// budget: before any container is stopped. (The CPX62 CPU values unchanged on this 2-CPU
 /// box: web 4.0, render 4.0, proxy 3.0.)
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
-fn cpu_limit_above_vcpus_fails_before_any_container_changes() {
-    let (e, p) = stack(&clean_env(), "cpx62", &CPU_OVERRIDES);
+fn cpu_limit_above_vcpus_fails_before_any_container_changes(d: Daemon) {
+    let (e, p) = stack(d, &clean_env(), "cpx62", &CPU_OVERRIDES);
     expect_status(&converge(&e), "changed");
     let cs = containers(&e);
     assert_all_running(&cs);
@@ -1413,12 +1419,10 @@ fn wait_http(e: &Edge, path: &str, code: u16) {
 /// alone with its code and status exits 1 (the text table too); with web stopped, both URL
 /// checks fail saying the connection was refused, next to `not running: web`; after a converge
 /// brings web back, status passes again. Our own HTTP client confirms each server state first.
-#[test]
-#[ignore = "system test: needs root; run scripts/test.sh"]
 // One running stack: each server state follows the previous one; the last converge brings web back.
-fn status_health_checks_follow_the_real_web_service() {
+fn status_health_checks_follow_the_real_web_service(d: Daemon) {
     let t0 = Instant::now();
-    let e = Edge::up_compose();
+    let e = Edge::up_compose_on(d);
     let p = Project::new(&e, &clean_env());
     p.serve_health();
     // health_urls left out: the defaults are what is checked.
@@ -1531,3 +1535,45 @@ fn status_health_checks_follow_the_real_web_service() {
     assert_eq!(s.run.code, 0, "{}", s.run);
     eprintln!("whole test {:.1?}", t0.elapsed());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Each test on each compose: Debian 12's dockerd 20.10 with docker-compose 1.29 (on the host),
+// Debian 13's dockerd 26.1 with `docker compose` 2.26 and forky's 28.5 with 2.40 (agent and
+// compose run with the release's docker tree as their root).
+
+macro_rules! on_each_compose {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            #[ignore = "system test: needs root; run scripts/test.sh"]
+            fn compose_v1_docker20() {
+                super::$name(Daemon::Bookworm)
+            }
+
+            #[test]
+            #[ignore = "system test: needs root; run scripts/test.sh"]
+            fn compose_v2_26_docker26() {
+                super::$name(Daemon::Trixie)
+            }
+
+            #[test]
+            #[ignore = "system test: needs root; run scripts/test.sh"]
+            fn compose_v2_40_docker28() {
+                super::$name(Daemon::Forky)
+            }
+        }
+    )*};
+}
+
+on_each_compose!(
+    control_compose_by_hand_sets_limits_and_reproduces_f1,
+    cpx62_profile_sets_runbook_limits_and_overrides_win,
+    oversubscribed_memory_fails_before_any_container_changes,
+    failing_env_blocks_converge_without_touching_containers,
+    caddyfile_change_recreates_caddy_only,
+    stopped_service_is_started_again,
+    cpu_limit_above_vcpus_fails_before_any_container_changes,
+    status_health_checks_follow_the_real_web_service,
+);

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build (once) a Debian tree holding a newer Docker than the host's, for the real-traffic firewall
-# fixture (tests/common/netfw.rs runs its dockerd by chroot inside the server's network namespace),
+# fixture (tests/common/netfw.rs runs its dockerd with the tree as its root inside the server's network namespace),
 # and print its path as the last line of stdout. Progress goes to stderr.
 #
 #   tests/harness/build-docker-tree.sh trixie   # docker.io 26.1 (Debian 13)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -84,19 +84,8 @@ impl Edge {
         env: &[(String, String)],
         timeout: Duration,
     ) -> AgentRun {
-        let run_dir = self.agent_run_dir();
-        fs::create_dir_all(&run_dir).unwrap();
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(Host::Srv)])
-            .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
-            .arg("mount --bind \"$0\" /run && exec \"$@\"")
-            .arg(&run_dir)
-            .arg(&self.agent)
-            .args(args)
-            .env_clear()
-            .env("PATH", PATH)
-            .env("LANG", "C.UTF-8")
-            .envs(env.iter().map(|(k, v)| (k, v)));
+        let mut c = self.srv_command(Some(&self.agent), args);
+        c.envs(env.iter().map(|(k, v)| (k, v)));
         let t0 = Instant::now();
         let o = run(&mut c, None, timeout);
         AgentRun {
@@ -106,6 +95,40 @@ impl Edge {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
             elapsed: t0.elapsed(),
         }
+    }
+
+    /// `bin args` (`bin` None: `args` name a program of the server) as the edge's server runs
+    /// it: in srv's network namespace, in a private mount namespace whose /run is
+    /// [`agent_run_dir`](Self::agent_run_dir), with only PATH and LANG in the environment; on
+    /// the host's root, or with the docker tree as its root when the agent runs there.
+    pub(crate) fn srv_command(&self, bin: Option<&Path>, args: &[&str]) -> Command {
+        let run_dir = self.agent_run_dir();
+        fs::create_dir_all(&run_dir).unwrap();
+        let mut c = Command::new("ip");
+        c.env_clear()
+            .env("LANG", "C.UTF-8")
+            .args(["netns", "exec", &self.ns(Host::Srv)])
+            .args(["unshare", "-m", "--propagation", "private"]);
+        match (&self.tree, self.agent_in_tree) {
+            (Some(tree), true) => {
+                c.args(["sh", "-c", &super::tree::exec_script(), "sh"])
+                    .arg(tree)
+                    .arg(self.dir())
+                    .arg(&run_dir)
+                    .arg(bin.map_or("-".into(), |b| b.as_os_str().to_owned()))
+                    .env("PATH", "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin");
+            }
+            _ => {
+                c.args(["sh", "-c", "mount --bind \"$0\" /run && exec \"$@\""])
+                    .arg(&run_dir);
+                if let Some(b) = bin {
+                    c.arg(b);
+                }
+                c.env("PATH", PATH);
+            }
+        }
+        c.args(args);
+        c
     }
 
     pub(crate) fn cfg(&self) -> String {

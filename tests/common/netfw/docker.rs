@@ -90,20 +90,29 @@ impl Edge {
         ]
     }
 
-    /// Debian's standalone `docker-compose` (v1), run in srv's network namespace against our
-    /// daemon from `dir`, with only PATH, the [`docker_env`](Self::docker_env) and `env`.
-    pub fn docker_compose(&self, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let bin = which(&["docker-compose"]).expect("docker-compose (apt: docker-compose)");
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(Host::Srv)])
-            .arg(bin)
-            .args(args)
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", PATH)
-            .env("LANG", "C.UTF-8")
-            .envs(self.docker_env())
-            .envs(env.iter().copied());
+    /// Whether the server's compose is v2 (`docker compose`, the tree's): see
+    /// [`up_compose_on`](Self::up_compose_on).
+    pub fn compose_is_v2(&self) -> bool {
+        self.agent_in_tree
+    }
+
+    /// Compose by hand from `dir`, as an operator on the server runs it: Debian 12's standalone
+    /// `docker-compose` (v1) on the host, or the tree's `docker compose` (v2) inside the tree;
+    /// with only PATH, LANG, the [`docker_env`](Self::docker_env) and `env`.
+    pub fn compose_by_hand(&self, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = if self.agent_in_tree {
+            // the command starts in the tree's /
+            let d = dir.to_string_lossy();
+            let mut a = vec!["sh", "-c", "cd \"$0\" && exec docker compose \"$@\"", &d];
+            a.extend_from_slice(args);
+            self.srv_command(None, &a)
+        } else {
+            let bin = which(&["docker-compose"]).expect("docker-compose (apt: docker-compose)");
+            let mut c = self.srv_command(Some(&bin), args);
+            c.current_dir(dir);
+            c
+        };
+        c.envs(self.docker_env()).envs(env.iter().copied());
         run(&mut c, None, Duration::from_secs(180))
     }
 
@@ -311,7 +320,7 @@ impl Edge {
 
     /// Starts dockerd in srv and waits for its API. The host's dockerd runs in a private mount
     /// ns with a fresh sysfs for the netns, the host's cgroup hierarchies, a private /etc/docker
-    /// and a private /run; a tree's dockerd by chroot into the read-only tree (see
+    /// and a private /run; a tree's dockerd with the read-only tree as its root (tree.rs; see
     /// [`start_dockerd_async`](Self::start_dockerd_async)). Also after
     /// [`kill_dockerd`](Self::kill_dockerd) and [`flush_netfilter`](Self::flush_netfilter).
     ///
@@ -342,29 +351,13 @@ impl Edge {
         c.args(["-m", "--propagation", "private", "nsenter"])
             .arg(format!("--net=/run/netns/{}", self.ns(Host::Srv)));
         if let Some(tree) = &self.tree {
-            // The tree is bound on itself (a chroot root must be a mount point, or dockerd
-            // finds no mount point for its data root) and made read-only: nothing a daemon does
-            // can change it. What dockerd writes lives on mounts of its own: our docker dir on
-            // /sfw, our run dir on /run, a tmpfs /tmp, a private /etc/docker. The sysfs is this
-            // netns's; the cgroup hierarchies and /dev are the host's.
-            let script = format!(
-                r#"set -e
-D=$1; R=$2; shift 2
-mount --bind "$R" "$R"
-mount -o remount,bind,ro "$R"
-mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys"
-mount --rbind /sys/fs/cgroup "$R/sys/fs/cgroup"
-mount --rbind /dev "$R/dev"
-mount --bind "$D/run" "$R/run"
-mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
-mount --bind "$D" "$R{TREE_MNT}"
-mount --bind "$D/etc" "$R/etc/docker"
-exec chroot "$R" /usr/sbin/dockerd "$@""#
-            );
+            // What dockerd writes lives on mounts of its own: our docker dir on /sfw, our run
+            // dir on /run, a private /etc/docker (see tree.rs for the rest).
+            let script = super::tree::dockerd_script();
             c.args(["sh", "-c", &script, "sh"])
                 .arg(&d)
                 .arg(tree)
+                .arg(self.dir())
                 .args(self.dockerd_args(TREE_MNT))
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         } else {

@@ -31,7 +31,8 @@
 //!   on), the one real servers have: `docker-proxy` listens on `[::]:443` and an IPv6 client
 //!   reaches the container through srv's INPUT chain, never through DOCKER-USER.
 //! - [`Daemon::Trixie`] (docker.io 26.1, Debian 13) and [`Daemon::Forky`] (docker.io 28.5) run from
-//!   a cached Debian tree (tests/harness/build-docker-tree.sh) by chroot in srv's netns. The tree
+//!   a cached Debian tree (tests/harness/build-docker-tree.sh) in srv's netns, the tree as the root of
+//!   its mount namespace (pivot_root: see tree.rs). The tree
 //!   is bound read-only; everything dockerd writes goes to our temp dir, bound at `/sfw` in it.
 //!   The host's docker CLI (20.10) talks to all three daemons through the socket (API version
 //!   negotiation).
@@ -54,6 +55,7 @@ mod docker;
 mod lists;
 mod probe;
 mod topology;
+mod tree;
 
 #[allow(unused_imports)] // each test crate uses a different subset
 pub use probe::{Probe, ProbeStats};
@@ -254,9 +256,9 @@ pub enum Daemon {
     /// The host's own Debian 12 docker.io 20.10 (`/usr/sbin/dockerd`).
     #[default]
     Bookworm,
-    /// Debian 13's docker.io 26.1, from a cached tree, by chroot.
+    /// Debian 13's docker.io 26.1, from a cached tree.
     Trixie,
-    /// Debian forky's docker.io 28.5, from a cached tree, by chroot.
+    /// Debian forky's docker.io 28.5, from a cached tree.
     Forky,
 }
 
@@ -278,6 +280,14 @@ impl Daemon {
             Daemon::Bookworm => 20,
             Daemon::Trixie => 26,
             Daemon::Forky => 28,
+        }
+    }
+
+    /// The major version of the compose its release ships ("1": Debian 12's docker-compose).
+    pub fn compose_major(self) -> &'static str {
+        match self {
+            Daemon::Bookworm => "1",
+            Daemon::Trixie | Daemon::Forky => "2",
         }
     }
 
@@ -384,7 +394,7 @@ impl DockerOptions {
 }
 
 /// Where a docker tree's dockerd sees our docker dir (bound there, tree read-only).
-const TREE_MNT: &str = "/sfw";
+pub(crate) const TREE_MNT: &str = "/sfw";
 
 /// The result of one agent run.
 #[derive(Debug)]
@@ -449,8 +459,11 @@ pub struct Edge {
     netns: Vec<String>,
     docker: bool,
     dopts: DockerOptions,
-    /// The docker tree dockerd runs from by chroot (None: the host's dockerd).
+    /// The docker tree dockerd runs from (None: the host's dockerd).
     tree: Option<PathBuf>,
+    /// The agent (and compose by hand) run in the tree as well, with its docker
+    /// CLI and compose plugin: the server is that Debian release (see [`Edge::up_compose_on`]).
+    agent_in_tree: bool,
     dockerd: Mutex<Option<Child>>,
     probes: AtomicU32,
     lists: Mutex<Option<Child>>,
@@ -485,18 +498,38 @@ impl Edge {
         Self::up_parts(true, false, false, DockerOptions::default())
     }
 
+    /// Like [`up_compose`](Self::up_compose) on `daemon` with Docker's default config. With a
+    /// tree's daemon the agent runs in the tree too (its root), so the compose it drives is
+    /// that release's (`docker compose` v2 with the tree's docker CLI), against the tree's
+    /// dockerd, reading that release's /etc/os-release.
+    pub fn up_compose_on(daemon: Daemon) -> Edge {
+        let d = DockerOptions::default_docker().daemon(daemon);
+        Self::up_inner(true, false, false, d, daemon != Daemon::Bookworm)
+    }
+
     /// The topology alone (the agent runs in srv, e.g. for file-only subcommands).
     pub fn up_bare() -> Edge {
         Self::up_parts(false, false, false, DockerOptions::default())
     }
 
     fn up_parts(docker: bool, web: bool, lists: bool, dopts: DockerOptions) -> Edge {
+        Self::up_inner(docker, web, lists, dopts, false)
+    }
+
+    fn up_inner(
+        docker: bool,
+        web: bool,
+        lists: bool,
+        dopts: DockerOptions,
+        agent_in_tree: bool,
+    ) -> Edge {
         assert_root();
         require_tools();
         start_watchdog();
         cleanup_stale();
         let t0 = Instant::now();
         let mut e = Self::empty(docker, dopts);
+        e.agent_in_tree = agent_in_tree;
         let steps = e.bring_up(web, lists);
         eprintln!(
             "netfw: {} up in {:.1?} ({}){}",
@@ -552,6 +585,7 @@ impl Edge {
             docker,
             dopts,
             tree,
+            agent_in_tree: false,
             dockerd: Mutex::new(None),
             probes: AtomicU32::new(0),
             lists: Mutex::new(None),
