@@ -49,6 +49,16 @@ if ! "$SSH_AUDIT_VENV/bin/ssh-audit" --help 2>/dev/null | grep -q -- --skip-rate
 fi
 export SSH_AUDIT="$SSH_AUDIT_VENV/bin/ssh-audit"
 
+# ansible-core drives the fleet test (contrib/ansible against three boxes), also from the index.
+ANSIBLE_CORE_VERSION=2.19.4
+ANSIBLE_VENV=/var/cache/sapari-agent-tests/venv-ansible
+if ! "$ANSIBLE_VENV/bin/pip" show ansible-core 2>/dev/null | grep -qx "Version: $ANSIBLE_CORE_VERSION"; then
+  rm -rf "$ANSIBLE_VENV"
+  python3 -m venv "$ANSIBLE_VENV"
+  "$ANSIBLE_VENV/bin/pip" install -q "ansible-core==$ANSIBLE_CORE_VERSION"
+fi
+export SAPARI_TEST_ANSIBLE_PLAYBOOK="$ANSIBLE_VENV/bin/ansible-playbook"
+
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
