@@ -127,3 +127,43 @@ fn user_data_over_32_kib_exits_78_with_its_size() {
     let e = stderr(&o);
     assert!(e.contains("32768") && e.contains("bytes"), "{e}");
 }
+
+/// contrib/hcloud/render.sh as the provisioning example runs it: one user-data per server
+/// config in contrib/hcloud/hosts, each a `#cloud-config` carrying that server's own name and
+/// under Hetzner's 32 KiB limit (the part that can run here: hcloud and Terraform cannot).
+#[test]
+fn the_fleet_example_renders_every_server_under_32_kib() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/hcloud");
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new("sh")
+        .arg(here.join("render.sh"))
+        .args(["https://downloads.example.com/sapari-agent-0.1.0", SHA])
+        .arg(env!("CARGO_BIN_EXE_sapari-agent"))
+        .env("SAPARI_RENDER_OUT", out.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut hosts: Vec<String> = std::fs::read_dir(here.join("hosts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_suffix(".toml").map(String::from))
+        .collect();
+    hosts.sort();
+    assert!(hosts.len() >= 2, "the example is a fleet: {hosts:?}");
+    for h in &hosts {
+        let ud = std::fs::read_to_string(out.path().join(format!("{h}.yaml"))).unwrap();
+        assert!(ud.starts_with("#cloud-config\n"), "{h}");
+        assert!(
+            ud.contains(&format!("name = \"{h}\"")),
+            "{h}: its own hostname in its agent.toml"
+        );
+        assert!(
+            ud.len() < 32 * 1024,
+            "{h}: {} bytes of user-data, over Hetzner's 32 KiB",
+            ud.len()
+        );
+        eprintln!("{h}: {} bytes", ud.len());
+    }
+    let rendered = std::fs::read_dir(out.path()).unwrap().count();
+    assert_eq!(rendered, hosts.len(), "one user-data per server");
+}
