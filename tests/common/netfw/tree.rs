@@ -9,14 +9,13 @@
 //! on a server.
 //!
 //! The same path matters because the compose CLI hands dockerd host paths: a bind mount's
-//! source (`./caddy/Caddyfile`) is resolved by the chrooted dockerd, and the agent's config
+//! source (`./caddy/Caddyfile`) is resolved by the tree's dockerd, and the agent's config
 //! names its state dir and project by their host paths.
 
 use super::TREE_MNT;
 
 /// Shell functions, for a script run in a private mount namespace:
-/// - `tree_root R`: R bound on itself (a chroot root must be a mount point, or dockerd finds
-///   no mount point for its data root) and made read-only, with proc, this netns's sysfs, the
+/// - `tree_root R`: R bound on itself (pivot_root's new root must be a mount point) and made read-only, with proc, this netns's sysfs, the
 ///   host's cgroup hierarchies and /dev, and a tmpfs /tmp.
 /// - `enter_tree R`: R becomes the root of this mount namespace (pivot_root onto the tree's
 ///   empty /mnt, the host's root then detached); the commands after it are the tree's.
@@ -72,8 +71,9 @@ exec /usr/sbin/dockerd "$@""#
 }
 
 /// The script that runs a program inside the tree, as the server's own: `sh -c <this> sh R E
-/// RUN BIN args...`, with RUN bound on /run, starting in the tree's /. BIN is a static binary of the host (the agent),
-/// bound at /usr/local/sbin/<its name>, or `-`: args name a program of the tree.
+/// RUN BIN args...`, with RUN bound on /run, starting in the tree's /. BIN is a static binary
+/// of the host (the agent), bound at /usr/local/sbin/<its name>, or `-`: args name a program of
+/// the tree.
 pub(crate) fn exec_script() -> String {
     format!(
         r#"set -e

@@ -88,6 +88,13 @@ def main():
         supports_check_mode=True,
     )
     p = m.params
+    if not os.path.isfile(p["binary"]):
+        m.fail_json(
+            msg="sapari-agent is not installed at %s yet%s" % (
+                p["binary"],
+                " (check mode installs nothing: run once without --check first)" if m.check_mode else "",
+            )
+        )
     config = p["config"]
     if (m.check_mode or p["validate"]) and p["config_content"] is not None:
         config = os.path.join(m.tmpdir, "agent.toml")
@@ -120,11 +127,10 @@ def main():
         # No report: a usage or configuration error (64, 78), no root (77), the lock (75).
         m.fail_json(msg="sapari-agent exited %d without a report: %s" % (rc, err.strip()), rc=rc, cmd=cmd, stderr=err)
     summary = report.get("summary", {})
-    key = "would_change" if m.check_mode else "changed"
     want = "would_change" if m.check_mode else "changed"
     confirm = report.get("confirm") or {}
     result = dict(
-        changed=summary.get(key, 0) > 0,
+        changed=summary.get(want, 0) > 0,
         report=report,
         rc=rc,
         cmd=cmd,
